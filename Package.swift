@@ -1,0 +1,75 @@
+// swift-tools-version:6.1
+// SwiftMesh — a zero-trust service mesh. See ARCHITECTURE.md for the layer map.
+import PackageDescription
+
+let nio: [Target.Dependency] = [
+    .product(name: "NIOCore", package: "swift-nio"),
+    .product(name: "NIOPosix", package: "swift-nio"),
+    .product(name: "NIOHTTP1", package: "swift-nio"),
+    .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+]
+let tls: [Target.Dependency] = [
+    .product(name: "NIOSSL", package: "swift-nio-ssl"),
+    .product(name: "NIOTLS", package: "swift-nio"),
+]
+let log: Target.Dependency = .product(name: "Logging", package: "swift-log")
+
+let package = Package(
+    name: "SwiftMesh",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "mesh", targets: ["mesh"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
+    ],
+    targets: [
+        // Layer 0: pure vocabulary, no NIO.
+        .target(name: "MeshCore"),
+        .target(name: "MeshIdentity", dependencies: [
+            "MeshCore",
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "SwiftASN1", package: "swift-asn1"),
+        ]),
+        // Layer 1: storage, transport.
+        .target(name: "MeshStore", dependencies: [
+            "MeshCore", log,
+            .product(name: "SQLiteNIO", package: "sqlite-nio"),
+        ]),
+        .target(name: "MeshTransport", dependencies: ["MeshCore", "MeshIdentity", log] + nio + tls + [
+            .product(name: "X509", package: "swift-certificates"),
+        ]),
+        // Layer 2: data plane and control plane.
+        .target(name: "MeshProxy", dependencies: ["MeshCore", "MeshIdentity", "MeshTransport", log] + nio + tls),
+        .target(name: "MeshControl", dependencies: ["MeshCore", "MeshIdentity", "MeshStore", "MeshTransport", log] + nio + tls),
+        // Layer 3: the command line.
+        .target(name: "MeshCLI", dependencies: [
+            "MeshCore", "MeshIdentity", "MeshStore", "MeshTransport", "MeshProxy", "MeshControl", log,
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ] + nio),
+        .executableTarget(name: "mesh", dependencies: ["MeshCLI"]),
+
+        // Test fixtures shared by the test targets.
+        .target(name: "MeshTesting", dependencies: [
+            "MeshCore", "MeshIdentity", "MeshTransport",
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ] + nio + tls, path: "Tests/MeshTesting"),
+        .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore"]),
+        .testTarget(name: "MeshIdentityTests", dependencies: ["MeshIdentity", "MeshTesting"]),
+        .testTarget(name: "MeshStoreTests", dependencies: ["MeshStore", "MeshCore"]),
+        .testTarget(name: "IntegrationTests", dependencies: [
+            "MeshCore", "MeshIdentity", "MeshTransport", "MeshTesting",
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ] + nio + tls),
+    ]
+)

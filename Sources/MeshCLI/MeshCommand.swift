@@ -1,0 +1,11 @@
+import ArgumentParser
+
+/// `mesh`: the one executable of SwiftMesh. Each subcommand lives in `Commands/`.
+public struct MeshCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "mesh",
+        abstract: "SwiftMesh: a zero-trust service mesh (mTLS, discovery, policy, observability).",
+        subcommands: [ControlCommand.self, ProxyCommand.self, TokenCommand.self, ServicesCommand.self, DemoCommand.self])
+
+    public init() {}
+}

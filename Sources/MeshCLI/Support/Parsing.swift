@@ -1,0 +1,45 @@
+import ArgumentParser
+import Foundation
+import MeshCore
+
+extension HostPort: ExpressibleByArgument {
+    public init?(argument: String) { try? self.init(parsing: argument) }
+}
+
+/// A duration flag such as `10m` or `30s`.
+struct DurationArgument: ExpressibleByArgument, Sendable {
+    let seconds: Double
+    init?(argument: String) {
+        guard let value = try? DurationParser.seconds(argument) else { return nil }
+        seconds = value
+    }
+    init(seconds: Double) { self.seconds = seconds }
+    var duration: Duration { .milliseconds(Int64(seconds * 1000)) }
+}
+
+/// Reads a file a flag points at, with an error that names the flag.
+func readFile(_ path: String, flag: String) throws -> String {
+    do {
+        return try String(contentsOfFile: path, encoding: .utf8)
+    } catch {
+        throw ValidationError("\(flag) \(path): cannot read the file (\((error as NSError).localizedDescription)); check the path")
+    }
+}
+
+/// Where the operator commands find the control plane's admin API and token.
+struct AdminOptions: ParsableArguments {
+    @Option(help: "Control plane admin API address.")
+    var admin: HostPort = HostPort(host: "127.0.0.1", port: 7901)
+
+    @Option(help: "Data directory of the control plane (its admin.token is read from there).")
+    var dataDir: String = "mesh-data"
+
+    @Option(help: "File holding the admin token (default: DATA_DIR/admin.token; or set MESH_ADMIN_TOKEN).")
+    var adminTokenFile: String?
+
+    func token() throws -> String {
+        if let env = ProcessInfo.processInfo.environment["MESH_ADMIN_TOKEN"], !env.isEmpty { return env }
+        let path = adminTokenFile ?? (dataDir as NSString).appendingPathComponent("admin.token")
+        return try readFile(path, flag: "--admin-token-file").trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}

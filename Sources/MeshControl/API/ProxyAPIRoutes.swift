@@ -1,0 +1,138 @@
+import Foundation
+import Logging
+import MeshCore
+import MeshIdentity
+import MeshTransport
+import NIOCore
+import X509
+
+/// The proxy API (`--listen`): join, renew, register, heartbeat, deregister and the registry
+/// watch stream. Every call but join requires the caller's SVID on the mTLS connection, and a
+/// caller may only act for the service its SVID names.
+struct ProxyAPIRoutes: Sendable {
+    let ca: CertificateAuthority
+    let tokens: JoinTokens
+    let registry: Registry
+    let svidLifetime: TimeInterval
+    let watchKeepalive: Duration
+    let logger: Logger
+
+    func handle(_ request: APIRequest) async -> APIResponse {
+        do {
+            switch (request.method, request.path) {
+            case (.POST, ControlAPI.joinPath): return try await join(request)
+            case (.POST, ControlAPI.renewPath): return try await renew(request)
+            case (.POST, ControlAPI.registerPath): return try await register(request)
+            case (.POST, ControlAPI.heartbeatPath): return try await heartbeat(request)
+            case (.POST, ControlAPI.deregisterPath): return try await deregister(request)
+            case (.GET, ControlAPI.watchPath): return try await watch(request)
+            default:
+                throw MeshError(.notFound, "no such endpoint: \(request.method) \(request.path)")
+            }
+        } catch {
+            if let meshError = error as? MeshError {
+                logger.notice("proxy API refused a call", metadata: [
+                    "path": "\(request.path)", "code": "\(meshError.code)", "reason": "\(meshError.message)",
+                    "peer": "\(request.peer?.description ?? request.remoteAddress ?? "?")"])
+            }
+            return .error(error)
+        }
+    }
+
+    private func join(_ request: APIRequest) async throws -> APIResponse {
+        let body = try request.decode(ControlAPI.JoinRequest.self)
+        // Validate the CSR before spending the token, so a malformed CSR does not burn it.
+        let probeID = try SPIFFEID(trustDomain: ca.trustDomain, path: "/ns/\(SPIFFEID.defaultNamespace)/sa/probe")
+        _ = try ca.sign(csrPEM: body.csrPEM, as: probeID, lifetime: 1)
+        let service = try await tokens.redeem(body.token)
+        let id = try SPIFFEID(trustDomain: ca.trustDomain, service: service)
+        logger.info("proxy joined", metadata: ["spiffe_id": "\(id)", "from": "\(request.remoteAddress ?? "?")"])
+        return try issue(csrPEM: body.csrPEM, for: id)
+    }
+
+    private func renew(_ request: APIRequest) async throws -> APIResponse {
+        let (id, _) = try caller(request)
+        let body = try request.decode(ControlAPI.RenewRequest.self)
+        return try issue(csrPEM: body.csrPEM, for: id)
+    }
+
+    private func issue(csrPEM: String, for id: SPIFFEID) throws -> APIResponse {
+        let leaf = try ca.sign(csrPEM: csrPEM, as: id, lifetime: svidLifetime)
+        return .json(ControlAPI.CertificateResponse(
+            certificateChainPEM: try PEM.text(of: [leaf]), trustBundlePEM: try ca.certificatePEM,
+            spiffeID: id.description, notAfter: leaf.notValidAfter))
+    }
+
+    private func register(_ request: APIRequest) async throws -> APIResponse {
+        let (_, service) = try caller(request)
+        let body = try request.decode(ControlAPI.RegisterRequest.self)
+        guard !body.instanceID.isEmpty, body.instanceID.utf8.count <= 64 else {
+            throw MeshError(.invalidRequest, "instanceID must be 1 to 64 characters")
+        }
+        guard (1...65535).contains(body.inboundPort) else {
+            throw MeshError(.invalidRequest, "inboundPort must be 1 to 65535")
+        }
+        let address = body.address.isEmpty || body.address == "0.0.0.0" || body.address == "::"
+            ? (request.remoteAddress ?? "127.0.0.1") : body.address
+        let instance = ServiceInstance(id: body.instanceID, service: service, address: address,
+                                       inboundPort: body.inboundPort, labels: body.labels,
+                                       lastHeartbeat: Date(), certificateExpiry: body.certificateExpiry)
+        try await registry.register(instance)
+        return .json(instance)
+    }
+
+    private func heartbeat(_ request: APIRequest) async throws -> APIResponse {
+        let (_, service) = try caller(request)
+        let body = try request.decode(ControlAPI.HeartbeatRequest.self)
+        try await registry.heartbeat(id: body.instanceID, service: service, certificateExpiry: body.certificateExpiry)
+        return .json(["ok": true])
+    }
+
+    private func deregister(_ request: APIRequest) async throws -> APIResponse {
+        let (_, service) = try caller(request)
+        let body = try request.decode(ControlAPI.HeartbeatRequest.self)
+        try await registry.deregister(id: body.instanceID, service: service)
+        return .json(["ok": true])
+    }
+
+    /// A chunked stream of JSON lines, one ``RegistryEvent`` each, with an empty line as a
+    /// keepalive so that dead connections are noticed on both sides.
+    private func watch(_ request: APIRequest) async throws -> APIResponse {
+        _ = try caller(request)
+        let since = request.query["since"].flatMap { UInt64($0) }
+        let events = await registry.watch(since: since)
+        let keepalive = watchKeepalive
+        let (stream, continuation) = AsyncStream<ByteBuffer>.makeStream(bufferingPolicy: .bufferingOldest(4096))
+        let pump = Task {
+            let encoder = JSONCoding.encoder
+            for await event in events {
+                guard var data = try? encoder.encode(event) else { continue }
+                data.append(UInt8(ascii: "\n"))
+                if case .dropped = continuation.yield(ByteBuffer(bytes: data)) { break }
+            }
+            continuation.finish()
+        }
+        let ticker = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: keepalive)
+                continuation.yield(ByteBuffer(string: "\n"))
+            }
+        }
+        continuation.onTermination = { _ in
+            pump.cancel()
+            ticker.cancel()
+        }
+        return APIResponse(status: .ok, headers: ["content-type": "application/x-ndjson"], body: .stream(stream))
+    }
+
+    /// The caller's workload identity, required on every call but join.
+    private func caller(_ request: APIRequest) throws -> (SPIFFEID, ServiceName) {
+        guard let peer = request.peer else {
+            throw MeshError(.unauthenticated, "this call needs the proxy's SVID as a TLS client certificate")
+        }
+        guard let service = peer.service else {
+            throw MeshError(.forbidden, "\(peer) is not a workload identity")
+        }
+        return (peer, service)
+    }
+}

@@ -1,0 +1,101 @@
+import Foundation
+import Logging
+import MeshCore
+import MeshIdentity
+import MeshStore
+import MeshTransport
+import NIOCore
+import NIOPosix
+import X509
+
+/// The control plane's composition root: CA, join tokens, registry and its two APIs.
+public struct ControlPlane: Sendable {
+    /// Settings of `mesh control`.
+    public struct Configuration: Sendable {
+        public var dataDirectory: String
+        public var trustDomain = "mesh.local"
+        public var listen = HostPort(host: "127.0.0.1", port: 7900)
+        public var admin = HostPort(host: "127.0.0.1", port: 7901)
+        public var svidLifetime: TimeInterval = 24 * 3600
+        public var heartbeatTTL: TimeInterval = 15
+        public var watchKeepalive: Duration = .seconds(10)
+
+        public init(dataDirectory: String) { self.dataDirectory = dataDirectory }
+    }
+
+    /// Where a running control plane listens (ports resolved).
+    public struct Addresses: Sendable {
+        public var listen: HostPort
+        public var admin: HostPort
+    }
+
+    public let configuration: Configuration
+    public let logger: Logger
+
+    public init(configuration: Configuration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Starts everything, calls `onReady` once both APIs listen, and serves until cancelled.
+    public func run(onReady: @Sendable (Addresses) -> Void) async throws {
+        let config = configuration
+        let dir = DataDirectory(config.dataDirectory)
+        try dir.prepare()
+        let ca = try dir.loadOrCreateCA(trustDomain: config.trustDomain)
+        let adminToken = try dir.loadOrCreateAdminToken()
+        let store = try await SQLiteStore.open(path: dir.sqliteFile.path, logger: logger)
+        defer { Task { await store.close() } }
+        let registry = try await Registry.load(store: store, heartbeatTTL: config.heartbeatTTL, logger: logger)
+        let tokens = JoinTokens(store: store)
+
+        // The control plane's own SVID, in the system namespace that no join token can reach.
+        // Re-issued on every start; long-lived because it is bound to this process.
+        let key = WorkloadKey()
+        let controlID = try SPIFFEID(trustDomain: ca.trustDomain, path: "/ns/\(SPIFFEID.systemNamespace)/sa/control")
+        let leaf = try ca.sign(csrPEM: try key.csrPEM(service: ServiceName("control")), as: controlID, lifetime: 365 * 86400)
+        let svid = try SVID(chain: [leaf], key: key)
+        let bundle = try TrustBundle(roots: [ca.certificate])
+        let tls = APIServer.TLS(
+            context: try MeshTLS.serverContext(svid: svid, bundle: bundle, clientCertificate: .optional),
+            verifier: SPIFFEPeerVerifier(bundle: bundle, usage: .clientAuth))
+
+        let group = MultiThreadedEventLoopGroup.singleton
+        let proxyRoutes = ProxyAPIRoutes(ca: ca, tokens: tokens, registry: registry, svidLifetime: config.svidLifetime,
+                                         watchKeepalive: config.watchKeepalive, logger: logger)
+        let adminRoutes = AdminRoutes(adminToken: adminToken, tokens: tokens, registry: registry,
+                                      trustDomain: ca.trustDomain, logger: logger)
+        if !config.admin.isLoopback {
+            logger.warning("the admin API listens beyond loopback; every call still needs the admin token",
+                           metadata: ["admin": "\(config.admin)"])
+        }
+        let proxyAPI = try await APIServer.bind(config.listen, group: group, tls: { tls }, logger: logger,
+                                                handler: proxyRoutes.handle)
+        let adminAPI = try await APIServer.bind(config.admin, group: group, logger: logger, handler: adminRoutes.handle)
+        onReady(Addresses(listen: proxyAPI.localAddress, admin: adminAPI.localAddress))
+        logger.info("control plane ready", metadata: [
+            "trust_domain": "\(ca.trustDomain)", "listen": "\(proxyAPI.localAddress)", "admin": "\(adminAPI.localAddress)",
+            "data_dir": "\(dir.path.path)"])
+
+        await withTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { await proxyAPI.run() }
+            tasks.addTask { await adminAPI.run() }
+            tasks.addTask {
+                let interval = max(0.2, config.heartbeatTTL / 4)
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(interval))
+                    await registry.sweep()
+                }
+            }
+            tasks.addTask {
+                // Close the listeners when the run is cancelled (SIGTERM), ending the group.
+                while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+                await proxyAPI.close()
+                await adminAPI.close()
+            }
+            await tasks.next()
+            tasks.cancelAll()
+        }
+        logger.info("control plane stopped")
+    }
+}

@@ -1,0 +1,81 @@
+import Foundation
+import MeshCore
+import MeshIdentity
+
+/// The control plane's data directory: the CA (key mode 0600), the trust bundle `ca.pem`
+/// that operators copy to their hosts, the admin token (0600) and the embedded store.
+public struct DataDirectory: Sendable {
+    public let path: URL
+
+    public init(_ path: String) { self.path = URL(fileURLWithPath: path, isDirectory: true) }
+
+    public var caKeyFile: URL { path.appendingPathComponent("ca.key") }
+    public var caCertificateFile: URL { path.appendingPathComponent("ca-cert.pem") }
+    public var trustBundleFile: URL { path.appendingPathComponent("ca.pem") }
+    public var adminTokenFile: URL { path.appendingPathComponent("admin.token") }
+    public var sqliteFile: URL { path.appendingPathComponent("mesh.sqlite") }
+
+    /// Creates the directory (0700) if needed.
+    public func prepare() throws {
+        do {
+            try FileManager.default.createDirectory(at: path, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw MeshError(.fileUnreadable, "cannot create data directory \(path.path): \(error.localizedDescription)")
+        }
+    }
+
+    /// Loads the CA, or creates and persists one on first start.
+    public func loadOrCreateCA(trustDomain: String) throws -> CertificateAuthority {
+        let fm = FileManager.default
+        if fm.fileExists(atPath: caKeyFile.path) {
+            let ca = try CertificateAuthority(certificatePEM: try read(caCertificateFile), privateKeyPEM: try read(caKeyFile))
+            guard ca.trustDomain == trustDomain else {
+                throw MeshError(.invalidRequest, "the data directory holds a CA for trust domain '\(ca.trustDomain)', not '\(trustDomain)'; pass --trust-domain \(ca.trustDomain) or use another --data-dir")
+            }
+            // Re-write the bundle in case an operator deleted it.
+            if !fm.fileExists(atPath: trustBundleFile.path) { try write(try ca.certificatePEM, to: trustBundleFile, mode: 0o644) }
+            return ca
+        }
+        let ca = try CertificateAuthority.create(trustDomain: trustDomain)
+        try write(try ca.privateKeyPEM, to: caKeyFile, mode: 0o600)
+        try write(try ca.certificatePEM, to: caCertificateFile, mode: 0o644)
+        try write(try ca.certificatePEM, to: trustBundleFile, mode: 0o644)
+        return ca
+    }
+
+    /// Loads the admin token, or creates one on first start.
+    public func loadOrCreateAdminToken() throws -> String {
+        if FileManager.default.fileExists(atPath: adminTokenFile.path) {
+            let token = try read(adminTokenFile).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard token.count >= 32 else {
+                throw MeshError(.fileUnreadable, "\(adminTokenFile.path) holds no valid admin token; delete it to have a new one made")
+            }
+            return token
+        }
+        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255) }
+        let token = "mat_" + bytes.map { String(format: "%02x", $0) }.joined()
+        try write(token + "\n", to: adminTokenFile, mode: 0o600)
+        return token
+    }
+
+    private func read(_ file: URL) throws -> String {
+        do { return try String(contentsOf: file, encoding: .utf8) } catch {
+            throw MeshError(.fileUnreadable, "cannot read \(file.path): \(error.localizedDescription)")
+        }
+    }
+
+    private func write(_ text: String, to file: URL, mode: Int) throws {
+        // Create with the final mode so that a secret is never briefly world-readable.
+        let fd = open(file.path, O_WRONLY | O_CREAT | O_TRUNC, mode_t(mode))
+        guard fd >= 0 else {
+            throw MeshError(.fileUnreadable, "cannot write \(file.path): \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        fchmod(fd, mode_t(mode))
+        let bytes = Array(text.utf8)
+        guard bytes.withUnsafeBytes({ Foundation.write(fd, $0.baseAddress, $0.count) }) == bytes.count else {
+            throw MeshError(.fileUnreadable, "cannot write \(file.path): \(String(cString: strerror(errno)))")
+        }
+    }
+}

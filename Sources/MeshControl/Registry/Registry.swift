@@ -1,0 +1,153 @@
+import Foundation
+import Logging
+import MeshCore
+import MeshStore
+
+/// The service registry: who is running where. Authoritative in memory, written through to the
+/// store, and published to watching proxies as versioned events.
+///
+/// Heartbeats refresh `lastHeartbeat` in memory and in the store but publish nothing: only
+/// membership and data changes bump the version, so a quiet mesh sends no traffic.
+public actor Registry {
+    private var snapshot: RegistrySnapshot
+    /// Recent events for catching up reconnecting proxies; older versions get a snapshot.
+    private var changeLog: [RegistryEvent] = []
+    private let changeLogLimit = 1024
+    private var watchers: [UUID: AsyncStream<RegistryEvent>.Continuation] = [:]
+    private let store: any MeshStore
+    private let heartbeatTTL: TimeInterval
+    private let clock: @Sendable () -> Date
+    private let logger: Logger
+
+    /// Loads the registry. Instances loaded from the store get one TTL of grace, so that a
+    /// restarted control plane does not drop proxies before they have had time to reconnect.
+    public static func load(store: any MeshStore, heartbeatTTL: TimeInterval, logger: Logger,
+                            clock: @escaping @Sendable () -> Date = { Date() }) async throws -> Registry {
+        let version = try await store.loadRegistryVersion()
+        var instances: [String: ServiceInstance] = [:]
+        for var instance in try await store.listInstances() {
+            instance.lastHeartbeat = max(instance.lastHeartbeat, clock())
+            instances[instance.id] = instance
+        }
+        return Registry(snapshot: RegistrySnapshot(version: version, instances: instances), store: store,
+                        heartbeatTTL: heartbeatTTL, logger: logger, clock: clock)
+    }
+
+    private init(snapshot: RegistrySnapshot, store: any MeshStore, heartbeatTTL: TimeInterval,
+                 logger: Logger, clock: @escaping @Sendable () -> Date) {
+        self.snapshot = snapshot
+        self.store = store
+        self.heartbeatTTL = heartbeatTTL
+        self.logger = logger
+        self.clock = clock
+    }
+
+    public var current: RegistrySnapshot { snapshot }
+
+    /// Registers or updates an instance; publishes only when something other than the
+    /// heartbeat time changed.
+    public func register(_ instance: ServiceInstance) async throws {
+        let previous = snapshot.instances[instance.id]
+        if let previous, previous.service != instance.service {
+            throw MeshError(.forbidden, "instance id \(instance.id) belongs to service \(previous.service)")
+        }
+        try await store.upsertInstance(instance)
+        var comparable = instance
+        comparable.lastHeartbeat = previous?.lastHeartbeat ?? instance.lastHeartbeat
+        if previous == comparable {
+            snapshot.instances[instance.id]?.lastHeartbeat = instance.lastHeartbeat
+            return
+        }
+        try await publish(.upsert(instance))
+        logger.info("instance registered", metadata: ["service": "\(instance.service)", "instance": "\(instance.id)",
+                                                      "endpoint": "\(instance.endpoint)"])
+    }
+
+    /// Refreshes an instance's heartbeat. Unknown ids throw `not-found` so that the proxy
+    /// registers again (for example after it was swept while partitioned).
+    public func heartbeat(id: String, service: ServiceName, certificateExpiry: Date?) async throws {
+        guard var instance = snapshot.instances[id] else {
+            throw MeshError(.notFound, "instance \(id) is not registered; register again")
+        }
+        guard instance.service == service else {
+            throw MeshError(.forbidden, "instance \(id) belongs to service \(instance.service), not \(service)")
+        }
+        instance.lastHeartbeat = clock()
+        let expiryChanged = certificateExpiry != nil && certificateExpiry != instance.certificateExpiry
+        if let certificateExpiry { instance.certificateExpiry = certificateExpiry }
+        try await store.upsertInstance(instance)
+        if expiryChanged {
+            try await publish(.upsert(instance))
+        } else {
+            snapshot.instances[id] = instance
+        }
+    }
+
+    public func deregister(id: String, service: ServiceName) async throws {
+        guard let instance = snapshot.instances[id] else { return }
+        guard instance.service == service else {
+            throw MeshError(.forbidden, "instance \(id) belongs to service \(instance.service), not \(service)")
+        }
+        try await store.deleteInstance(id: id)
+        try await publish(.remove(id: id))
+        logger.info("instance deregistered", metadata: ["service": "\(service)", "instance": "\(id)"])
+    }
+
+    /// Removes instances whose heartbeat is older than the TTL.
+    public func sweep() async {
+        let cutoff = clock().addingTimeInterval(-heartbeatTTL)
+        for instance in snapshot.instances.values where instance.lastHeartbeat < cutoff {
+            do {
+                try await store.deleteInstance(id: instance.id)
+                try await publish(.remove(id: instance.id))
+                logger.info("instance expired (no heartbeat)", metadata: ["service": "\(instance.service)", "instance": "\(instance.id)"])
+            } catch {
+                logger.warning("cannot expire instance", metadata: ["instance": "\(instance.id)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Whether an instance is within its heartbeat TTL.
+    public func isHealthy(_ instance: ServiceInstance) -> Bool {
+        instance.lastHeartbeat >= clock().addingTimeInterval(-heartbeatTTL)
+    }
+
+    /// Subscribes to changes after `since`. The stream starts with what the caller missed —
+    /// the events from the change log, or a full snapshot when `since` is unknown or too old —
+    /// then carries every later change. A watcher that falls more than the buffer behind is
+    /// cut off; it reconnects and catches up from its last version.
+    public func watch(since: UInt64?) -> AsyncStream<RegistryEvent> {
+        let id = UUID()
+        let (stream, continuation) = AsyncStream<RegistryEvent>.makeStream(bufferingPolicy: .bufferingOldest(4096))
+        if let since, since == snapshot.version {
+            // Up to date: nothing to send yet.
+        } else if let since, since < snapshot.version, let first = changeLog.first, first.version <= since + 1 {
+            for event in changeLog where event.version > since { continuation.yield(event) }
+        } else {
+            continuation.yield(RegistryEvent(version: snapshot.version, kind: .snapshot(Array(snapshot.instances.values))))
+        }
+        watchers[id] = continuation
+        continuation.onTermination = { [weak self] _ in
+            Task { await self?.removeWatcher(id) }
+        }
+        return stream
+    }
+
+    private func removeWatcher(_ id: UUID) { watchers[id] = nil }
+
+    public var watcherCount: Int { watchers.count }
+
+    private func publish(_ kind: RegistryEvent.Kind) async throws {
+        let event = RegistryEvent(version: snapshot.version + 1, kind: kind)
+        try await store.saveRegistryVersion(event.version)
+        snapshot.apply(event)
+        changeLog.append(event)
+        if changeLog.count > changeLogLimit { changeLog.removeFirst(changeLog.count - changeLogLimit) }
+        for (id, watcher) in watchers {
+            if case .dropped = watcher.yield(event) {
+                watcher.finish()
+                watchers[id] = nil
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+import struct Foundation.Date
+
+/// Wire messages of the control plane's proxy API (`mesh control --listen`), JSON over
+/// HTTP/1.1 on mTLS. Shared by `MeshControl` (server) and `MeshProxy` (client), which is why
+/// they live in the bottom layer.
+public enum ControlAPI {
+    public static let joinPath = "/v1/join"
+    public static let renewPath = "/v1/renew"
+    public static let registerPath = "/v1/register"
+    public static let heartbeatPath = "/v1/heartbeat"
+    public static let deregisterPath = "/v1/deregister"
+    /// `GET /v1/watch?since=VERSION`: a chunked stream of ``RegistryEvent`` JSON lines.
+    public static let watchPath = "/v1/watch"
+
+    /// First certificate: a single-use join token plus a CSR (PEM).
+    public struct JoinRequest: Codable, Sendable {
+        public var token: String
+        public var csrPEM: String
+        public init(token: String, csrPEM: String) { self.token = token; self.csrPEM = csrPEM }
+    }
+
+    /// Renewal: a CSR, authenticated by the caller's current SVID on the mTLS connection.
+    public struct RenewRequest: Codable, Sendable {
+        public var csrPEM: String
+        public init(csrPEM: String) { self.csrPEM = csrPEM }
+    }
+
+    /// The signed SVID (leaf first, PEM) and the trust bundle to verify peers with.
+    public struct CertificateResponse: Codable, Sendable {
+        public var certificateChainPEM: String
+        public var trustBundlePEM: String
+        public var spiffeID: String
+        public var notAfter: Date
+        public init(certificateChainPEM: String, trustBundlePEM: String, spiffeID: String, notAfter: Date) {
+            self.certificateChainPEM = certificateChainPEM
+            self.trustBundlePEM = trustBundlePEM
+            self.spiffeID = spiffeID
+            self.notAfter = notAfter
+        }
+    }
+
+    public struct RegisterRequest: Codable, Sendable {
+        public var instanceID: String
+        /// Empty means "the address this connection came from".
+        public var address: String
+        public var inboundPort: Int
+        public var labels: Labels
+        public var certificateExpiry: Date?
+        public init(instanceID: String, address: String, inboundPort: Int, labels: Labels, certificateExpiry: Date?) {
+            self.instanceID = instanceID
+            self.address = address
+            self.inboundPort = inboundPort
+            self.labels = labels
+            self.certificateExpiry = certificateExpiry
+        }
+    }
+
+    public struct HeartbeatRequest: Codable, Sendable {
+        public var instanceID: String
+        public var certificateExpiry: Date?
+        public init(instanceID: String, certificateExpiry: Date?) {
+            self.instanceID = instanceID
+            self.certificateExpiry = certificateExpiry
+        }
+    }
+
+    /// Every error the APIs return has this body, with a matching HTTP status.
+    public struct ErrorBody: Codable, Sendable {
+        public var code: String
+        public var message: String
+        public init(code: String, message: String) { self.code = code; self.message = message }
+    }
+}
+
+/// Wire messages of the operator API (`mesh control --admin`), JSON over HTTP with a bearer
+/// admin token.
+public enum AdminAPI {
+    public static let tokensPath = "/v1/tokens"
+    public static let servicesPath = "/v1/services"
+
+    public struct CreateTokenRequest: Codable, Sendable {
+        public var service: ServiceName
+        public var ttlSeconds: Double
+        public init(service: ServiceName, ttlSeconds: Double) { self.service = service; self.ttlSeconds = ttlSeconds }
+    }
+
+    public struct CreateTokenResponse: Codable, Sendable {
+        public var token: String
+        public var service: ServiceName
+        public var expiresAt: Date
+        public init(token: String, service: ServiceName, expiresAt: Date) {
+            self.token = token
+            self.service = service
+            self.expiresAt = expiresAt
+        }
+    }
+
+    public struct ServiceListing: Codable, Sendable {
+        public struct Instance: Codable, Sendable {
+            public var id: String
+            public var endpoint: String
+            public var labels: Labels
+            public var healthy: Bool
+            public var lastHeartbeat: Date
+            public var certificateExpiry: Date?
+            public init(id: String, endpoint: String, labels: Labels, healthy: Bool, lastHeartbeat: Date, certificateExpiry: Date?) {
+                self.id = id
+                self.endpoint = endpoint
+                self.labels = labels
+                self.healthy = healthy
+                self.lastHeartbeat = lastHeartbeat
+                self.certificateExpiry = certificateExpiry
+            }
+        }
+        public var service: ServiceName
+        public var spiffeID: String
+        public var instances: [Instance]
+        public init(service: ServiceName, spiffeID: String, instances: [Instance]) {
+            self.service = service
+            self.spiffeID = spiffeID
+            self.instances = instances
+        }
+    }
+}

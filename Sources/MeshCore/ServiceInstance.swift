@@ -1,0 +1,83 @@
+import struct Foundation.Date
+
+/// One running instance of a service as the registry knows it: where its sidecar's inbound
+/// listener is, its labels, and when it was last heard from.
+public struct ServiceInstance: Hashable, Sendable, Codable {
+    /// Stable id chosen by the proxy at start (random), so re-registration is idempotent.
+    public var id: String
+    public var service: ServiceName
+    /// Address other proxies dial: the sidecar's inbound listener, never the app.
+    public var address: String
+    public var inboundPort: Int
+    public var labels: Labels
+    public var lastHeartbeat: Date
+    /// `notAfter` of the instance's current SVID, as reported by its proxy.
+    public var certificateExpiry: Date?
+
+    public init(id: String, service: ServiceName, address: String, inboundPort: Int, labels: Labels,
+                lastHeartbeat: Date, certificateExpiry: Date?) {
+        self.id = id
+        self.service = service
+        self.address = address
+        self.inboundPort = inboundPort
+        self.labels = labels
+        self.lastHeartbeat = lastHeartbeat
+        self.certificateExpiry = certificateExpiry
+    }
+
+    public var endpoint: HostPort { HostPort(host: address, port: inboundPort) }
+}
+
+/// An immutable view of the whole registry at one version. Proxies hold one and swap it whole
+/// when an update arrives; they never mutate it in place.
+public struct RegistrySnapshot: Sendable, Equatable, Codable {
+    public var version: UInt64
+    public var instances: [String: ServiceInstance]
+
+    public init(version: UInt64 = 0, instances: [String: ServiceInstance] = [:]) {
+        self.version = version
+        self.instances = instances
+    }
+
+    /// Instances of one service, ordered by id so that every proxy sees the same order.
+    public func endpoints(of service: ServiceName) -> [ServiceInstance] {
+        instances.values.filter { $0.service == service }.sorted { $0.id < $1.id }
+    }
+
+    /// Applies one event; events at or below the current version are ignored, which makes
+    /// replays after a reconnect harmless.
+    public mutating func apply(_ event: RegistryEvent) {
+        switch event.kind {
+        case .snapshot(let all):
+            instances = Dictionary(all.map { ($0.id, $0) }, uniquingKeysWith: { _, new in new })
+            version = event.version
+        case .upsert(let instance):
+            guard event.version > version else { return }
+            instances[instance.id] = instance
+            version = event.version
+        case .remove(let id):
+            guard event.version > version else { return }
+            instances[id] = nil
+            version = event.version
+        }
+    }
+}
+
+/// One message on the registry watch stream.
+public struct RegistryEvent: Sendable, Equatable, Codable {
+    public enum Kind: Sendable, Equatable, Codable {
+        /// Replaces everything the proxy had: sent first when the proxy's version is unknown
+        /// or too old for the change log.
+        case snapshot([ServiceInstance])
+        case upsert(ServiceInstance)
+        case remove(id: String)
+    }
+
+    public var version: UInt64
+    public var kind: Kind
+
+    public init(version: UInt64, kind: Kind) {
+        self.version = version
+        self.kind = kind
+    }
+}

@@ -1,0 +1,39 @@
+import Foundation
+import MeshTransport
+import NIOConcurrencyHelpers
+
+/// What `/ready` reports: ready only with an SVID and a first registry snapshot, and not
+/// while draining for shutdown.
+final class Readiness: Sendable {
+    private let box = NIOLockedValueBox((svid: false, config: false, draining: false))
+
+    var hasSVID: Bool {
+        get { box.withLockedValue { $0.svid } }
+        set { box.withLockedValue { $0.svid = newValue } }
+    }
+    var hasConfig: Bool {
+        get { box.withLockedValue { $0.config } }
+        set { box.withLockedValue { $0.config = newValue } }
+    }
+    var draining: Bool {
+        get { box.withLockedValue { $0.draining } }
+        set { box.withLockedValue { $0.draining = newValue } }
+    }
+}
+
+/// The proxy's admin port: `/live` and `/ready` (more — metrics — comes with observability).
+enum AdminEndpoints {
+    static func handle(_ request: APIRequest, readiness: Readiness) -> APIResponse {
+        switch request.path {
+        case "/live":
+            return .text("live\n")
+        case "/ready":
+            if readiness.draining { return .text("draining\n", status: .serviceUnavailable) }
+            if !readiness.hasSVID { return .text("not ready: no SVID yet\n", status: .serviceUnavailable) }
+            if !readiness.hasConfig { return .text("not ready: no registry from the control plane yet\n", status: .serviceUnavailable) }
+            return .text("ready\n")
+        default:
+            return .text("not found: try /ready or /live\n", status: .notFound)
+        }
+    }
+}

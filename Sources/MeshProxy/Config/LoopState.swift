@@ -1,0 +1,93 @@
+import MeshCore
+import MeshIdentity
+import NIOCore
+import NIOSSL
+
+/// Everything the data path reads per request, confined to one event loop.
+///
+/// Handlers on that loop read it without locks; the control side replaces whole values by
+/// submitting a closure to the loop (``LoopStates/update(_:)``), so a request always sees one
+/// consistent configuration and never waits for the control plane.
+final class LoopState {
+    let eventLoop: EventLoop
+    /// The registry as last pushed; replaced whole on every update.
+    var registry = RegistrySnapshot()
+    /// TLS contexts built from the current SVID: new connections pick up a renewed
+    /// certificate, existing ones keep the one they were made with.
+    var serverTLS: NIOSSLContext?
+    var clientTLS: NIOSSLContext?
+    var bundle: TrustBundle?
+    let pool: UpstreamPool
+    /// Round-robin position per service.
+    var nextEndpoint: [ServiceName: Int] = [:]
+    /// Requests being forwarded right now, for graceful shutdown.
+    var inFlight = 0
+
+    init(eventLoop: EventLoop, limits: ProxyLimits) {
+        self.eventLoop = eventLoop
+        self.pool = UpstreamPool(eventLoop: eventLoop, limits: limits)
+    }
+}
+
+/// One ``LoopState`` per event loop of the proxy's group.
+final class LoopStates: Sendable {
+    /// Sendable because `value` is only touched on `eventLoop` (asserted in debug builds).
+    private struct Entry: @unchecked Sendable {
+        let eventLoop: EventLoop
+        private let state: LoopState
+        init(eventLoop: EventLoop, state: LoopState) {
+            self.eventLoop = eventLoop
+            self.state = state
+        }
+        var value: LoopState {
+            eventLoop.assertInEventLoop()
+            return state
+        }
+    }
+    private let states: [Entry]
+
+    init(group: EventLoopGroup, limits: ProxyLimits) {
+        states = group.makeIterator().map { Entry(eventLoop: $0, state: LoopState(eventLoop: $0, limits: limits)) }
+    }
+
+    /// The state of `loop`; call on that loop.
+    func state(on loop: EventLoop) -> LoopState {
+        for entry in states where entry.eventLoop === loop { return entry.value }
+        preconditionFailure("event loop \(loop) is not part of this proxy's group")
+    }
+
+    /// Applies `change` to every loop's state, on its own loop; returns once all have applied it.
+    func update(_ change: @escaping @Sendable (LoopState) -> Void) async {
+        await withTaskGroup(of: Void.self) { group in
+            for state in states {
+                group.addTask {
+                    try? await state.eventLoop.submit { change(state.value) }.get()
+                }
+            }
+        }
+    }
+
+    /// Sum of a per-loop figure, e.g. requests in flight.
+    func sum(_ figure: @escaping @Sendable (LoopState) -> Int) async -> Int {
+        var total = 0
+        for state in states {
+            total += (try? await state.eventLoop.submit { figure(state.value) }.get()) ?? 0
+        }
+        return total
+    }
+}
+
+/// Limits on buffers, queues and time in the data path (DESIGN.md §6).
+public struct ProxyLimits: Sendable {
+    public var maxRequestHeaderBytes = 60 * 1024
+    public var maxRequestHeaderFields = 100
+    /// Request body bytes buffered while the upstream connection is being set up.
+    public var maxPendingBodyBytes = 1 << 20
+    public var tlsHandshakeTimeout: TimeAmount = .seconds(10)
+    public var connectTimeout: TimeAmount = .seconds(5)
+    public var idleTimeout: TimeAmount = .hours(1)
+    /// Idle pooled connections kept per upstream.
+    public var maxIdlePerUpstream = 64
+    public var drainTimeout: Duration = .seconds(10)
+    public init() {}
+}

@@ -1,0 +1,62 @@
+import Foundation
+import Logging
+import MeshCore
+import MeshTransport
+
+/// Keeps this instance registered: registers, heartbeats, registers again when the control
+/// plane forgot it (restart with a swept registry, partition), and deregisters on shutdown.
+struct Registration: Sendable {
+    let identity: IdentityManager
+    let request: ControlAPI.RegisterRequest
+    let interval: Duration
+    let logger: Logger
+
+    func register() async throws {
+        var body = request
+        body.certificateExpiry = await identity.svid?.notAfter
+        _ = try await identity.controlClient().send(.POST, ControlAPI.registerPath, json: body).decode(ServiceInstance.self)
+    }
+
+    /// Heartbeats until cancelled; never throws (a dead control plane is logged, not fatal).
+    func heartbeatLoop() async {
+        var registered = true
+        while !Task.isCancelled {
+            try? await Task.sleep(for: interval)
+            if Task.isCancelled { return }
+            do {
+                if !registered {
+                    try await register()
+                    registered = true
+                    logger.info("registered again with the control plane")
+                    continue
+                }
+                let body = ControlAPI.HeartbeatRequest(instanceID: request.instanceID,
+                                                       certificateExpiry: await identity.svid?.notAfter)
+                let response = try await identity.controlClient().send(.POST, ControlAPI.heartbeatPath, json: body)
+                if response.status == .notFound {
+                    registered = false
+                    try await register()
+                    registered = true
+                } else {
+                    _ = try response.decode([String: Bool].self)
+                }
+            } catch {
+                if Task.isCancelled { return }
+                registered = false
+                logger.warning("heartbeat failed; serving on the last known configuration", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    func deregister() async {
+        do {
+            let body = ControlAPI.HeartbeatRequest(instanceID: request.instanceID, certificateExpiry: nil)
+            var client = try await identity.controlClient()
+            client.requestTimeout = .seconds(2)
+            _ = try await client.send(.POST, ControlAPI.deregisterPath, json: body).decode([String: Bool].self)
+            logger.info("deregistered from the control plane")
+        } catch {
+            logger.warning("could not deregister; the control plane will expire this instance", metadata: ["error": "\(error)"])
+        }
+    }
+}

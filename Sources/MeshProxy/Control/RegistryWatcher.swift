@@ -1,0 +1,55 @@
+import Foundation
+import Logging
+import MeshCore
+import MeshTransport
+
+/// Follows the control plane's registry stream and pushes every new snapshot to the data
+/// path. Reconnects with backoff, resuming from the last version it applied, so a restart
+/// of the control plane costs at most one snapshot per proxy.
+struct RegistryWatcher: Sendable {
+    let identity: IdentityManager
+    let states: LoopStates
+    let logger: Logger
+    /// Called once, when the first complete view has been applied.
+    let onFirstSnapshot: @Sendable () -> Void
+
+    func run() async {
+        let box = SnapshotBox()
+        while !Task.isCancelled {
+            do {
+                let since = box.snapshot.version
+                let client = try await identity.controlClient()
+                let path = ControlAPI.watchPath + (since > 0 ? "?since=\(since)" : "")
+                try await client.streamLines(path) { line in
+                    let event = try JSONCoding.decoder.decode(RegistryEvent.self, from: Data(line.utf8))
+                    var next = box.snapshot
+                    next.apply(event)
+                    guard next != box.snapshot || box.first else { return }
+                    box.snapshot = next
+                    let frozen = next
+                    await states.update { $0.registry = frozen }
+                    if box.first {
+                        box.first = false
+                        onFirstSnapshot()
+                    }
+                    box.attempt = 0
+                }
+                logger.info("registry stream ended; reconnecting")
+            } catch {
+                if Task.isCancelled { return }
+                logger.warning("registry stream failed; serving on the last known registry",
+                               metadata: ["error": "\(error)", "version": "\(box.snapshot.version)"])
+            }
+            box.attempt += 1
+            let delay = min(5.0, 0.2 * pow(2.0, Double(min(box.attempt, 6)))) * Double.random(in: 0.5...1.0)
+            try? await Task.sleep(for: .seconds(delay))
+        }
+    }
+}
+
+/// The watcher's own copy of the registry; only touched by the watcher's task.
+private final class SnapshotBox: @unchecked Sendable {
+    var snapshot = RegistrySnapshot()
+    var first = true
+    var attempt = 0
+}

@@ -1,0 +1,237 @@
+import Logging
+import MeshCore
+import NIOCore
+import NIOHTTP1
+
+/// Forwards HTTP/1.1 exchanges from a downstream connection to pooled upstream connections.
+///
+/// One handler per downstream connection, after `HTTPServerPipelineHandler` (which delivers
+/// one request at a time). Everything happens on the connection's event loop: no locks, no
+/// tasks. The router (inbound or outbound) decides where each request goes.
+final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private enum State {
+        case idle
+        /// Waiting for an upstream connection; parts that arrive meanwhile are held.
+        case connecting(pending: [HTTPServerRequestPart], pendingBytes: Int, requestEnded: Bool)
+        case forwarding(UpstreamConnection, requestEnded: Bool, responseStarted: Bool)
+        /// Answered locally (or upstream finished early): drop the rest of the request.
+        case discarding
+    }
+
+    private let role: String
+    private let router: Router
+    private let states: LoopStates
+    private let logger: Logger
+    private var state: State = .idle
+    private var info = DownstreamInfo()
+    private var infoLoaded = false
+    private var keepAlive = true
+    private var context: ChannelHandlerContext?
+    private var loopState: LoopState?
+
+    init(role: String, router: @escaping Router, states: LoopStates, logger: Logger) {
+        self.role = role
+        self.router = router
+        self.states = states
+        self.logger = logger
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.loopState = states.state(on: context.eventLoop)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        switch (state, part) {
+        case (.idle, .head(let head)):
+            begin(head, context: context)
+        case (.idle, _):
+            break // Stray body after a local answer was completed; ignore.
+        case (.connecting(var pending, var bytes, _), _):
+            if case .body(let chunk) = part { bytes += chunk.readableBytes }
+            let ended: Bool
+            if case .end = part { ended = true } else { ended = false }
+            pending.append(part)
+            state = .connecting(pending: pending, pendingBytes: bytes, requestEnded: ended)
+            if bytes > (loopState?.pool.limits.maxPendingBodyBytes ?? 1 << 20) {
+                // Stop reading until the upstream is there: the buffer stays bounded.
+                context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+            }
+        case (.forwarding(let upstream, _, let started), _):
+            let ended: Bool
+            if case .end = part { ended = true } else { ended = false }
+            state = .forwarding(upstream, requestEnded: ended, responseStarted: started)
+            upstream.channel.writeAndFlush(clientPart(part), promise: nil)
+        case (.discarding, .end):
+            state = .idle
+        case (.discarding, _):
+            break
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        switch state {
+        case .forwarding(let upstream, _, _):
+            upstream.handler.responder = nil
+            upstream.channel.close(promise: nil)
+            finishExchange()
+        case .connecting:
+            finishExchange()
+        case .idle, .discarding:
+            break
+        }
+        state = .idle
+        context.fireChannelInactive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        // Backpressure: stop reading the upstream while the downstream cannot take more.
+        if case .forwarding(let upstream, _, _) = state {
+            upstream.channel.setOption(ChannelOptions.autoRead, value: context.channel.isWritable).whenComplete { _ in }
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        logger.debug("downstream connection error", metadata: ["role": "\(role)", "error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    // MARK: - Request start
+
+    private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        keepAlive = head.isKeepAlive
+        guard let loopState else { return }
+        if !infoLoaded {
+            info = DownstreamInfo(peer: PeerIdentityReader.peer(of: context), remoteAddress: context.channel.remoteAddress)
+            infoLoaded = true
+        }
+        if let problem = ProxyHeaders.exceedsLimits(head, limits: loopState.pool.limits) {
+            respondLocally(.init(statusCode: 431), code: "headers-too-large", message: problem, context: context)
+            return
+        }
+        switch router(head, info, loopState) {
+        case .respond(let status, let code, let message):
+            respondLocally(status, code: code, message: message, context: context)
+        case .forward(let candidates, let forwardHead):
+            state = .connecting(pending: [.head(forwardHead)], pendingBytes: 0, requestEnded: false)
+            loopState.inFlight += 1
+            connect(candidates[...], loopState: loopState)
+        }
+    }
+
+    private func connect(_ candidates: ArraySlice<UpstreamKey>, loopState: LoopState) {
+        guard let key = candidates.first else { return }
+        loopState.pool.acquire(key, clientTLS: loopState.clientTLS, bundle: loopState.bundle).whenComplete { [self] result in
+            guard case .connecting(let pending, _, let ended) = state, let context else {
+                // The downstream went away meanwhile: give the connection back unused.
+                if case .success(let upstream) = result { loopState.pool.release(upstream) }
+                return
+            }
+            switch result {
+            case .success(let upstream):
+                state = .forwarding(upstream, requestEnded: ended, responseStarted: false)
+                upstream.handler.responder = { [weak self] event in self?.upstreamEvent(event) }
+                for part in pending { upstream.channel.write(clientPart(part), promise: nil) }
+                upstream.channel.flush()
+                context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+            case .failure(let error):
+                if candidates.count > 1 {
+                    logger.info("upstream connect failed, trying the next endpoint",
+                                metadata: ["role": "\(role)", "upstream": "\(key.address)", "error": "\(error)"])
+                    connect(candidates.dropFirst(), loopState: loopState)
+                    return
+                }
+                logger.warning("upstream unavailable", metadata: ["role": "\(role)", "upstream": "\(key.address)", "error": "\(error)"])
+                finishExchange()
+                state = ended ? .idle : .discarding
+                context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+                let status: HTTPResponseStatus = key.peerIdentity == nil ? .badGateway : .serviceUnavailable
+                writeLocalResponse(status, code: "upstream-unavailable",
+                                   message: "cannot reach \(key.peerIdentity?.description ?? "the local app") at \(key.address): \(error)",
+                                   context: context)
+            }
+        }
+    }
+
+    // MARK: - Response relay
+
+    private func upstreamEvent(_ event: UpstreamEvent) {
+        guard case .forwarding(let upstream, let requestEnded, let started) = state, let context else { return }
+        switch event {
+        case .part(.head(var head)):
+            let upstreamKeepAlive = head.isKeepAlive
+            ProxyHeaders.stripHopByHop(&head.headers)
+            if !keepAlive { head.headers.replaceOrAdd(name: "connection", value: "close") }
+            state = .forwarding(upstream, requestEnded: requestEnded, responseStarted: true)
+            upstream.handler.keepAlive = upstreamKeepAlive
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: head.status, headers: head.headers))),
+                          promise: nil)
+        case .part(.body(let chunk)):
+            context.write(wrapOutboundOut(.body(.byteBuffer(chunk))), promise: nil)
+        case .part(.end(let trailers)):
+            let reusable = upstream.handler.keepAlive && requestEnded
+            if reusable {
+                upstream.handler.responder = nil
+                loopState?.pool.release(upstream)
+            } else {
+                upstream.channel.close(promise: nil)
+            }
+            finishExchange()
+            state = requestEnded ? .idle : .discarding
+            let closeAfter = !keepAlive
+            context.writeAndFlush(wrapOutboundOut(.end(trailers))).whenComplete { _ in
+                if closeAfter { context.close(promise: nil) }
+            }
+        case .closed:
+            finishExchange()
+            if started {
+                // Part of the response is already out: the only honest signal left is a close.
+                state = .idle
+                context.close(promise: nil)
+            } else {
+                state = requestEnded ? .idle : .discarding
+                writeLocalResponse(.badGateway, code: "upstream-reset",
+                                   message: "the upstream closed the connection before answering", context: context)
+            }
+        }
+    }
+
+    // MARK: - Helpers
+
+    private func finishExchange() {
+        loopState?.inFlight -= 1
+    }
+
+    private func respondLocally(_ status: HTTPResponseStatus, code: String, message: String, context: ChannelHandlerContext) {
+        state = .discarding
+        writeLocalResponse(status, code: code, message: message, context: context)
+    }
+
+    private func writeLocalResponse(_ status: HTTPResponseStatus, code: String, message: String, context: ChannelHandlerContext) {
+        let body = ByteBuffer(string: "swiftmesh \(role): \(message)\n")
+        var headers: HTTPHeaders = ["content-type": "text/plain; charset=utf-8",
+                                    "content-length": "\(body.readableBytes)", ProxyHeaders.error: code]
+        if !keepAlive { headers.add(name: "connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        let closeAfter = !keepAlive
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+            if closeAfter { context.close(promise: nil) }
+        }
+    }
+
+    private func clientPart(_ part: HTTPServerRequestPart) -> HTTPClientRequestPart {
+        switch part {
+        case .head(let head): return .head(head)
+        case .body(let buffer): return .body(.byteBuffer(buffer))
+        case .end(let trailers): return .end(trailers)
+        }
+    }
+}

@@ -1,0 +1,52 @@
+import MeshCore
+import MeshIdentity
+import NIOCore
+import NIOHTTP1
+
+/// What a listener decided to do with one request.
+enum RouteDecision {
+    /// Forward `head` to the first candidate that accepts a connection (a candidate is only
+    /// tried after the previous one failed to connect, so the request is never sent twice).
+    case forward(candidates: [UpstreamKey], head: HTTPRequestHead)
+    /// Answer locally, e.g. 503 for an unknown service; `code` goes in `x-mesh-error`.
+    case respond(HTTPResponseStatus, code: String, message: String)
+}
+
+/// What a listener knows about the downstream connection.
+struct DownstreamInfo {
+    /// The caller's verified SPIFFE ID (inbound mTLS only).
+    var peer: SPIFFEID?
+    var remoteAddress: SocketAddress?
+}
+
+/// Decides per request. Runs on the event loop with that loop's state: it must not block.
+typealias Router = (HTTPRequestHead, DownstreamInfo, LoopState) -> RouteDecision
+
+/// Header hygiene shared by both directions.
+enum ProxyHeaders {
+    /// The header that tells an app who called; set by the inbound proxy only.
+    static let peerIdentity = "x-mesh-peer-identity"
+    static let error = "x-mesh-error"
+
+    /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
+    static func stripHopByHop(_ headers: inout HTTPHeaders) {
+        let named = headers[canonicalForm: "connection"].map { $0.lowercased() }
+        for name in named where name != "close" && name != "keep-alive" { headers.remove(name: String(name)) }
+        for name in ["connection", "keep-alive", "proxy-connection", "upgrade", "proxy-authenticate"] {
+            headers.remove(name: name)
+        }
+    }
+
+    /// Checks the DESIGN.md §6 header limits; nil when within them.
+    static func exceedsLimits(_ head: HTTPRequestHead, limits: ProxyLimits) -> String? {
+        if head.headers.count > limits.maxRequestHeaderFields {
+            return "request has \(head.headers.count) header fields, the limit is \(limits.maxRequestHeaderFields)"
+        }
+        var bytes = head.uri.utf8.count
+        for (name, value) in head.headers { bytes += name.utf8.count + value.utf8.count + 4 }
+        if bytes > limits.maxRequestHeaderBytes {
+            return "request headers are \(bytes) bytes, the limit is \(limits.maxRequestHeaderBytes)"
+        }
+        return nil
+    }
+}

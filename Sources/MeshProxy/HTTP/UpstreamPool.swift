@@ -1,0 +1,208 @@
+import Logging
+import MeshCore
+import MeshIdentity
+import MeshTransport
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import NIOTLS
+
+/// Where a request goes next: an address, and — for a mesh hop — the identity the peer must
+/// prove in the TLS handshake.
+struct UpstreamKey: Hashable {
+    var address: HostPort
+    /// nil: plain HTTP (the local app). Set: mTLS, and the peer must be exactly this ID.
+    var peerIdentity: SPIFFEID?
+}
+
+/// Keep-alive connections to upstreams, per event loop (so never shared across threads and
+/// never locked). Idle connections are reused newest first; a closed one drops out by itself.
+final class UpstreamPool {
+    let eventLoop: EventLoop
+    let limits: ProxyLimits
+    private var idle: [UpstreamKey: [UpstreamConnection]] = [:]
+
+    init(eventLoop: EventLoop, limits: ProxyLimits) {
+        self.eventLoop = eventLoop
+        self.limits = limits
+    }
+
+    /// A ready connection: pooled if one is idle, else a new one (TLS handshake and peer
+    /// verification done before it is handed out, so a wrong peer is a connect failure).
+    func acquire(_ key: UpstreamKey, clientTLS: NIOSSLContext?, bundle: TrustBundle?) -> EventLoopFuture<UpstreamConnection> {
+        while var list = idle[key], let connection = list.popLast() {
+            idle[key] = list.isEmpty ? nil : list
+            if connection.channel.isActive { return eventLoop.makeSucceededFuture(connection) }
+        }
+        return connect(key, clientTLS: clientTLS, bundle: bundle)
+    }
+
+    /// Returns a connection after a complete exchange that both sides kept alive.
+    func release(_ connection: UpstreamConnection) {
+        guard connection.channel.isActive else { return }
+        var list = idle[connection.key, default: []]
+        guard list.count < limits.maxIdlePerUpstream else {
+            connection.channel.close(promise: nil)
+            return
+        }
+        list.append(connection)
+        idle[connection.key] = list
+    }
+
+    fileprivate func forget(_ connection: UpstreamConnection) {
+        guard var list = idle[connection.key] else { return }
+        list.removeAll { $0 === connection }
+        idle[connection.key] = list.isEmpty ? nil : list
+    }
+
+    /// Closes every idle connection (shutdown).
+    func closeAll() {
+        for connection in idle.values.joined() { connection.channel.close(promise: nil) }
+        idle.removeAll()
+    }
+
+    private func connect(_ key: UpstreamKey, clientTLS: NIOSSLContext?, bundle: TrustBundle?) -> EventLoopFuture<UpstreamConnection> {
+        let ready = eventLoop.makePromise(of: Void.self)
+        var verifier: SPIFFEPeerVerifier?
+        if let expected = key.peerIdentity {
+            guard let clientTLS, let bundle else {
+                return eventLoop.makeFailedFuture(MeshError(.unavailable, "this proxy has no SVID yet"))
+            }
+            verifier = SPIFFEPeerVerifier(bundle: bundle, expected: [expected], usage: .serverAuth)
+            _ = clientTLS
+        }
+        let tlsContext = clientTLS
+        let handshakeTimeout = limits.tlsHandshakeTimeout
+        return ClientBootstrap(group: eventLoop)
+            .connectTimeout(limits.connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    if let verifier, let tlsContext {
+                        try sync.addHandler(try NIOSSLClientHandler(
+                            context: tlsContext, serverHostname: nil,
+                            customVerificationCallbackWithMetadata: SPIFFEVerification.callback(verifier)))
+                    }
+                    try sync.addHTTPClientHandlers()
+                    try sync.addHandler(UpstreamHandler(ready: ready, expectsTLS: verifier != nil,
+                                                        handshakeTimeout: handshakeTimeout))
+                }
+            }
+            .connect(host: key.address.host, port: key.address.port)
+            .flatMap { channel in
+                ready.futureResult.flatMapThrowing {
+                    let handler = try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self)
+                    let connection = UpstreamConnection(key: key, channel: channel, handler: handler)
+                    channel.closeFuture.whenComplete { [weak self] _ in self?.forget(connection) }
+                    return connection
+                }
+                .flatMapErrorThrowing { error in
+                    channel.close(promise: nil)
+                    throw error
+                }
+            }
+    }
+}
+
+/// One upstream connection with its HTTP client pipeline.
+final class UpstreamConnection {
+    let key: UpstreamKey
+    let channel: Channel
+    let handler: UpstreamHandler
+
+    init(key: UpstreamKey, channel: Channel, handler: UpstreamHandler) {
+        self.key = key
+        self.channel = channel
+        self.handler = handler
+    }
+}
+
+/// Receives the response parts of an upstream connection and hands them to whichever
+/// downstream exchange currently owns the connection.
+final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPClientResponsePart
+
+    /// The exchange the next response belongs to; set while a request is in flight.
+    var responder: ((UpstreamEvent) -> Void)?
+    /// Whether the last response allowed reuse of the connection.
+    var keepAlive = true
+    private var ready: EventLoopPromise<Void>?
+    private let expectsTLS: Bool
+    private let handshakeTimeout: TimeAmount
+    private var timeout: Scheduled<Void>?
+
+    init(ready: EventLoopPromise<Void>, expectsTLS: Bool, handshakeTimeout: TimeAmount) {
+        self.ready = ready
+        self.expectsTLS = expectsTLS
+        self.handshakeTimeout = handshakeTimeout
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if expectsTLS {
+            let channel = context.channel
+            timeout = context.eventLoop.scheduleTask(in: handshakeTimeout) { [weak self] in
+                self?.fail(MeshError(.unavailable, "TLS handshake with the peer timed out"))
+                channel.close(promise: nil)
+            }
+        } else {
+            succeed()
+        }
+        context.fireChannelActive()
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive && !expectsTLS { succeed() }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event { succeed() }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        guard let responder else {
+            // A response nobody asked for: the connection is out of step, drop it.
+            context.close(promise: nil)
+            return
+        }
+        if case .end = part { self.responder = nil }
+        responder(.part(part))
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        fail(error)
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        fail(MeshError(.unavailable, "upstream closed the connection"))
+        if let responder {
+            self.responder = nil
+            responder(.closed)
+        }
+        context.fireChannelInactive()
+    }
+
+    private func succeed() {
+        timeout?.cancel()
+        timeout = nil
+        ready?.succeed(())
+        ready = nil
+    }
+
+    private func fail(_ error: Error) {
+        timeout?.cancel()
+        timeout = nil
+        ready?.fail(error)
+        ready = nil
+    }
+}
+
+enum UpstreamEvent {
+    case part(HTTPClientResponsePart)
+    /// The connection closed before the response ended.
+    case closed
+}

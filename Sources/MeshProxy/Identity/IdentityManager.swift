@@ -1,0 +1,111 @@
+import Foundation
+import Logging
+import MeshCore
+import MeshIdentity
+import MeshTransport
+import NIOCore
+import X509
+
+/// Holds the proxy's SVID: obtains the first one with a join token, renews it at half its
+/// life over mTLS authenticated by the current one, and keeps serving on the old one while
+/// renewal fails and it is still valid. A fresh key is generated for every renewal; keys
+/// never leave the process.
+actor IdentityManager {
+    private(set) var svid: SVID?
+    private(set) var bundle: TrustBundle
+    let service: ServiceName
+    private let control: HostPort
+    private let group: EventLoopGroup
+    private let schedule: RenewalSchedule
+    private let logger: Logger
+    private let clock: @Sendable () -> Date
+    /// Called after every change of SVID or bundle, to push new TLS contexts to the data path.
+    private let onChange: @Sendable (SVID, TrustBundle) async -> Void
+
+    init(service: ServiceName, control: HostPort, bundle: TrustBundle, group: EventLoopGroup,
+         schedule: RenewalSchedule = RenewalSchedule(), logger: Logger,
+         clock: @escaping @Sendable () -> Date = { Date() },
+         onChange: @escaping @Sendable (SVID, TrustBundle) async -> Void) {
+        self.service = service
+        self.control = control
+        self.bundle = bundle
+        self.group = group
+        self.schedule = schedule
+        self.logger = logger
+        self.clock = clock
+        self.onChange = onChange
+    }
+
+    /// The identity the control plane must prove.
+    var controlIdentity: SPIFFEID {
+        get throws { try SPIFFEID(trustDomain: bundle.trustDomain, path: "/ns/\(SPIFFEID.systemNamespace)/sa/control") }
+    }
+
+    /// A client for the control plane, presenting the current SVID when there is one.
+    func controlClient() throws -> APIClient {
+        let context = try MeshTLS.clientContext(svid: svid, bundle: bundle)
+        let verifier = SPIFFEPeerVerifier(bundle: bundle, expected: [try controlIdentity], usage: .serverAuth)
+        return APIClient(target: control, group: group, tls: APIClient.TLS(context: context, verifier: verifier))
+    }
+
+    /// First certificate, with a single-use join token.
+    func join(token: String) async throws {
+        let key = WorkloadKey()
+        let request = ControlAPI.JoinRequest(token: token, csrPEM: try key.csrPEM(service: service))
+        let response = try await controlClient().send(.POST, ControlAPI.joinPath, json: request)
+            .decode(ControlAPI.CertificateResponse.self)
+        try await install(response, key: key)
+    }
+
+    /// Renews with a CSR for a new key, authenticated by the current SVID.
+    func renew() async throws {
+        let key = WorkloadKey()
+        let request = ControlAPI.RenewRequest(csrPEM: try key.csrPEM(service: service))
+        let response = try await controlClient().send(.POST, ControlAPI.renewPath, json: request)
+            .decode(ControlAPI.CertificateResponse.self)
+        try await install(response, key: key)
+    }
+
+    private func install(_ response: ControlAPI.CertificateResponse, key: WorkloadKey) async throws {
+        let chain = try PEM.certificates(from: response.certificateChainPEM)
+        let newSVID = try SVID(chain: chain, key: key)
+        let expected = try SPIFFEID(trustDomain: bundle.trustDomain, service: service)
+        guard newSVID.id == expected else {
+            throw MeshError(.invalidCertificate, "the control plane issued \(newSVID.id), expected \(expected)")
+        }
+        let newBundle = try TrustBundle(pem: response.trustBundlePEM)
+        guard newBundle.trustDomain == bundle.trustDomain else {
+            throw MeshError(.invalidCertificate, "the control plane sent a bundle for another trust domain")
+        }
+        svid = newSVID
+        bundle = newBundle
+        logger.info("SVID installed", metadata: ["spiffe_id": "\(newSVID.id)", "not_after": "\(newSVID.notAfter)"])
+        await onChange(newSVID, newBundle)
+    }
+
+    /// Renews for as long as the task runs.
+    func renewalLoop() async {
+        var attempt = 0
+        while !Task.isCancelled {
+            guard let current = svid else { return }
+            let now = clock()
+            let wait: TimeInterval
+            if attempt == 0 {
+                wait = schedule.renewalTime(notBefore: current.notBefore, notAfter: current.notAfter).timeIntervalSince(now)
+            } else {
+                wait = schedule.retryDelay(attempt: attempt, notAfter: current.notAfter, now: now)
+            }
+            if wait > 0 { try? await Task.sleep(for: .seconds(wait)) }
+            if Task.isCancelled { return }
+            do {
+                try await renew()
+                attempt = 0
+            } catch {
+                attempt += 1
+                let remaining = current.notAfter.timeIntervalSince(clock())
+                logger.warning("SVID renewal failed; still serving on the current SVID",
+                               metadata: ["error": "\(error)", "expires_in_s": "\(Int(remaining))", "attempt": "\(attempt)"])
+            }
+        }
+    }
+}

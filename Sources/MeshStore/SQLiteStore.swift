@@ -1,0 +1,138 @@
+import Foundation
+import Logging
+import MeshCore
+import NIOCore
+import NIOPosix
+import SQLiteNIO
+
+/// The embedded default store: one SQLite file in the control plane's data directory.
+///
+/// One connection, used from one actor, so writes are serialized and
+/// ``consumeJoinToken(hash:now:)`` is atomic without extra locking.
+public actor SQLiteStore: MeshStore {
+    private let connection: SQLiteConnection
+    private static let schemaVersion = 1
+
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    public static func open(path: String, logger: Logger) async throws -> SQLiteStore {
+        do {
+            let connection = try await SQLiteConnection.open(storage: .file(path: path), logger: logger)
+            let store = SQLiteStore(connection: connection)
+            try await store.migrate()
+            return store
+        } catch let error as MeshError {
+            throw error
+        } catch {
+            throw MeshError(.storeFailure, "cannot open the SQLite store at \(path): \(error); check that the data directory is writable")
+        }
+    }
+
+    private init(connection: SQLiteConnection) { self.connection = connection }
+
+    private func migrate() async throws {
+        try await run("PRAGMA journal_mode=WAL")
+        try await run("PRAGMA busy_timeout=5000")
+        try await run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        let rows = try await query("SELECT version FROM schema_version")
+        let current = rows.first?.column("version")?.integer ?? 0
+        if current > Self.schemaVersion {
+            throw MeshError(.storeFailure, "the store has schema version \(current), newer than this binary knows (\(Self.schemaVersion)); run a newer mesh")
+        }
+        if current < 1 {
+            try await run("BEGIN")
+            try await run("""
+                CREATE TABLE join_tokens (
+                  hash TEXT PRIMARY KEY, service TEXT NOT NULL,
+                  expires_at REAL NOT NULL, used_at REAL)
+                """)
+            try await run("""
+                CREATE TABLE instances (
+                  id TEXT PRIMARY KEY, service TEXT NOT NULL, address TEXT NOT NULL,
+                  inbound_port INTEGER NOT NULL, labels TEXT NOT NULL,
+                  last_heartbeat REAL NOT NULL, certificate_expiry REAL)
+                """)
+            try await run("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            try await run("DELETE FROM schema_version")
+            try await run("INSERT INTO schema_version (version) VALUES (1)")
+            try await run("COMMIT")
+        }
+    }
+
+    public func insertJoinToken(_ token: StoredJoinToken) async throws {
+        try await run("INSERT INTO join_tokens (hash, service, expires_at, used_at) VALUES (?, ?, ?, NULL)",
+                      [.text(token.hash), .text(token.service.rawValue), .float(token.expiresAt.timeIntervalSince1970)])
+    }
+
+    public func consumeJoinToken(hash: String, now: Date) async throws -> StoredJoinToken {
+        // The actor serializes callers, so read-check-update cannot interleave.
+        let rows = try await query("SELECT service, expires_at, used_at FROM join_tokens WHERE hash = ?", [.text(hash)])
+        guard let row = rows.first, let serviceText = row.column("service")?.string,
+              let expires = row.column("expires_at")?.double, let service = try? ServiceName(serviceText) else {
+            throw MeshError(.tokenUnknown, "the join token is unknown; create one with 'mesh token create --service NAME'")
+        }
+        if let used = row.column("used_at")?.double {
+            throw MeshError(.tokenUsed, "the join token was already used at \(Date(timeIntervalSince1970: used)); tokens are single-use, create a new one")
+        }
+        let expiresAt = Date(timeIntervalSince1970: expires)
+        guard expiresAt > now else {
+            throw MeshError(.tokenExpired, "the join token expired at \(expiresAt); create a new one with 'mesh token create'")
+        }
+        try await run("UPDATE join_tokens SET used_at = ? WHERE hash = ?", [.float(now.timeIntervalSince1970), .text(hash)])
+        return StoredJoinToken(hash: hash, service: service, expiresAt: expiresAt, usedAt: now)
+    }
+
+    public func upsertInstance(_ instance: ServiceInstance) async throws {
+        let labels = String(decoding: try JSONEncoder().encode(instance.labels), as: UTF8.self)
+        try await run("""
+            INSERT OR REPLACE INTO instances (id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry)
+            VALUES (?, ?, ?, ?, ?, ?, ?)
+            """, [.text(instance.id), .text(instance.service.rawValue), .text(instance.address),
+                  .integer(instance.inboundPort), .text(labels), .float(instance.lastHeartbeat.timeIntervalSince1970),
+                  instance.certificateExpiry.map { .float($0.timeIntervalSince1970) } ?? .null])
+    }
+
+    public func deleteInstance(id: String) async throws {
+        try await run("DELETE FROM instances WHERE id = ?", [.text(id)])
+    }
+
+    public func listInstances() async throws -> [ServiceInstance] {
+        let rows = try await query("SELECT id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry FROM instances")
+        return rows.compactMap { row in
+            guard let id = row.column("id")?.string,
+                  let service = row.column("service")?.string.flatMap({ try? ServiceName($0) }),
+                  let address = row.column("address")?.string,
+                  let port = row.column("inbound_port")?.integer,
+                  let labelsText = row.column("labels")?.string,
+                  let labels = try? JSONDecoder().decode(Labels.self, from: Data(labelsText.utf8)),
+                  let heartbeat = row.column("last_heartbeat")?.double else { return nil }
+            return ServiceInstance(id: id, service: service, address: address, inboundPort: Int(port), labels: labels,
+                                   lastHeartbeat: Date(timeIntervalSince1970: heartbeat),
+                                   certificateExpiry: row.column("certificate_expiry")?.double.map { Date(timeIntervalSince1970: $0) })
+        }
+    }
+
+    public func loadRegistryVersion() async throws -> UInt64 {
+        let rows = try await query("SELECT value FROM meta WHERE key = 'registry_version'")
+        return rows.first?.column("value")?.string.flatMap { UInt64($0) } ?? 0
+    }
+
+    public func saveRegistryVersion(_ version: UInt64) async throws {
+        try await run("INSERT OR REPLACE INTO meta (key, value) VALUES ('registry_version', ?)", [.text(String(version))])
+    }
+
+    public func close() async {
+        try? await connection.close()
+    }
+
+    private func run(_ sql: String, _ binds: [SQLiteData] = []) async throws {
+        _ = try await query(sql, binds)
+    }
+
+    private func query(_ sql: String, _ binds: [SQLiteData] = []) async throws -> [SQLiteRow] {
+        do {
+            return try await connection.query(sql, binds)
+        } catch {
+            throw MeshError(.storeFailure, "SQLite store error: \(error)")
+        }
+    }
+}

@@ -1,0 +1,172 @@
+import Foundation
+import Logging
+import MeshCore
+import MeshIdentity
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+
+/// A small HTTP/1.1 client for the JSON APIs, on mTLS to the control plane or plain HTTP to an
+/// admin port. One connection per call: these calls are rare (join, renew, heartbeat), and a
+/// fresh handshake always uses the current SVID.
+public struct APIClient: Sendable {
+    public struct TLS: Sendable {
+        public var context: NIOSSLContext
+        public var verifier: SPIFFEPeerVerifier
+        public init(context: NIOSSLContext, verifier: SPIFFEPeerVerifier) {
+            self.context = context
+            self.verifier = verifier
+        }
+    }
+
+    public let target: HostPort
+    public let group: EventLoopGroup
+    public let tls: TLS?
+    public var connectTimeout: TimeAmount = .seconds(5)
+    public var requestTimeout: Duration = .seconds(15)
+    public var maxResponseBytes = 4 << 20
+    public var bearerToken: String?
+    /// `Host` header to send; defaults to the target address. An app calling through its
+    /// outbound sidecar sets the service name here.
+    public var hostHeader: String?
+
+    public init(target: HostPort, group: EventLoopGroup, tls: TLS?, bearerToken: String? = nil) {
+        self.target = target
+        self.group = group
+        self.tls = tls
+        self.bearerToken = bearerToken
+    }
+
+    public struct Response: Sendable {
+        public var status: HTTPResponseStatus
+        public var body: ByteBuffer
+        public var text: String { String(buffer: body) }
+
+        public func decode<T: Decodable>(_ type: T.Type) throws -> T {
+            guard status.code < 300 else {
+                if let error = try? JSONCoding.decoder.decode(ControlAPI.ErrorBody.self, from: Data(body.readableBytesView)) {
+                    throw MeshError(MeshError.Code(rawValue: error.code), error.message)
+                }
+                throw MeshError(.protocolError, "server answered \(status.code): \(text.prefix(200))")
+            }
+            do {
+                return try JSONCoding.decoder.decode(T.self, from: Data(body.readableBytesView))
+            } catch {
+                throw MeshError(.protocolError, "server answered with a body that is not \(T.self): \(text.prefix(200))")
+            }
+        }
+    }
+
+    /// Sends one request with a JSON body (or none) and reads the whole response.
+    public func send<Body: Encodable>(_ method: HTTPMethod, _ path: String, json: Body?) async throws -> Response {
+        let payload = try json.map { try JSONCoding.encoder.encode($0) }
+        return try await withTimeout(requestTimeout) {
+            try await self.exchange(method, path, body: payload) { inbound in
+                var status: HTTPResponseStatus = .ok
+                var body = ByteBuffer()
+                for try await part in inbound {
+                    switch part {
+                    case .head(let head): status = head.status
+                    case .body(var chunk):
+                        guard body.readableBytes + chunk.readableBytes <= maxResponseBytes else {
+                            throw MeshError(.protocolError, "response from \(target) exceeds \(maxResponseBytes) bytes")
+                        }
+                        body.writeBuffer(&chunk)
+                    case .end: return Response(status: status, body: body)
+                    }
+                }
+                throw MeshError(.unavailable, "\(target) closed the connection before answering")
+            }
+        }
+    }
+
+    public func get(_ path: String) async throws -> Response {
+        try await send(.GET, path, json: Optional<String>.none)
+    }
+
+    /// Opens a streaming GET and hands each newline-delimited line of the body to `onLine`
+    /// until the server ends the stream or the connection drops.
+    public func streamLines(_ path: String, maxLineBytes: Int = 4 << 20,
+                            onLine: @Sendable (Substring) async throws -> Void) async throws {
+        try await exchange(.GET, path, body: nil) { inbound in
+            var pending = ByteBuffer()
+            for try await part in inbound {
+                switch part {
+                case .head(let head):
+                    guard head.status == .ok else {
+                        throw MeshError(.unavailable, "\(target) refused the stream with \(head.status.code)")
+                    }
+                case .body(var chunk):
+                    pending.writeBuffer(&chunk)
+                    while let newline = pending.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
+                        let length = newline - pending.readerIndex
+                        let line = pending.readString(length: length) ?? ""
+                        pending.moveReaderIndex(forwardBy: 1)
+                        if !line.isEmpty { try await onLine(Substring(line)) }
+                    }
+                    guard pending.readableBytes <= maxLineBytes else {
+                        throw MeshError(.protocolError, "a line from \(target) exceeds \(maxLineBytes) bytes")
+                    }
+                    pending.discardReadBytes()
+                case .end: return
+                }
+            }
+        }
+    }
+
+    private func exchange<T: Sendable>(_ method: HTTPMethod, _ path: String, body: Data?,
+                                       read: (NIOAsyncChannelInboundStream<HTTPClientResponsePart>) async throws -> T) async throws -> T {
+        let channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
+        do {
+            channel = try await ClientBootstrap(group: group)
+                .connectTimeout(connectTimeout)
+                .connect(host: target.host, port: target.port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let sync = channel.pipeline.syncOperations
+                        if let tls {
+                            try sync.addHandler(try NIOSSLClientHandler(
+                                context: tls.context, serverHostname: nil,
+                                customVerificationCallbackWithMetadata: SPIFFEVerification.callback(tls.verifier)))
+                        }
+                        try sync.addHTTPClientHandlers()
+                        return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
+                    }
+                }
+        } catch {
+            throw MeshError(.unavailable, "cannot connect to \(target): \(error)")
+        }
+        return try await channel.executeThenClose { inbound, outbound in
+            var headers: HTTPHeaders = ["host": hostHeader ?? target.description, "connection": "close"]
+            if let body {
+                headers.add(name: "content-type", value: "application/json")
+                headers.add(name: "content-length", value: "\(body.count)")
+            }
+            if let bearerToken { headers.add(name: "authorization", value: "Bearer \(bearerToken)") }
+            try await outbound.write(.head(HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: headers)))
+            if let body { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
+            try await outbound.write(.end(nil))
+            do {
+                return try await read(inbound)
+            } catch let error as MeshError {
+                throw error
+            } catch {
+                throw MeshError(.unavailable, "connection to \(target) failed: \(error)")
+            }
+        }
+    }
+}
+
+/// Runs `work`, failing with `unavailable` when it takes longer than `limit`.
+public func withTimeout<T: Sendable>(_ limit: Duration, _ work: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await work() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            throw MeshError(.unavailable, "no answer within \(limit)")
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next() else { throw CancellationError() }
+        return first
+    }
+}

@@ -1,0 +1,61 @@
+import Foundation
+import MeshCore
+import MeshIdentity
+import NIOCore
+import NIOSSL
+import X509
+
+/// Builds the TLS contexts of the mesh from an SVID and a trust bundle.
+///
+/// Every mesh hop is TLS 1.3 only, presents an SVID, requires one from the peer, and trusts
+/// only the mesh bundle. BoringSSL's own chain checks are replaced by
+/// ``SPIFFEVerification`` (see there for why).
+public enum MeshTLS {
+    /// Server side of an mTLS hop (a proxy's inbound listener).
+    /// - Parameter clientCertificate: `.required` for the data path; `.optional` for the control
+    ///   plane's API, where a joining proxy has no SVID yet and authenticates with a token.
+    public static func serverContext(svid: SVID, bundle: TrustBundle,
+                                     clientCertificate: ClientCertificateMode = .required) throws -> NIOSSLContext {
+        var config = TLSConfiguration.makeServerConfiguration(
+            certificateChain: try svid.chain.map { .certificate(try nioCertificate($0)) },
+            privateKey: .privateKey(try nioKey(svid.key)))
+        apply(bundle: bundle, to: &config)
+        config.certificateVerification = clientCertificate == .required ? .noHostnameVerification : .optionalVerification
+        return try NIOSSLContext(configuration: config)
+    }
+
+    /// Client side of an mTLS hop. Without an SVID (a proxy's first join) no certificate is sent.
+    public static func clientContext(svid: SVID?, bundle: TrustBundle) throws -> NIOSSLContext {
+        var config = TLSConfiguration.makeClientConfiguration()
+        if let svid {
+            config.certificateChain = try svid.chain.map { .certificate(try nioCertificate($0)) }
+            config.privateKey = .privateKey(try nioKey(svid.key))
+        }
+        apply(bundle: bundle, to: &config)
+        config.certificateVerification = .noHostnameVerification
+        return try NIOSSLContext(configuration: config)
+    }
+
+    public enum ClientCertificateMode: Sendable { case required, optional }
+
+    private static func apply(bundle: TrustBundle, to config: inout TLSConfiguration) {
+        config.minimumTLSVersion = .tlsv13
+        config.maximumTLSVersion = .tlsv13
+        // Only the mesh bundle, never the system store. The custom verification callback does
+        // the real validation; these roots also feed the CA list sent to clients.
+        config.trustRoots = .certificates(bundle.roots.compactMap { try? nioCertificate($0) })
+        config.applicationProtocols = ["http/1.1"]
+    }
+
+    static func nioCertificate(_ certificate: Certificate) throws -> NIOSSLCertificate {
+        var serializer = DER.Serializer()
+        try serializer.serialize(certificate)
+        return try NIOSSLCertificate(bytes: serializer.serializedBytes, format: .der)
+    }
+
+    static func nioKey(_ key: WorkloadKey) throws -> NIOSSLPrivateKey {
+        try NIOSSLPrivateKey(bytes: Array(try key.pem.utf8), format: .pem)
+    }
+}
+
+import SwiftASN1
