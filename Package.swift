@@ -59,15 +59,17 @@ let package = Package(
 
         // Test fixtures shared by the test targets.
         .target(name: "MeshTesting", dependencies: [
-            "MeshCore", "MeshIdentity", "MeshTransport",
+            "MeshCore", "MeshIdentity", "MeshTransport", log,
             .product(name: "X509", package: "swift-certificates"),
             .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "SwiftASN1", package: "swift-asn1"),
         ] + nio + tls, path: "Tests/MeshTesting"),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore"]),
         .testTarget(name: "MeshIdentityTests", dependencies: ["MeshIdentity", "MeshTesting"]),
         .testTarget(name: "MeshStoreTests", dependencies: ["MeshStore", "MeshCore"]),
+        // Depends on `mesh` so that `swift test` builds the binary the tests start.
         .testTarget(name: "IntegrationTests", dependencies: [
-            "MeshCore", "MeshIdentity", "MeshTransport", "MeshTesting",
+            "mesh", "MeshCore", "MeshIdentity", "MeshTransport", "MeshTesting",
             .product(name: "X509", package: "swift-certificates"),
             .product(name: "Crypto", package: "swift-crypto"),
         ] + nio + tls),

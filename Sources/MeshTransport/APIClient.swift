@@ -30,6 +30,8 @@ public struct APIClient: Sendable {
     /// `Host` header to send; defaults to the target address. An app calling through its
     /// outbound sidecar sets the service name here.
     public var hostHeader: String?
+    /// Further request headers (tests use this to send hostile ones).
+    public var extraHeaders: [(String, String)] = []
 
     public init(target: HostPort, group: EventLoopGroup, tls: TLS?, bearerToken: String? = nil) {
         self.target = target
@@ -143,6 +145,7 @@ public struct APIClient: Sendable {
                 headers.add(name: "content-length", value: "\(body.count)")
             }
             if let bearerToken { headers.add(name: "authorization", value: "Bearer \(bearerToken)") }
+            for (name, value) in extraHeaders { headers.add(name: name, value: value) }
             try await outbound.write(.head(HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: headers)))
             if let body { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
             try await outbound.write(.end(nil))

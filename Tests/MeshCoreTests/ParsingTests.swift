@@ -1,0 +1,53 @@
+import MeshCore
+import XCTest
+
+final class ParsingTests: XCTestCase {
+    func testServiceNamesFollowDNSLabelRules() throws {
+        XCTAssertEqual(try ServiceName("api-v2").rawValue, "api-v2")
+        for bad in ["", "Api", "1api", "api-", "a_b", "a.b", String(repeating: "a", count: 64)] {
+            XCTAssertThrowsError(try ServiceName(bad), bad) { error in
+                XCTAssertEqual((error as? MeshError)?.code, .invalidServiceName)
+            }
+        }
+    }
+
+    func testHostPortParsing() throws {
+        XCTAssertEqual(try HostPort(parsing: "127.0.0.1:7900"), HostPort(host: "127.0.0.1", port: 7900))
+        XCTAssertEqual(try HostPort(parsing: "[::1]:80"), HostPort(host: "::1", port: 80))
+        XCTAssertEqual(try HostPort(parsing: ":0"), HostPort(host: "0.0.0.0", port: 0))
+        for bad in ["localhost", "host:99999", "host:x", "[::1]80"] {
+            XCTAssertThrowsError(try HostPort(parsing: bad), bad)
+        }
+    }
+
+    func testDurations() throws {
+        XCTAssertEqual(try DurationParser.seconds("10m"), 600)
+        XCTAssertEqual(try DurationParser.seconds("1h30m"), 5400)
+        XCTAssertEqual(try DurationParser.seconds("500ms"), 0.5)
+        for bad in ["", "10", "m", "10x", "-5s", "0s"] {
+            XCTAssertThrowsError(try DurationParser.seconds(bad), bad)
+        }
+    }
+
+    func testLabels() throws {
+        XCTAssertEqual(try Labels(parsing: ["version=v2", "zone=eu-1"]).values, ["version": "v2", "zone": "eu-1"])
+        XCTAssertThrowsError(try Labels(parsing: ["novalue"]))
+        XCTAssertThrowsError(try Labels(parsing: ["bad key=x"]))
+    }
+
+    func testSnapshotAppliesEventsInVersionOrderAndIgnoresReplays() throws {
+        let api = try ServiceName("api")
+        let a = ServiceInstance(id: "a", service: api, address: "10.0.0.1", inboundPort: 1, labels: Labels(),
+                                lastHeartbeat: .init(timeIntervalSince1970: 0), certificateExpiry: nil)
+        var b = a
+        b.id = "b"
+        var snapshot = RegistrySnapshot()
+        snapshot.apply(RegistryEvent(version: 3, kind: .snapshot([a])))
+        snapshot.apply(RegistryEvent(version: 4, kind: .upsert(b)))
+        snapshot.apply(RegistryEvent(version: 4, kind: .remove(id: "b"))) // replay of an old version: ignored
+        XCTAssertEqual(snapshot.endpoints(of: api).map(\.id), ["a", "b"])
+        snapshot.apply(RegistryEvent(version: 5, kind: .remove(id: "a")))
+        XCTAssertEqual(snapshot.endpoints(of: api).map(\.id), ["b"])
+        XCTAssertEqual(snapshot.version, 5)
+    }
+}

@@ -1,0 +1,50 @@
+import Foundation
+import Logging
+import MeshCore
+import MeshTransport
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// An upstream app for tests: answers `hello from NAME` and records every request it saw,
+/// so a test can assert that a refused connection never reached it.
+public final class TestApp: Sendable {
+    public struct Seen: Sendable {
+        public let path: String
+        public let headers: [(String, String)]
+        public func header(_ name: String) -> [String] {
+            headers.filter { $0.0.lowercased() == name.lowercased() }.map(\.1)
+        }
+    }
+
+    public let name: String
+    private let server: APIServer
+    private let task: Task<Void, Never>
+    private let seen: NIOLockedValueBox<[Seen]>
+
+    public var address: HostPort { server.localAddress }
+    public var requests: [Seen] { seen.withLockedValue { $0 } }
+
+    public static func start(_ name: String) async throws -> TestApp {
+        let seen = NIOLockedValueBox<[Seen]>([])
+        let server = try await APIServer.bind(HostPort(host: "127.0.0.1", port: 0), group: MultiThreadedEventLoopGroup.singleton,
+                                              logger: Logger(label: "test.app")) { request in
+            seen.withLockedValue { $0.append(Seen(path: request.path, headers: request.headers.map { ($0.name, $0.value) })) }
+            return .text("hello from \(name)\n")
+        }
+        return TestApp(name: name, server: server, seen: seen)
+    }
+
+    private init(name: String, server: APIServer, seen: NIOLockedValueBox<[Seen]>) {
+        self.name = name
+        self.server = server
+        self.seen = seen
+        self.task = Task { await server.run() }
+    }
+
+    public func stop() async {
+        await server.close()
+        task.cancel()
+    }
+}
