@@ -1,5 +1,6 @@
 import Foundation
 import MeshCore
+import MeshIdentity
 import MeshTransport
 import NIOCore
 import NIOPosix
@@ -51,6 +52,25 @@ public final class TestMesh: @unchecked Sendable {
         return result.out.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
+    /// The registry as the operator API lists it.
+    public func services() async throws -> [AdminAPI.ServiceListing] {
+        try await adminClient().get(AdminAPI.servicesPath).decode([AdminAPI.ServiceListing].self)
+    }
+
+    public func adminClient() throws -> APIClient {
+        APIClient(target: admin, group: MultiThreadedEventLoopGroup.singleton, tls: nil, bearerToken: try adminToken)
+    }
+
+    /// A client of the proxy API as a proxy that has not joined yet (no client certificate),
+    /// verifying that it talks to the real control plane.
+    public func unjoinedProxyClient() throws -> APIClient {
+        let bundle = try TrustBundle(pem: String(contentsOf: caFile, encoding: .utf8))
+        let control = try SPIFFEID(trustDomain: bundle.trustDomain, path: "/ns/mesh-system/sa/control")
+        return APIClient(target: listen, group: MultiThreadedEventLoopGroup.singleton,
+                         tls: APIClient.TLS(context: try MeshTLS.clientContext(svid: nil, bundle: bundle),
+                                            verifier: SPIFFEPeerVerifier(bundle: bundle, expected: [control], usage: .serverAuth)))
+    }
+
     /// A started sidecar with its resolved addresses.
     public struct Proxy: Sendable {
         public let process: MeshProcess
@@ -95,7 +115,7 @@ public final class TestMesh: @unchecked Sendable {
 
     /// All logs, for failure messages.
     public var logs: String {
-        ([control] + proxies).map { "--- mesh \($0.arguments.prefix(3).joined(separator: " "))\n\($0.log.suffix(4000))" }.joined(separator: "\n")
+        ([control] + proxies).map { "--- mesh \($0.arguments.prefix(3).joined(separator: " "))\n\($0.log.suffix(12000))" }.joined(separator: "\n")
     }
 }
 

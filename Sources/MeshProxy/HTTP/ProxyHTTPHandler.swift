@@ -31,6 +31,13 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var keepAlive = true
     private var context: ChannelHandlerContext?
     private var loopState: LoopState?
+    /// A copy of the current request while it may still be replayed: a keep-alive connection
+    /// the peer closed just as we reused it is the one failure a proxy must hide. Only
+    /// idempotent requests with small bodies qualify, and only once.
+    private var replay: [HTTPServerRequestPart]?
+    private var replayBytes = 0
+    private var replayed = false
+    private static let maxReplayBytes = 64 * 1024
 
     init(role: String, router: @escaping Router, states: LoopStates, logger: Logger) {
         self.role = role
@@ -48,6 +55,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
+        keepForReplay(part)
         switch (state, part) {
         case (.idle, .head(let head)):
             begin(head, context: context)
@@ -121,14 +129,22 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             respondLocally(status, code: code, message: message, context: context)
         case .forward(let candidates, let forwardHead):
             state = .connecting(pending: [.head(forwardHead)], pendingBytes: 0, requestEnded: false)
+            let idempotent: Bool
+            switch forwardHead.method {
+            case .GET, .HEAD, .OPTIONS, .PUT, .DELETE, .TRACE: idempotent = true
+            default: idempotent = false
+            }
+            replay = idempotent ? [.head(forwardHead)] : nil
+            replayBytes = 0
+            replayed = false
             loopState.inFlight += 1
             connect(candidates[...], loopState: loopState)
         }
     }
 
-    private func connect(_ candidates: ArraySlice<UpstreamKey>, loopState: LoopState) {
+    private func connect(_ candidates: ArraySlice<UpstreamKey>, loopState: LoopState, fresh: Bool = false) {
         guard let key = candidates.first else { return }
-        loopState.pool.acquire(key, clientTLS: loopState.clientTLS, bundle: loopState.bundle).whenComplete { [self] result in
+        loopState.pool.acquire(key, clientTLS: loopState.clientTLS, bundle: loopState.bundle, fresh: fresh).whenComplete { [self] result in
             guard case .connecting(let pending, _, let ended) = state, let context else {
                 // The downstream went away meanwhile: give the connection back unused.
                 if case .success(let upstream) = result { loopState.pool.release(upstream) }
@@ -170,6 +186,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             ProxyHeaders.stripHopByHop(&head.headers)
             if !keepAlive { head.headers.replaceOrAdd(name: "connection", value: "close") }
             state = .forwarding(upstream, requestEnded: requestEnded, responseStarted: true)
+            replay = nil
             upstream.handler.keepAlive = upstreamKeepAlive
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: head.status, headers: head.headers))),
                           promise: nil)
@@ -190,6 +207,14 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 if closeAfter { context.close(promise: nil) }
             }
         case .closed:
+            if !started, requestEnded, upstream.uses > 1, !replayed, let parts = replay, let loopState {
+                replayed = true
+                logger.debug("pooled connection closed by the peer; replaying on a new one",
+                             metadata: ["role": "\(role)", "upstream": "\(upstream.key.address)"])
+                state = .connecting(pending: parts, pendingBytes: replayBytes, requestEnded: true)
+                connect([upstream.key], loopState: loopState, fresh: true)
+                return
+            }
             finishExchange()
             if started {
                 // Part of the response is already out: the only honest signal left is a close.
@@ -204,6 +229,23 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     // MARK: - Helpers
+
+    private func keepForReplay(_ part: HTTPServerRequestPart) {
+        guard var parts = replay else { return }
+        switch state {
+        case .connecting, .forwarding: break
+        case .idle, .discarding: return
+        }
+        if case .body(let chunk) = part {
+            replayBytes += chunk.readableBytes
+            if replayBytes > Self.maxReplayBytes {
+                replay = nil
+                return
+            }
+        }
+        parts.append(part)
+        replay = parts
+    }
 
     private func finishExchange() {
         loopState?.inFlight -= 1

@@ -30,10 +30,16 @@ final class UpstreamPool {
 
     /// A ready connection: pooled if one is idle, else a new one (TLS handshake and peer
     /// verification done before it is handed out, so a wrong peer is a connect failure).
-    func acquire(_ key: UpstreamKey, clientTLS: NIOSSLContext?, bundle: TrustBundle?) -> EventLoopFuture<UpstreamConnection> {
-        while var list = idle[key], let connection = list.popLast() {
+    /// - Parameter fresh: skip idle connections (used to replay a request whose pooled
+    ///   connection was closed by the peer before it answered).
+    func acquire(_ key: UpstreamKey, clientTLS: NIOSSLContext?, bundle: TrustBundle?,
+                 fresh: Bool = false) -> EventLoopFuture<UpstreamConnection> {
+        while !fresh, var list = idle[key], let connection = list.popLast() {
             idle[key] = list.isEmpty ? nil : list
-            if connection.channel.isActive { return eventLoop.makeSucceededFuture(connection) }
+            if connection.channel.isActive {
+                connection.uses += 1
+                return eventLoop.makeSucceededFuture(connection)
+            }
         }
         return connect(key, clientTLS: clientTLS, bundle: bundle)
     }
@@ -111,6 +117,8 @@ final class UpstreamConnection {
     let key: UpstreamKey
     let channel: Channel
     let handler: UpstreamHandler
+    /// Exchanges this connection has carried (1 for a new one).
+    var uses = 1
 
     init(key: UpstreamKey, channel: Channel, handler: UpstreamHandler) {
         self.key = key
@@ -154,6 +162,12 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         if context.channel.isActive && !expectsTLS { succeed() }
+    }
+
+    /// A connect that fails never makes the channel active: the promise is settled here so
+    /// that it never leaks.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        fail(MeshError(.unavailable, "the upstream connection closed before it was ready"))
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

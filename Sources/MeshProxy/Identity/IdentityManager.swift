@@ -12,6 +12,9 @@ import X509
 /// never leave the process.
 actor IdentityManager {
     private(set) var svid: SVID?
+    /// When the current SVID arrived. Renewal is timed from here, not from `notBefore`,
+    /// which the CA backdates for clock skew.
+    private var installedAt = Date()
     private(set) var bundle: TrustBundle
     let service: ServiceName
     private let control: HostPort
@@ -79,6 +82,7 @@ actor IdentityManager {
         }
         svid = newSVID
         bundle = newBundle
+        installedAt = clock()
         logger.info("SVID installed", metadata: ["spiffe_id": "\(newSVID.id)", "not_after": "\(newSVID.notAfter)"])
         await onChange(newSVID, newBundle)
     }
@@ -91,7 +95,8 @@ actor IdentityManager {
             let now = clock()
             let wait: TimeInterval
             if attempt == 0 {
-                wait = schedule.renewalTime(notBefore: current.notBefore, notAfter: current.notAfter).timeIntervalSince(now)
+                wait = schedule.renewalTime(notBefore: max(current.notBefore, installedAt), notAfter: current.notAfter)
+                    .timeIntervalSince(now)
             } else {
                 wait = schedule.retryDelay(attempt: attempt, notAfter: current.notAfter, now: now)
             }

@@ -39,9 +39,10 @@ enum InboundListener {
                         }
                         let verifier = SPIFFEPeerVerifier(bundle: bundle, usage: .clientAuth)
                         let sync = channel.pipeline.syncOperations
-                        try sync.addHandler(HandshakeTimeoutHandler(timeout: limits.tlsHandshakeTimeout))
                         try sync.addHandler(NIOSSLServerHandler(
                             context: tls, customVerificationCallbackWithMetadata: SPIFFEVerification.callback(verifier, logger: logger)))
+                        // After the TLS handler: it must see the handshake-completed event.
+                        try sync.addHandler(HandshakeTimeoutHandler(timeout: limits.tlsHandshakeTimeout))
                         try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
                         try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
                         try sync.addHandler(ProxyHTTPHandler(role: "inbound", router: router, states: states, logger: logger))
