@@ -65,8 +65,12 @@ let package = Package(
             .product(name: "SwiftASN1", package: "swift-asn1"),
         ] + nio + tls, path: "Tests/MeshTesting"),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore"]),
-        .testTarget(name: "MeshIdentityTests", dependencies: ["MeshIdentity", "MeshTesting"]),
-        .testTarget(name: "MeshStoreTests", dependencies: ["MeshStore", "MeshCore"]),
+        .testTarget(name: "MeshIdentityTests", dependencies: [
+            "MeshIdentity", "MeshTesting", "MeshCore",
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "SwiftASN1", package: "swift-asn1"),
+        ]),
+        .testTarget(name: "MeshStoreTests", dependencies: ["MeshStore", "MeshCore", log]),
         // Depends on `mesh` so that `swift test` builds the binary the tests start.
         .testTarget(name: "IntegrationTests", dependencies: [
             "mesh", "MeshCore", "MeshIdentity", "MeshTransport", "MeshTesting",

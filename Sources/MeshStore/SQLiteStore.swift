@@ -64,21 +64,27 @@ public actor SQLiteStore: MeshStore {
     }
 
     public func consumeJoinToken(hash: String, now: Date) async throws -> StoredJoinToken {
-        // The actor serializes callers, so read-check-update cannot interleave.
-        let rows = try await query("SELECT service, expires_at, used_at FROM join_tokens WHERE hash = ?", [.text(hash)])
-        guard let row = rows.first, let serviceText = row.column("service")?.string,
-              let expires = row.column("expires_at")?.double, let service = try? ServiceName(serviceText) else {
+        // One statement checks and spends the token. The actor alone would not be enough:
+        // it is re-entered at every `await`, so a read-then-update could let two callers in.
+        let spent = try await query("""
+            UPDATE join_tokens SET used_at = ?
+            WHERE hash = ? AND used_at IS NULL AND expires_at > ?
+            RETURNING service, expires_at
+            """, [.float(now.timeIntervalSince1970), .text(hash), .float(now.timeIntervalSince1970)])
+        if let row = spent.first, let serviceText = row.column("service")?.string,
+           let service = try? ServiceName(serviceText), let expires = row.column("expires_at")?.double {
+            return StoredJoinToken(hash: hash, service: service, expiresAt: Date(timeIntervalSince1970: expires), usedAt: now)
+        }
+        // Not spent: say why.
+        let rows = try await query("SELECT expires_at, used_at FROM join_tokens WHERE hash = ?", [.text(hash)])
+        guard let row = rows.first else {
             throw MeshError(.tokenUnknown, "the join token is unknown; create one with 'mesh token create --service NAME'")
         }
         if let used = row.column("used_at")?.double {
             throw MeshError(.tokenUsed, "the join token was already used at \(Date(timeIntervalSince1970: used)); tokens are single-use, create a new one")
         }
-        let expiresAt = Date(timeIntervalSince1970: expires)
-        guard expiresAt > now else {
-            throw MeshError(.tokenExpired, "the join token expired at \(expiresAt); create a new one with 'mesh token create'")
-        }
-        try await run("UPDATE join_tokens SET used_at = ? WHERE hash = ?", [.float(now.timeIntervalSince1970), .text(hash)])
-        return StoredJoinToken(hash: hash, service: service, expiresAt: expiresAt, usedAt: now)
+        let expiresAt = Date(timeIntervalSince1970: row.column("expires_at")?.double ?? 0)
+        throw MeshError(.tokenExpired, "the join token expired at \(expiresAt); create a new one with 'mesh token create'")
     }
 
     public func upsertInstance(_ instance: ServiceInstance) async throws {
@@ -117,7 +123,11 @@ public actor SQLiteStore: MeshStore {
     }
 
     public func saveRegistryVersion(_ version: UInt64) async throws {
-        try await run("INSERT OR REPLACE INTO meta (key, value) VALUES ('registry_version', ?)", [.text(String(version))])
+        // Never lower the stored version, whatever order concurrent saves land in.
+        try await run("""
+            INSERT INTO meta (key, value) VALUES ('registry_version', ?)
+            ON CONFLICT(key) DO UPDATE SET value = CAST(MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER)) AS TEXT)
+            """, [.text(String(version))])
     }
 
     public func close() async {

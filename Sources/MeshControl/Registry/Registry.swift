@@ -137,9 +137,11 @@ public actor Registry {
 
     public var watcherCount: Int { watchers.count }
 
+    /// Applies and announces a change. The in-memory part runs without suspending, so two
+    /// changes can never take the same version (the actor is re-entered at every `await`);
+    /// only then is the version persisted.
     private func publish(_ kind: RegistryEvent.Kind) async throws {
         let event = RegistryEvent(version: snapshot.version + 1, kind: kind)
-        try await store.saveRegistryVersion(event.version)
         snapshot.apply(event)
         changeLog.append(event)
         if changeLog.count > changeLogLimit { changeLog.removeFirst(changeLog.count - changeLogLimit) }
@@ -149,5 +151,6 @@ public actor Registry {
                 watchers[id] = nil
             }
         }
+        try await store.saveRegistryVersion(event.version)
     }
 }

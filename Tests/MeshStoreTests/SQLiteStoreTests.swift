@@ -1,0 +1,92 @@
+import Foundation
+import Logging
+import MeshCore
+import MeshStore
+import XCTest
+
+/// The embedded store keeps tokens single-use and the registry across restarts.
+final class SQLiteStoreTests: XCTestCase {
+    private var directory: URL!
+
+    override func setUp() async throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("store-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() async throws {
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    private func open() async throws -> SQLiteStore {
+        try await SQLiteStore.open(path: directory.appendingPathComponent("mesh.sqlite").path, logger: Logger(label: "test"))
+    }
+
+    func testJoinTokenIsConsumedExactlyOnceEvenUnderConcurrentRedemption() async throws {
+        let store = try await open()
+        let now = Date()
+        try await store.insertJoinToken(StoredJoinToken(hash: "h1", service: try ServiceName("api"), expiresAt: now.addingTimeInterval(60)))
+        let results = await withTaskGroup(of: Result<StoredJoinToken, Error>.self) { group in
+            for _ in 0..<16 {
+                group.addTask {
+                    do { return .success(try await store.consumeJoinToken(hash: "h1", now: now)) } catch { return .failure(error) }
+                }
+            }
+            var all: [Result<StoredJoinToken, Error>] = []
+            for await result in group { all.append(result) }
+            return all
+        }
+        XCTAssertEqual(results.filter { if case .success = $0 { return true } else { return false } }.count, 1)
+        for case .failure(let error) in results { XCTAssertEqual((error as? MeshError)?.code, .tokenUsed) }
+        await store.close()
+    }
+
+    func testExpiredAndUnknownTokensAreRefused() async throws {
+        let store = try await open()
+        let now = Date()
+        try await store.insertJoinToken(StoredJoinToken(hash: "old", service: try ServiceName("api"), expiresAt: now.addingTimeInterval(-1)))
+        await XCTAssertThrowsCode(.tokenExpired) { _ = try await store.consumeJoinToken(hash: "old", now: now) }
+        await XCTAssertThrowsCode(.tokenUnknown) { _ = try await store.consumeJoinToken(hash: "nope", now: now) }
+        await store.close()
+    }
+
+    func testRegistryAndVersionSurviveAReopen() async throws {
+        let store = try await open()
+        let instance = ServiceInstance(id: "api-1", service: try ServiceName("api"), address: "10.1.2.3", inboundPort: 15006,
+                                       labels: Labels(["version": "v2"]), lastHeartbeat: Date(timeIntervalSince1970: 1000),
+                                       certificateExpiry: Date(timeIntervalSince1970: 2000))
+        try await store.upsertInstance(instance)
+        try await store.saveRegistryVersion(42)
+        try await store.saveRegistryVersion(41) // a late, older save never lowers it
+        await store.close()
+
+        let reopened = try await open()
+        let listed = try await reopened.listInstances()
+        XCTAssertEqual(listed, [instance])
+        let version = try await reopened.loadRegistryVersion()
+        XCTAssertEqual(version, 42)
+        try await reopened.deleteInstance(id: "api-1")
+        let remaining = try await reopened.listInstances()
+        XCTAssertTrue(remaining.isEmpty)
+        await reopened.close()
+    }
+
+    func testAnUnwritableDirectoryGivesAClearError() async throws {
+        do {
+            _ = try await SQLiteStore.open(path: "/nonexistent-dir/mesh.sqlite", logger: Logger(label: "test"))
+            XCTFail("opened a store in a missing directory")
+        } catch let error as MeshError {
+            XCTAssertEqual(error.code, .storeFailure)
+            XCTAssertTrue(error.message.contains("/nonexistent-dir/mesh.sqlite"), error.message)
+        }
+    }
+}
+
+func XCTAssertThrowsCode(_ code: MeshError.Code, file: StaticString = #filePath, line: UInt = #line,
+                         _ body: () async throws -> Void) async {
+    do {
+        try await body()
+        XCTFail("expected \(code)", file: file, line: line)
+    } catch {
+        XCTAssertEqual((error as? MeshError)?.code, code, "\(error)", file: file, line: line)
+    }
+}
