@@ -31,6 +31,8 @@ public final class TestApp: Sendable {
         let server = try await APIServer.bind(HostPort(host: "127.0.0.1", port: 0), group: MultiThreadedEventLoopGroup.singleton,
                                               logger: Logger(label: "test.app")) { request in
             seen.withLockedValue { $0.append(Seen(path: request.path, headers: request.headers.map { ($0.name, $0.value) })) }
+            // `/slow` answers after a second: an in-flight request for shutdown tests.
+            if request.path.hasPrefix("/slow") { try? await Task.sleep(for: .seconds(1)) }
             return .text("hello from \(name)\n")
         }
         return TestApp(name: name, server: server, seen: seen)

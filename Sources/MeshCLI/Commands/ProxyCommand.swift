@@ -45,6 +45,9 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(help: "Heartbeat interval to the control plane.")
     var heartbeatInterval = DurationArgument(seconds: 5)
 
+    @Option(help: "Time from a request's first byte to the end of its headers before the connection is closed.")
+    var requestHeaderTimeout = DurationArgument(seconds: 10)
+
     @Option(help: "Event loop threads of the data path.")
     var threads = 1
 
@@ -70,6 +73,7 @@ struct ProxyCommand: AsyncParsableCommand {
         config.advertiseAddress = advertiseAddress ?? ""
         config.heartbeatInterval = heartbeatInterval.duration
         config.threads = threads
+        config.limits.requestHeaderTimeout = .milliseconds(Int64(requestHeaderTimeout.seconds * 1000))
         let sidecar = Sidecar(configuration: config, logger: Logger(label: "mesh.proxy.\(service)"))
         try await SignalScope.run {
             try await sidecar.run { addresses in

@@ -41,7 +41,7 @@ enum DemoApps {
     }
 
     private static func json(_ object: [String: Any], status: HTTPResponseStatus) -> APIResponse {
-        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])) ?? Data()
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])) ?? Data()
         return APIResponse(status: status, headers: ["content-type": "application/json"],
                            body: .bytes(ByteBuffer(bytes: data + Data("\n".utf8))))
     }

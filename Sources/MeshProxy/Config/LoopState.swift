@@ -84,6 +84,8 @@ public struct ProxyLimits: Sendable {
     /// Request body bytes buffered while the upstream connection is being set up.
     public var maxPendingBodyBytes = 1 << 20
     public var tlsHandshakeTimeout: TimeAmount = .seconds(10)
+    /// From the first byte of a request to the end of its headers.
+    public var requestHeaderTimeout: TimeAmount = .seconds(10)
     public var connectTimeout: TimeAmount = .seconds(5)
     public var idleTimeout: TimeAmount = .hours(1)
     /// Idle pooled connections kept per upstream.

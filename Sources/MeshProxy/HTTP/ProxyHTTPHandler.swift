@@ -46,9 +46,12 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         self.logger = logger
     }
 
+    private var headerTimer: RequestHeaderTimer?
+
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.loopState = states.state(on: context.eventLoop)
+        self.headerTimer = try? context.pipeline.syncOperations.handler(type: RequestHeaderTimer.self)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
@@ -78,6 +81,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             upstream.channel.writeAndFlush(clientPart(part), promise: nil)
         case (.discarding, .end):
             state = .idle
+            headerTimer?.awaitNextRequest()
         case (.discarding, _):
             break
         }
@@ -114,6 +118,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     // MARK: - Request start
 
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        headerTimer?.headReceived()
         keepAlive = head.isKeepAlive
         guard let loopState else { return }
         if !infoLoaded {
@@ -167,6 +172,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 logger.warning("upstream unavailable", metadata: ["role": "\(role)", "upstream": "\(key.address)", "error": "\(error)"])
                 finishExchange()
                 state = ended ? .idle : .discarding
+                if ended { headerTimer?.awaitNextRequest() }
                 context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
                 let status: HTTPResponseStatus = key.peerIdentity == nil ? .badGateway : .serviceUnavailable
                 writeLocalResponse(status, code: "upstream-unavailable",
@@ -202,6 +208,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
             finishExchange()
             state = requestEnded ? .idle : .discarding
+            if requestEnded { headerTimer?.awaitNextRequest() }
             let closeAfter = !keepAlive
             context.writeAndFlush(wrapOutboundOut(.end(trailers))).whenComplete { _ in
                 if closeAfter { context.close(promise: nil) }
@@ -222,6 +229,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 context.close(promise: nil)
             } else {
                 state = requestEnded ? .idle : .discarding
+                if requestEnded { headerTimer?.awaitNextRequest() }
                 writeLocalResponse(.badGateway, code: "upstream-reset",
                                    message: "the upstream closed the connection before answering", context: context)
             }

@@ -44,6 +44,7 @@ enum InboundListener {
                         // After the TLS handler: it must see the handshake-completed event.
                         try sync.addHandler(HandshakeTimeoutHandler(timeout: limits.tlsHandshakeTimeout))
                         try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
+                        try sync.addHandler(RequestHeaderTimer(limit: limits.requestHeaderTimeout))
                         try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
                         try sync.addHandler(ProxyHTTPHandler(role: "inbound", router: router, states: states, logger: logger))
                     }

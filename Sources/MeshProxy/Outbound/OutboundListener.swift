@@ -22,6 +22,7 @@ enum OutboundListener {
                         let sync = channel.pipeline.syncOperations
                         try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
                         try sync.addHandler(IdleCloser())
+                        try sync.addHandler(RequestHeaderTimer(limit: limits.requestHeaderTimeout))
                         try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
                         try sync.addHandler(ProxyHTTPHandler(role: "outbound", router: router, states: states, logger: logger))
                     }

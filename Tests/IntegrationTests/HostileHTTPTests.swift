@@ -1,0 +1,62 @@
+import Foundation
+import MeshCore
+import MeshTesting
+import XCTest
+
+/// Hostile HTTP from an app gets a clear answer or a closed connection; the proxy stays up.
+final class HostileHTTPTests: XCTestCase {
+    func testHeaderLimitsAnswer431AtTheirBoundaries() async throws {
+        let mesh = try await TestMesh.start()
+        let app = try await TestApp.start("api")
+        do {
+            _ = try await mesh.proxy("api", app: app.address)
+            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
+            _ = try await eventually { try await callThroughMesh(web.outbound, service: "api") }
+
+            // host + connection + 98 = 100 fields: allowed.
+            var atLimit = APIClientFactory.outbound(web.outbound, service: "api")
+            atLimit.extraHeaders = (0..<98).map { ("x-field-\($0)", "v") }
+            let allowed = try await atLimit.get("/at-limit")
+            XCTAssertEqual(allowed.status.code, 200, allowed.text)
+
+            var overLimit = atLimit
+            overLimit.extraHeaders.append(("x-one-more", "v"))
+            let refused = try await overLimit.get("/over-limit")
+            XCTAssertEqual(refused.status.code, 431, refused.text)
+
+            var huge = APIClientFactory.outbound(web.outbound, service: "api")
+            huge.extraHeaders = [("x-big", String(repeating: "a", count: 62 * 1024))]
+            let tooBig = try await huge.get("/too-big")
+            XCTAssertEqual(tooBig.status.code, 431, tooBig.text)
+            XCTAssertFalse(app.requests.contains { $0.path == "/over-limit" || $0.path == "/too-big" })
+
+            // Garbage instead of HTTP: a 400 or a close, and the proxy keeps serving.
+            let garbage = try await RawSocket.send(Array("\u{0}\u{1}NOT HTTP\r\n\r\n".utf8), to: web.outbound)
+            XCTAssertTrue(garbage.isEmpty || garbage.hasPrefix("HTTP/1.1 400"), garbage)
+            let still = try await callThroughMesh(web.outbound, service: "api")
+            XCTAssertEqual(still.status.code, 200)
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        await app.stop()
+        await mesh.shutdown()
+    }
+
+    func testSlowRequestHeadersAreCutOff() async throws {
+        let mesh = try await TestMesh.start()
+        do {
+            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9),
+                                           extra: ["--request-header-timeout", "1s"])
+            let started = ContinuousClock.now
+            // Headers that never end: the proxy must close the connection by itself.
+            let answer = try await RawSocket.send(Array("GET / HTTP/1.1\r\nHost: api\r\nX-Slow: ".utf8), to: web.outbound)
+            let elapsed = ContinuousClock.now - started
+            XCTAssertEqual(answer, "")
+            XCTAssertLessThan(elapsed, .seconds(4), "the slow request was not cut off")
+            XCTAssertGreaterThanOrEqual(elapsed, .milliseconds(900))
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        await mesh.shutdown()
+    }
+}
