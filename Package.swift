@@ -46,10 +46,16 @@ let package = Package(
         ]),
         .target(name: "MeshTransport", dependencies: ["MeshCore", "MeshIdentity", log] + nio + tls + [
             .product(name: "X509", package: "swift-certificates"),
+            .product(name: "SwiftASN1", package: "swift-asn1"),
         ]),
         // Layer 2: data plane and control plane.
-        .target(name: "MeshProxy", dependencies: ["MeshCore", "MeshIdentity", "MeshTransport", log] + nio + tls),
-        .target(name: "MeshControl", dependencies: ["MeshCore", "MeshIdentity", "MeshStore", "MeshTransport", log] + nio + tls),
+        .target(name: "MeshProxy", dependencies: ["MeshCore", "MeshIdentity", "MeshTransport", log] + nio + tls + [
+            .product(name: "X509", package: "swift-certificates"),
+        ]),
+        .target(name: "MeshControl", dependencies: ["MeshCore", "MeshIdentity", "MeshStore", "MeshTransport", log] + nio + tls + [
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         // Layer 3: the command line.
         .target(name: "MeshCLI", dependencies: [
             "MeshCore", "MeshIdentity", "MeshStore", "MeshTransport", "MeshProxy", "MeshControl", log,

@@ -33,10 +33,14 @@ public struct ServiceInstance: Hashable, Sendable, Codable {
 public struct RegistrySnapshot: Sendable, Equatable, Codable {
     public var version: UInt64
     public var instances: [String: ServiceInstance]
+    /// Every service the control plane knows, including those with no instance right now, so
+    /// that a proxy can tell "no endpoints" from "no such service".
+    public var services: Set<ServiceName>
 
-    public init(version: UInt64 = 0, instances: [String: ServiceInstance] = [:]) {
+    public init(version: UInt64 = 0, instances: [String: ServiceInstance] = [:], services: Set<ServiceName> = []) {
         self.version = version
         self.instances = instances
+        self.services = services.union(instances.values.map(\.service))
     }
 
     /// Instances of one service, ordered by id so that every proxy sees the same order.
@@ -48,12 +52,14 @@ public struct RegistrySnapshot: Sendable, Equatable, Codable {
     /// replays after a reconnect harmless.
     public mutating func apply(_ event: RegistryEvent) {
         switch event.kind {
-        case .snapshot(let all):
+        case .snapshot(let all, let known):
             instances = Dictionary(all.map { ($0.id, $0) }, uniquingKeysWith: { _, new in new })
+            services = Set(known).union(all.map(\.service))
             version = event.version
         case .upsert(let instance):
             guard event.version > version else { return }
             instances[instance.id] = instance
+            services.insert(instance.service)
             version = event.version
         case .remove(let id):
             guard event.version > version else { return }
@@ -63,12 +69,14 @@ public struct RegistrySnapshot: Sendable, Equatable, Codable {
     }
 }
 
-/// One message on the registry watch stream.
+/// One message on the registry watch stream, one JSON object per line:
+/// `{"version":7,"type":"snapshot","instances":[…],"services":["api"]}`,
+/// `{"version":8,"type":"upsert","instance":{…}}`, `{"version":9,"type":"remove","id":"…"}`.
 public struct RegistryEvent: Sendable, Equatable, Codable {
-    public enum Kind: Sendable, Equatable, Codable {
+    public enum Kind: Sendable, Equatable {
         /// Replaces everything the proxy had: sent first when the proxy's version is unknown
         /// or too old for the change log.
-        case snapshot([ServiceInstance])
+        case snapshot([ServiceInstance], services: [ServiceName])
         case upsert(ServiceInstance)
         case remove(id: String)
     }
@@ -79,5 +87,41 @@ public struct RegistryEvent: Sendable, Equatable, Codable {
     public init(version: UInt64, kind: Kind) {
         self.version = version
         self.kind = kind
+    }
+
+    private enum Key: String, CodingKey { case version, type, instances, services, instance, id }
+
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: Key.self)
+        version = try container.decode(UInt64.self, forKey: .version)
+        switch try container.decode(String.self, forKey: .type) {
+        case "snapshot":
+            kind = .snapshot(try container.decode([ServiceInstance].self, forKey: .instances),
+                             services: try container.decodeIfPresent([ServiceName].self, forKey: .services) ?? [])
+        case "upsert":
+            kind = .upsert(try container.decode(ServiceInstance.self, forKey: .instance))
+        case "remove":
+            kind = .remove(id: try container.decode(String.self, forKey: .id))
+        case let other:
+            throw DecodingError.dataCorruptedError(forKey: .type, in: container,
+                                                   debugDescription: "unknown registry event type '\(other)'")
+        }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.container(keyedBy: Key.self)
+        try container.encode(version, forKey: .version)
+        switch kind {
+        case .snapshot(let instances, let services):
+            try container.encode("snapshot", forKey: .type)
+            try container.encode(instances, forKey: .instances)
+            try container.encode(services, forKey: .services)
+        case .upsert(let instance):
+            try container.encode("upsert", forKey: .type)
+            try container.encode(instance, forKey: .instance)
+        case .remove(let id):
+            try container.encode("remove", forKey: .type)
+            try container.encode(id, forKey: .id)
+        }
     }
 }

@@ -58,13 +58,10 @@ public struct CertificateAuthority: Sendable {
     public var certificatePEM: String { get throws { try certificate.serializeAsPEM().pemString + "\n" } }
     public var privateKeyPEM: String { get throws { try privateKey.serializeAsPEM().pemString + "\n" } }
 
-    /// Signs a CSR (PEM) into an X.509-SVID for `id`.
-    ///
-    /// - Parameters:
-    ///   - lifetime: seconds of validity; clamped to the CA's own validity.
-    /// - Throws: ``MeshError`` `invalid-csr` when the CSR does not parse, its signature is wrong
-    ///   (proof of possession) or its key is not ECDSA P-256.
-    public func sign(csrPEM: String, as id: SPIFFEID, lifetime: TimeInterval, now: Date = Date()) throws -> Certificate {
+    /// Parses a CSR and checks it without signing anything: size, PKCS#10 form, proof of
+    /// possession (its signature), ECDSA P-256 key.
+    /// - Throws: ``MeshError`` `invalid-csr` naming what is wrong.
+    public static func validate(csrPEM: String) throws -> CertificateSigningRequest {
         guard csrPEM.utf8.count <= 16 * 1024 else {
             throw MeshError(.invalidCSR, "the CSR is larger than 16 KiB; send a PEM CSR for one ECDSA P-256 key")
         }
@@ -80,6 +77,17 @@ public struct CertificateAuthority: Sendable {
         guard P256.Signing.PublicKey(csr.publicKey) != nil else {
             throw MeshError(.invalidCSR, "the CSR's key must be ECDSA P-256")
         }
+        return csr
+    }
+
+    /// Signs a CSR (PEM) into an X.509-SVID for `id`.
+    ///
+    /// - Parameters:
+    ///   - lifetime: seconds of validity; clamped to the CA's own validity.
+    /// - Throws: ``MeshError`` `invalid-csr` (see ``validate(csrPEM:)``), or `forbidden` for an
+    ///   identity outside this CA's trust domain.
+    public func sign(csrPEM: String, as id: SPIFFEID, lifetime: TimeInterval, now: Date = Date()) throws -> Certificate {
+        let csr = try Self.validate(csrPEM: csrPEM)
         guard id.trustDomain == trustDomain else {
             throw MeshError(.forbidden, "identity \(id) is not in this CA's trust domain \(trustDomain)")
         }

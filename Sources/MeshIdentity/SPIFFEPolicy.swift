@@ -99,7 +99,7 @@ public struct SPIFFEPeerVerifier: Sendable {
 
     /// - Parameter presented: the peer's certificates in DER, leaf first, as sent in TLS.
     public func verify(presentedDER: [[UInt8]]) async -> Outcome {
-        guard let leafDER = presentedDER.first else { return .rejected("the peer sent no certificate") }
+        guard !presentedDER.isEmpty else { return .rejected("the peer sent no certificate") }
         guard presentedDER.count <= 8 else { return .rejected("the peer sent more than 8 certificates") }
         let certificates: [Certificate]
         do {
@@ -107,7 +107,6 @@ public struct SPIFFEPeerVerifier: Sendable {
         } catch {
             return .rejected("the peer's certificate does not parse")
         }
-        _ = leafDER
         let leafPolicy = SPIFFELeafPolicy(trustDomain: bundle.trustDomain, expected: expected, usage: usage)
         // Check the profile first so that the reason logged names the SPIFFE rule that failed.
         if case .failure(let error) = leafPolicy.check(leaf: certificates[0]) {

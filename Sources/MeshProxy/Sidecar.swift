@@ -76,24 +76,30 @@ public struct Sidecar: Sendable {
                     state.clientTLS = client
                     state.bundle = bundle
                 }
-                readiness.hasSVID = true
+                readiness.svidNotAfter = svid.notAfter
             } catch {
                 logger.error("cannot build TLS contexts from the new SVID; keeping the previous one", metadata: ["error": "\(error)"])
             }
         }
+        let inbound = try await InboundListener.bind(config.inbound, app: config.app, group: group, states: states,
+                                                     limits: config.limits, logger: logger)
+        let outbound = try await OutboundListener.bind(config.outbound, trustDomain: bundle.trustDomain, group: group,
+                                                       states: states, limits: config.limits, logger: logger)
+        // Listeners first, so that a port conflict fails before the single-use token is spent.
+        // Until the SVID arrives the inbound listener refuses every connection.
         do {
             try await identity.join(token: config.joinToken)
         } catch let error as MeshError {
             throw MeshError(error.code, "cannot join the mesh through \(config.control): \(error.message)")
         }
 
-        let inbound = try await InboundListener.bind(config.inbound, app: config.app, group: group, states: states,
-                                                     limits: config.limits, logger: logger)
-        let outbound = try await OutboundListener.bind(config.outbound, trustDomain: bundle.trustDomain, group: group,
-                                                       states: states, limits: config.limits, logger: logger)
         let inboundPort = inbound.localAddress?.port ?? config.inbound.port
         let advertise = config.advertiseAddress.isEmpty && !["0.0.0.0", "::"].contains(config.inbound.host)
             ? config.inbound.host : config.advertiseAddress
+        for (name, address) in [("outbound", config.outbound), ("admin", config.admin)] where !address.isLoopback {
+            logger.warning("the \(name) listener is reachable beyond this host; keep it on loopback unless you mean it",
+                           metadata: ["address": "\(address)"])
+        }
         let registration = Registration(
             identity: identity,
             request: ControlAPI.RegisterRequest(instanceID: Self.makeInstanceID(config.service), address: advertise,

@@ -1,8 +1,6 @@
 import Foundation
 import Logging
 import MeshCore
-import NIOCore
-import NIOPosix
 import SQLiteNIO
 
 /// The embedded default store: one SQLite file in the control plane's data directory.

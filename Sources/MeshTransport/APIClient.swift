@@ -89,9 +89,11 @@ public struct APIClient: Sendable {
 
     /// Opens a streaming GET and hands each newline-delimited line of the body to `onLine`
     /// until the server ends the stream or the connection drops.
-    public func streamLines(_ path: String, maxLineBytes: Int = 4 << 20,
+    /// - Parameter readTimeout: the stream is considered dead when nothing (not even a
+    ///   keepalive line) arrives for this long; the call then fails so the caller reconnects.
+    public func streamLines(_ path: String, maxLineBytes: Int = 4 << 20, readTimeout: TimeAmount? = nil,
                             onLine: @Sendable (Substring) async throws -> Void) async throws {
-        try await exchange(.GET, path, body: nil) { inbound in
+        try await exchange(.GET, path, body: nil, readTimeout: readTimeout) { inbound in
             var pending = ByteBuffer()
             for try await part in inbound {
                 switch part {
@@ -114,10 +116,11 @@ public struct APIClient: Sendable {
                 case .end: return
                 }
             }
+            throw MeshError(.unavailable, "\(target) closed the stream (or it went silent)")
         }
     }
 
-    private func exchange<T: Sendable>(_ method: HTTPMethod, _ path: String, body: Data?,
+    private func exchange<T: Sendable>(_ method: HTTPMethod, _ path: String, body: Data?, readTimeout: TimeAmount? = nil,
                                        read: (NIOAsyncChannelInboundStream<HTTPClientResponsePart>) async throws -> T) async throws -> T {
         let channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
         do {
@@ -130,6 +133,10 @@ public struct APIClient: Sendable {
                             try sync.addHandler(try NIOSSLClientHandler(
                                 context: tls.context, serverHostname: nil,
                                 customVerificationCallbackWithMetadata: SPIFFEVerification.callback(tls.verifier)))
+                        }
+                        if let readTimeout {
+                            try sync.addHandler(IdleStateHandler(readTimeout: readTimeout))
+                            try sync.addHandler(IdleCloseHandler())
                         }
                         try sync.addHTTPClientHandlers()
                         return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)

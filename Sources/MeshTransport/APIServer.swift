@@ -28,6 +28,7 @@ public final class APIServer: Sendable {
     public struct Limits: Sendable {
         public var maxBodyBytes = 1 << 20
         public var headerTimeout: TimeAmount = .seconds(10)
+        public var handshakeTimeout: TimeAmount = .seconds(10)
         public var idleTimeout: TimeAmount = .seconds(120)
         public init() {}
     }
@@ -42,6 +43,8 @@ public final class APIServer: Sendable {
     public static func bind(_ address: HostPort, group: EventLoopGroup, tls: (@Sendable () -> TLS?)? = nil,
                             limits: Limits = Limits(), logger: Logger, handler: @escaping Handler) async throws -> APIServer {
         let idle = limits.idleTimeout
+        let headerTimeout = limits.headerTimeout
+        let handshakeTimeout = limits.handshakeTimeout
         let channel: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>
         do {
             channel = try await ServerBootstrap(group: group)
@@ -56,8 +59,15 @@ public final class APIServer: Sendable {
                             try sync.addHandler(NIOSSLServerHandler(
                                 context: material.context,
                                 customVerificationCallbackWithMetadata: SPIFFEVerification.callback(material.verifier, logger: logger)))
+                            try sync.addHandler(HandshakeTimeoutHandler(timeout: handshakeTimeout))
                         }
-                        try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
+                        // Whole-request deadline for the head: API requests are small, and a
+                        // trickling client must not hold a connection (the idle timer resets
+                        // on every byte).
+                        try sync.addHandler(RequestHeaderTimer(limit: headerTimeout))
+                        try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
+                        try sync.addHandler(HTTPParseErrorResponder())
+                        try sync.addHandler(RequestHeaderTimerHooks())
                         return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: child)
                     }
                 }
@@ -152,18 +162,6 @@ public final class APIServer: Sendable {
                 try await outbound.write(.body(.byteBuffer(chunk)))
             }
             try await outbound.write(.end(nil))
-        }
-    }
-}
-
-/// Closes a connection that has been idle (no read or write) for the configured time.
-final class IdleCloseHandler: ChannelInboundHandler, Sendable {
-    typealias InboundIn = NIOAny
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent {
-            context.close(promise: nil)
-        } else {
-            context.fireUserInboundEventTriggered(event)
         }
     }
 }

@@ -47,6 +47,19 @@ final class MeshHopTests: XCTestCase {
 
             let invalid = try await callThroughMesh(web.outbound, service: "Not_A_Service")
             XCTAssertEqual(invalid.status.code, 503)
+
+            // A known service whose only instance left: "no endpoints", not "unknown".
+            let app = try await TestApp.start("api")
+            let api = try await mesh.proxy("api", app: app.address)
+            _ = try await eventually { try await callThroughMesh(web.outbound, service: "api") }
+            await api.process.stop(signal: SIGTERM)
+            let empty = try await eventually {
+                let response = try await callThroughMesh(web.outbound, service: "api")
+                guard response.status.code == 503 else { throw TestFailure("still routed: \(response.status)") }
+                return response
+            }
+            XCTAssertTrue(empty.text.contains("service 'api' has no endpoints"), empty.text)
+            await app.stop()
         } catch {
             XCTFail("\(error)\n\(mesh.logs)")
         }

@@ -1,3 +1,4 @@
+import Foundation
 import MeshCore
 import XCTest
 
@@ -42,12 +43,30 @@ final class ParsingTests: XCTestCase {
         var b = a
         b.id = "b"
         var snapshot = RegistrySnapshot()
-        snapshot.apply(RegistryEvent(version: 3, kind: .snapshot([a])))
+        snapshot.apply(RegistryEvent(version: 3, kind: .snapshot([a], services: [])))
         snapshot.apply(RegistryEvent(version: 4, kind: .upsert(b)))
         snapshot.apply(RegistryEvent(version: 4, kind: .remove(id: "b"))) // replay of an old version: ignored
         XCTAssertEqual(snapshot.endpoints(of: api).map(\.id), ["a", "b"])
         snapshot.apply(RegistryEvent(version: 5, kind: .remove(id: "a")))
         XCTAssertEqual(snapshot.endpoints(of: api).map(\.id), ["b"])
         XCTAssertEqual(snapshot.version, 5)
+        snapshot.apply(RegistryEvent(version: 6, kind: .remove(id: "b")))
+        XCTAssertTrue(snapshot.endpoints(of: api).isEmpty)
+        XCTAssertTrue(snapshot.services.contains(api), "a service with no instances left is still known")
+    }
+
+    func testRegistryEventsHaveAPlainJSONForm() throws {
+        let api = try ServiceName("api")
+        let instance = ServiceInstance(id: "a", service: api, address: "10.0.0.1", inboundPort: 1, labels: Labels(),
+                                       lastHeartbeat: .init(timeIntervalSince1970: 0), certificateExpiry: nil)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        let remove = String(decoding: try encoder.encode(RegistryEvent(version: 9, kind: .remove(id: "a"))), as: UTF8.self)
+        XCTAssertEqual(remove, #"{"id":"a","type":"remove","version":9}"#)
+        for event in [RegistryEvent(version: 7, kind: .snapshot([instance], services: [api])),
+                      RegistryEvent(version: 8, kind: .upsert(instance)), RegistryEvent(version: 9, kind: .remove(id: "a"))] {
+            XCTAssertEqual(try JSONDecoder().decode(RegistryEvent.self, from: try encoder.encode(event)), event)
+        }
+        XCTAssertThrowsError(try JSONDecoder().decode(RegistryEvent.self, from: Data(#"{"version":1,"type":"explode"}"#.utf8)))
     }
 }

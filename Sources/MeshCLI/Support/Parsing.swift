@@ -7,7 +7,7 @@ extension HostPort: ExpressibleByArgument {
 }
 
 /// A duration flag such as `10m` or `30s`.
-struct DurationArgument: ExpressibleByArgument, Sendable {
+struct DurationArgument: ExpressibleByArgument, Sendable, CustomStringConvertible {
     let seconds: Double
     init?(argument: String) {
         guard let value = try? DurationParser.seconds(argument) else { return nil }
@@ -15,6 +15,14 @@ struct DurationArgument: ExpressibleByArgument, Sendable {
     }
     init(seconds: Double) { self.seconds = seconds }
     var duration: Duration { .milliseconds(Int64(seconds * 1000)) }
+    /// Shown as the default in `--help`.
+    var description: String {
+        if seconds >= 3600, seconds.truncatingRemainder(dividingBy: 3600) == 0 { return "\(Int(seconds / 3600))h" }
+        if seconds >= 60, seconds.truncatingRemainder(dividingBy: 60) == 0 { return "\(Int(seconds / 60))m" }
+        if seconds >= 1, seconds.truncatingRemainder(dividingBy: 1) == 0 { return "\(Int(seconds))s" }
+        return "\(Int(seconds * 1000))ms"
+    }
+    var defaultValueDescription: String { description }
 }
 
 /// Reads a file a flag points at, with an error that names the flag.
@@ -39,7 +47,13 @@ struct AdminOptions: ParsableArguments {
 
     func token() throws -> String {
         if let env = ProcessInfo.processInfo.environment["MESH_ADMIN_TOKEN"], !env.isEmpty { return env }
-        let path = adminTokenFile ?? (dataDir as NSString).appendingPathComponent("admin.token")
-        return try readFile(path, flag: "--admin-token-file").trimmingCharacters(in: .whitespacesAndNewlines)
+        if let adminTokenFile {
+            return try readFile(adminTokenFile, flag: "--admin-token-file").trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let path = (dataDir as NSString).appendingPathComponent("admin.token")
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            throw ValidationError("no admin token at \(path): pass the control plane's --data-dir, --admin-token-file FILE, or set MESH_ADMIN_TOKEN")
+        }
+        return try readFile(path, flag: "--data-dir").trimmingCharacters(in: .whitespacesAndNewlines)
     }
 }

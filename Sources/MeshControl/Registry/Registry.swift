@@ -124,7 +124,8 @@ public actor Registry {
         } else if let since, since < snapshot.version, let first = changeLog.first, first.version <= since + 1 {
             for event in changeLog where event.version > since { continuation.yield(event) }
         } else {
-            continuation.yield(RegistryEvent(version: snapshot.version, kind: .snapshot(Array(snapshot.instances.values))))
+            continuation.yield(RegistryEvent(version: snapshot.version, kind: .snapshot(
+                Array(snapshot.instances.values), services: snapshot.services.sorted())))
         }
         watchers[id] = continuation
         continuation.onTermination = { [weak self] _ in

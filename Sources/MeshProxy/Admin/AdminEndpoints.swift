@@ -5,11 +5,12 @@ import NIOConcurrencyHelpers
 /// What `/ready` reports: ready only with an SVID and a first registry snapshot, and not
 /// while draining for shutdown.
 final class Readiness: Sendable {
-    private let box = NIOLockedValueBox((svid: false, config: false, draining: false))
+    private let box = NIOLockedValueBox((svidNotAfter: Date?.none, config: false, draining: false))
 
-    var hasSVID: Bool {
-        get { box.withLockedValue { $0.svid } }
-        set { box.withLockedValue { $0.svid = newValue } }
+    /// Expiry of the SVID in use; nil before the first one.
+    var svidNotAfter: Date? {
+        get { box.withLockedValue { $0.svidNotAfter } }
+        set { box.withLockedValue { $0.svidNotAfter = newValue } }
     }
     var hasConfig: Bool {
         get { box.withLockedValue { $0.config } }
@@ -29,7 +30,13 @@ enum AdminEndpoints {
             return .text("live\n")
         case "/ready":
             if readiness.draining { return .text("draining\n", status: .serviceUnavailable) }
-            if !readiness.hasSVID { return .text("not ready: no SVID yet\n", status: .serviceUnavailable) }
+            guard let notAfter = readiness.svidNotAfter else {
+                return .text("not ready: no SVID yet\n", status: .serviceUnavailable)
+            }
+            if notAfter <= Date() {
+                return .text("not ready: the SVID expired at \(notAfter) and could not be renewed; restart the proxy with a new join token\n",
+                             status: .serviceUnavailable)
+            }
             if !readiness.hasConfig { return .text("not ready: no registry from the control plane yet\n", status: .serviceUnavailable) }
             return .text("ready\n")
         default:

@@ -20,7 +20,9 @@ struct RegistryWatcher: Sendable {
                 let since = box.snapshot.version
                 let client = try await identity.controlClient()
                 let path = ControlAPI.watchPath + (since > 0 ? "?since=\(since)" : "")
-                try await client.streamLines(path) { line in
+                // The control plane sends a keepalive line every 10 s; three missed ones mean
+                // the connection is dead even if TCP has not noticed.
+                try await client.streamLines(path, readTimeout: .seconds(35)) { line in
                     let event = try JSONCoding.decoder.decode(RegistryEvent.self, from: Data(line.utf8))
                     var next = box.snapshot
                     next.apply(event)

@@ -1,5 +1,6 @@
 import Logging
 import MeshCore
+import MeshTransport
 import NIOCore
 import NIOHTTP1
 

@@ -76,7 +76,6 @@ final class UpstreamPool {
                 return eventLoop.makeFailedFuture(MeshError(.unavailable, "this proxy has no SVID yet"))
             }
             verifier = SPIFFEPeerVerifier(bundle: bundle, expected: [expected], usage: .serverAuth)
-            _ = clientTLS
         }
         let tlsContext = clientTLS
         let handshakeTimeout = limits.tlsHandshakeTimeout

@@ -108,6 +108,11 @@ actor IdentityManager {
             } catch {
                 attempt += 1
                 let remaining = current.notAfter.timeIntervalSince(clock())
+                if remaining <= 0 {
+                    // Renewal needs a valid SVID: from here only a new join token helps.
+                    logger.error("the SVID has expired and cannot be renewed; restart the proxy with a new join token",
+                                 metadata: ["expired_at": "\(current.notAfter)"])
+                }
                 logger.warning("SVID renewal failed; still serving on the current SVID",
                                metadata: ["error": "\(error)", "expires_in_s": "\(Int(remaining))", "attempt": "\(attempt)"])
             }

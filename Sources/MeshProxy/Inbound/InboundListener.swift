@@ -44,8 +44,10 @@ enum InboundListener {
                         // After the TLS handler: it must see the handshake-completed event.
                         try sync.addHandler(HandshakeTimeoutHandler(timeout: limits.tlsHandshakeTimeout))
                         try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
+                        try sync.addHandler(IdleCloseHandler())
                         try sync.addHandler(RequestHeaderTimer(limit: limits.requestHeaderTimeout))
-                        try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
+                        try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
+                        try sync.addHandler(HTTPParseErrorResponder())
                         try sync.addHandler(ProxyHTTPHandler(role: "inbound", router: router, states: states, logger: logger))
                     }
                 }
@@ -54,48 +56,5 @@ enum InboundListener {
         } catch {
             throw MeshError(.invalidAddress, "cannot listen on inbound \(address): \(error)")
         }
-    }
-}
-
-/// Closes a connection whose TLS handshake has not completed in time, and one that went idle.
-final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = NIOAny
-    private let timeout: TimeAmount
-    private var scheduled: Scheduled<Void>?
-
-    init(timeout: TimeAmount) { self.timeout = timeout }
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        let channel = context.channel
-        scheduled = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if case TLSUserEvent.handshakeCompleted = event {
-            scheduled?.cancel()
-            scheduled = nil
-        } else if event is IdleStateHandler.IdleStateEvent {
-            context.close(promise: nil)
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        scheduled?.cancel()
-        context.fireChannelInactive()
-    }
-}
-
-/// Closes a connection when `IdleStateHandler` reports it idle.
-final class IdleCloser: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = NIOAny
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent {
-            context.close(promise: nil)
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
     }
 }

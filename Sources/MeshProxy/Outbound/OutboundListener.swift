@@ -4,6 +4,7 @@ import MeshIdentity
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import MeshTransport
 
 /// The outbound stack, whole: plain HTTP/1.1 from the local app (loopback) → resolve the
 /// `Host` as a service in the pushed registry → round robin over its endpoints → pooled mTLS
@@ -21,9 +22,10 @@ enum OutboundListener {
                     channel.eventLoop.makeCompletedFuture {
                         let sync = channel.pipeline.syncOperations
                         try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
-                        try sync.addHandler(IdleCloser())
+                        try sync.addHandler(IdleCloseHandler())
                         try sync.addHandler(RequestHeaderTimer(limit: limits.requestHeaderTimeout))
-                        try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
+                        try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
+                        try sync.addHandler(HTTPParseErrorResponder())
                         try sync.addHandler(ProxyHTTPHandler(role: "outbound", router: router, states: states, logger: logger))
                     }
                 }
@@ -45,9 +47,9 @@ enum OutboundListener {
         }
         let endpoints = state.registry.endpoints(of: service)
         guard !endpoints.isEmpty else {
-            let known = state.registry.instances.values.contains { $0.service == service }
+            let known = state.registry.services.contains(service)
             return .respond(.serviceUnavailable, code: known ? "no-endpoints" : "unknown-service",
-                            message: known ? "service '\(service)' has no endpoints"
+                            message: known ? "service '\(service)' has no endpoints: no healthy instance is registered right now"
                                 : "unknown service '\(service)': no such service is registered in the mesh")
         }
         guard let identity = try? SPIFFEID(trustDomain: trustDomain, service: service) else {

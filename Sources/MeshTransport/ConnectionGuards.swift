@@ -1,0 +1,159 @@
+import NIOCore
+import NIOHTTP1
+import NIOTLS
+
+// Small handlers that bound how long and how much a peer can hold a connection. Shared by
+// the data path (MeshProxy) and the API servers, so every listener has the same limits.
+
+/// Closes a connection whose TLS handshake has not completed in time. Add it after the TLS
+/// handler: it must see the handshake-completed event.
+public final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHandler {
+    public typealias InboundIn = NIOAny
+    private let timeout: TimeAmount
+    private var scheduled: Scheduled<Void>?
+
+    public init(timeout: TimeAmount) { self.timeout = timeout }
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        let channel = context.channel
+        scheduled = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+    }
+
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event {
+            scheduled?.cancel()
+            scheduled = nil
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        scheduled?.cancel()
+        context.fireChannelInactive()
+    }
+}
+
+/// Closes a connection when the `IdleStateHandler` before it reports it idle.
+public final class IdleCloseHandler: ChannelInboundHandler, RemovableChannelHandler {
+    public typealias InboundIn = NIOAny
+    public init() {}
+
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
+
+/// Closes a connection whose request headers take longer than the limit to arrive, counted
+/// from the first byte of the request (slowloris). Sits before the HTTP decoder, on raw
+/// bytes; the request handler calls ``headReceived()`` when a head is complete and
+/// ``awaitNextRequest()`` when the connection waits for the next request.
+public final class RequestHeaderTimer: ChannelInboundHandler, RemovableChannelHandler {
+    public typealias InboundIn = ByteBuffer
+    public typealias InboundOut = ByteBuffer
+
+    private let limit: TimeAmount
+    private var waitingForHead = true
+    private var timer: Scheduled<Void>?
+
+    public init(limit: TimeAmount) { self.limit = limit }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if waitingForHead && timer == nil {
+            let channel = context.channel
+            timer = context.eventLoop.scheduleTask(in: limit) { channel.close(promise: nil) }
+        }
+        context.fireChannelRead(data)
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        context.fireChannelInactive()
+    }
+
+    /// A complete request head arrived: the body may take as long as it needs.
+    public func headReceived() {
+        waitingForHead = false
+        timer?.cancel()
+        timer = nil
+    }
+
+    /// The exchange ended; the next bytes start the next request's clock.
+    public func awaitNextRequest() {
+        waitingForHead = true
+    }
+}
+
+/// Answers HTTP parse errors: 431 when the head is larger than the decoder accepts (NIO's own
+/// handler would say 400), 400 for anything else, then closes. Use in place of NIO's
+/// `HTTPServerProtocolErrorHandler` (`withErrorHandling: false`).
+public final class HTTPParseErrorResponder: ChannelDuplexHandler, RemovableChannelHandler {
+    public typealias InboundIn = HTTPServerRequestPart
+    public typealias InboundOut = HTTPServerRequestPart
+    public typealias OutboundIn = HTTPServerResponsePart
+    public typealias OutboundOut = HTTPServerResponsePart
+
+    private var responseInProgress = false
+
+    public init() {}
+
+    public func errorCaught(context: ChannelHandlerContext, error: Error) {
+        guard error is HTTPParserError else {
+            context.fireErrorCaught(error)
+            return
+        }
+        // Mid-response there is no way to send a status: just close.
+        if !responseInProgress {
+            let tooLarge: Bool
+            if case .headerOverflow = error as? HTTPParserError { tooLarge = true } else { tooLarge = false }
+            let status: HTTPResponseStatus = tooLarge ? .init(statusCode: 431) : .badRequest
+            let body = ByteBuffer(string: tooLarge ? "swiftmesh: request headers too large\n" : "swiftmesh: malformed HTTP request\n")
+            let headers: HTTPHeaders = ["connection": "close", "content-length": "\(body.readableBytes)",
+                                        "content-type": "text/plain; charset=utf-8"]
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+        context.close(promise: nil)
+    }
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head: responseInProgress = true
+        case .end: responseInProgress = false
+        case .body: break
+        }
+        context.write(data, promise: promise)
+    }
+}
+
+/// Drives a ``RequestHeaderTimer`` from the HTTP parts passing by, for servers whose request
+/// handling is not a channel handler (the async API servers). Add after the HTTP codec.
+public final class RequestHeaderTimerHooks: ChannelDuplexHandler, RemovableChannelHandler {
+    public typealias InboundIn = HTTPServerRequestPart
+    public typealias InboundOut = HTTPServerRequestPart
+    public typealias OutboundIn = HTTPServerResponsePart
+    public typealias OutboundOut = HTTPServerResponsePart
+
+    private var timer: RequestHeaderTimer?
+
+    public init() {}
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        timer = try? context.pipeline.syncOperations.handler(type: RequestHeaderTimer.self)
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .head = unwrapInboundIn(data) { timer?.headReceived() }
+        context.fireChannelRead(data)
+    }
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data) { timer?.awaitNextRequest() }
+        context.write(data, promise: promise)
+    }
+}
