@@ -76,6 +76,7 @@ let package = Package(
             .product(name: "X509", package: "swift-certificates"),
             .product(name: "SwiftASN1", package: "swift-asn1"),
         ]),
+        .testTarget(name: "MeshControlTests", dependencies: ["MeshControl", "MeshStore", "MeshCore", log]),
         .testTarget(name: "MeshStoreTests", dependencies: ["MeshStore", "MeshCore", log]),
         // Depends on `mesh` so that `swift test` builds the binary the tests start.
         .testTarget(name: "IntegrationTests", dependencies: [
