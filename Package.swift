@@ -29,6 +29,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
         // Layer 0: pure vocabulary, no NIO.
@@ -60,6 +61,7 @@ let package = Package(
         .target(name: "MeshCLI", dependencies: [
             "MeshCore", "MeshIdentity", "MeshStore", "MeshTransport", "MeshProxy", "MeshControl", log,
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Yams", package: "Yams"),
         ] + nio),
         .executableTarget(name: "mesh", dependencies: ["MeshCLI"]),
 

@@ -7,9 +7,36 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 
-/// The sidecar's composition root: identity, registration, registry watch, and the inbound,
-/// outbound and admin listeners.
+/// The sidecar's composition root: the inbound, outbound and admin listeners, fed with an
+/// identity and a registry by a ``Sidecar/Source`` — the control plane, or static files for
+/// users who bring their own PKI.
 public struct Sidecar: Sendable {
+    /// Where identity and endpoints come from.
+    public enum Source: Sendable {
+        /// Join the control plane with a token; renew there; follow its registry.
+        case controlPlane(ControlPlaneSettings)
+        /// SVID, key and bundle from PEM files (re-read when they change), endpoints from the
+        /// configuration file. No control plane.
+        case staticFiles(StaticSettings)
+    }
+
+    /// Settings of the control-plane source (`mesh proxy --control …`).
+    public struct ControlPlaneSettings: Sendable {
+        public var control: HostPort
+        public var trustBundlePEM: String
+        public var joinToken: String
+        public var heartbeatInterval: Duration = .seconds(5)
+        /// Address other proxies should dial; empty means the control plane uses the source
+        /// address of our connection.
+        public var advertiseAddress = ""
+
+        public init(control: HostPort, trustBundlePEM: String, joinToken: String) {
+            self.control = control
+            self.trustBundlePEM = trustBundlePEM
+            self.joinToken = joinToken
+        }
+    }
+
     /// Settings of `mesh proxy`.
     public struct Configuration: Sendable {
         public var service: ServiceName
@@ -17,27 +44,19 @@ public struct Sidecar: Sendable {
         public var inbound: HostPort
         public var outbound: HostPort
         public var admin: HostPort
-        public var control: HostPort
-        public var trustBundlePEM: String
-        public var joinToken: String
+        public var source: Source
         public var labels = Labels()
-        /// Address other proxies should dial; empty means the control plane uses the source
-        /// address of our connection.
-        public var advertiseAddress = ""
-        public var heartbeatInterval: Duration = .seconds(5)
         public var threads = 1
         public var limits = ProxyLimits()
 
         public init(service: ServiceName, app: HostPort, inbound: HostPort, outbound: HostPort, admin: HostPort,
-                    control: HostPort, trustBundlePEM: String, joinToken: String) {
+                    source: Source) {
             self.service = service
             self.app = app
             self.inbound = inbound
             self.outbound = outbound
             self.admin = admin
-            self.control = control
-            self.trustBundlePEM = trustBundlePEM
-            self.joinToken = joinToken
+            self.source = source
         }
     }
 
@@ -56,18 +75,16 @@ public struct Sidecar: Sendable {
         self.logger = logger
     }
 
-    /// Joins the mesh, starts the listeners, calls `onReady`, and serves until cancelled;
-    /// then deregisters, stops accepting and lets in-flight requests finish (bounded).
+    /// Gets an identity, starts the listeners, calls `onReady` once there is a first
+    /// registry, and serves until cancelled; then deregisters, stops accepting and lets
+    /// in-flight requests finish (bounded).
     public func run(onReady: @escaping @Sendable (Addresses) -> Void) async throws {
         let config = configuration
-        let bundle = try TrustBundle(pem: config.trustBundlePEM)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, config.threads))
         let states = LoopStates(group: group, limits: config.limits)
         let readiness = Readiness()
         let logger = self.logger
-
-        let identity = IdentityManager(service: config.service, control: config.control, bundle: bundle, group: group,
-                                       logger: logger) { svid, bundle in
+        let install: @Sendable (SVID, TrustBundle) async -> Void = { svid, bundle in
             do {
                 let server = try MeshTLS.serverContext(svid: svid, bundle: bundle)
                 let client = try MeshTLS.clientContext(svid: svid, bundle: bundle)
@@ -81,31 +98,27 @@ public struct Sidecar: Sendable {
                 logger.error("cannot build TLS contexts from the new SVID; keeping the previous one", metadata: ["error": "\(error)"])
             }
         }
-        let inbound = try await InboundListener.bind(config.inbound, app: config.app, group: group, states: states,
-                                                     limits: config.limits, logger: logger)
-        let outbound = try await OutboundListener.bind(config.outbound, trustDomain: bundle.trustDomain, group: group,
-                                                       states: states, limits: config.limits, logger: logger)
-        // Listeners first, so that a port conflict fails before the single-use token is spent.
-        // Until the SVID arrives the inbound listener refuses every connection.
-        do {
-            try await identity.join(token: config.joinToken)
-        } catch let error as MeshError {
-            throw MeshError(error.code, "cannot join the mesh through \(config.control): \(error.message)")
+        let source: any SidecarSource
+        switch config.source {
+        case .controlPlane(let settings):
+            source = try ControlPlaneSource(settings: settings, service: config.service, labels: config.labels,
+                                            inboundHost: config.inbound.host, group: group, logger: logger, install: install)
+        case .staticFiles(let settings):
+            source = try StaticSource(settings: settings, service: config.service, logger: logger, install: install)
         }
 
-        let inboundPort = inbound.localAddress?.port ?? config.inbound.port
-        let advertise = config.advertiseAddress.isEmpty && !["0.0.0.0", "::"].contains(config.inbound.host)
-            ? config.inbound.host : config.advertiseAddress
+        // Listeners first, so that a port conflict fails before a single-use token is spent.
+        // Until the SVID arrives the inbound listener refuses every connection.
+        let inbound = try await InboundListener.bind(config.inbound, app: config.app, group: group, states: states,
+                                                     limits: config.limits, logger: logger)
+        let outbound = try await OutboundListener.bind(config.outbound, trustDomain: source.trustDomain, group: group,
+                                                       states: states, limits: config.limits, logger: logger)
         for (name, address) in [("outbound", config.outbound), ("admin", config.admin)] where !address.isLoopback {
             logger.warning("the \(name) listener is reachable beyond this host; keep it on loopback unless you mean it",
                            metadata: ["address": "\(address)"])
         }
-        let registration = Registration(
-            identity: identity,
-            request: ControlAPI.RegisterRequest(instanceID: Self.makeInstanceID(config.service), address: advertise,
-                                                inboundPort: inboundPort, labels: config.labels, certificateExpiry: nil),
-            interval: config.heartbeatInterval, logger: logger)
-        try await registration.register()
+        let inboundPort = inbound.localAddress?.port ?? config.inbound.port
+        try await source.start(inboundPort: inboundPort)
         let admin = try await APIServer.bind(config.admin, group: group, logger: logger) { request in
             AdminEndpoints.handle(request, readiness: readiness)
         }
@@ -114,15 +127,13 @@ public struct Sidecar: Sendable {
                                   admin: admin.localAddress)
 
         await withTaskGroup(of: Void.self) { tasks in
-            tasks.addTask { await identity.renewalLoop() }
-            tasks.addTask { await registration.heartbeatLoop() }
             tasks.addTask {
-                await RegistryWatcher(identity: identity, states: states, logger: logger) {
+                await source.run(states: states) {
                     readiness.hasConfig = true
                     logger.info("proxy ready", metadata: ["service": "\(config.service)", "inbound": "\(addresses.inbound)",
                                                           "outbound": "\(addresses.outbound)", "admin": "\(addresses.admin)"])
                     onReady(addresses)
-                }.run()
+                }
             }
             tasks.addTask { await admin.run() }
             // Wait for cancellation (SIGTERM), then stop the background loops.
@@ -133,16 +144,16 @@ public struct Sidecar: Sendable {
         // deregistration call is not itself cancelled.
         let listeners = [inbound, outbound]
         await Task {
-            await shutdown(registration: registration, listeners: listeners, admin: admin, states: states,
-                           readiness: readiness)
+            readiness.draining = true
+            await source.stop()
+            await drain(listeners: listeners, states: states)
+            await admin.close()
+            logger.info("proxy stopped")
         }.value
         try? await group.shutdownGracefully()
     }
 
-    private func shutdown(registration: Registration, listeners: [Channel], admin: APIServer, states: LoopStates,
-                          readiness: Readiness) async {
-        readiness.draining = true
-        await registration.deregister()
+    private func drain(listeners: [Channel], states: LoopStates) async {
         for listener in listeners { try? await listener.close() }
         let deadline = ContinuousClock.now + configuration.limits.drainTimeout
         while ContinuousClock.now < deadline {
@@ -151,13 +162,17 @@ public struct Sidecar: Sendable {
             try? await Task.sleep(for: .milliseconds(50))
         }
         await states.update { $0.pool.closeAll() }
-        await admin.close()
-        logger.info("proxy stopped")
     }
+}
 
-    static func makeInstanceID(_ service: ServiceName) -> String {
-        let suffix = (0..<6).map { _ in String("abcdefghijklmnopqrstuvwxyz0123456789".randomElement() ?? "x") }.joined()
-        let host = ProcessInfo.processInfo.hostName.prefix(24).filter { $0.isLetter || $0.isNumber || $0 == "-" }
-        return "\(service)-\(host)-\(suffix)"
-    }
+/// Feeds a sidecar with its identity and registry.
+protocol SidecarSource: Sendable {
+    /// The trust domain of the mesh this proxy belongs to.
+    var trustDomain: String { get }
+    /// Obtains the first SVID and announces the instance; throws when that is impossible.
+    func start(inboundPort: Int) async throws
+    /// Keeps identity and registry current until cancelled; calls `onFirstRegistry` once.
+    func run(states: LoopStates, onFirstRegistry: @escaping @Sendable () -> Void) async
+    /// Leaves the mesh (deregistration) before the listeners close.
+    func stop() async
 }

@@ -97,14 +97,14 @@ struct DemoRun: Sendable {
                 let token = try await admin.send(.POST, AdminAPI.tokensPath,
                                                  json: AdminAPI.CreateTokenRequest(service: try ServiceName(name), ttlSeconds: 60))
                     .decode(AdminAPI.CreateTokenResponse.self).token
+                var settings = Sidecar.ControlPlaneSettings(control: addresses.listen, trustBundlePEM: bundle, joinToken: token)
+                settings.heartbeatInterval = .seconds(2)
                 var proxy = Sidecar.Configuration(
                     service: try ServiceName(name), app: app.localAddress,
                     inbound: HostPort(host: "127.0.0.1", port: 0),
                     outbound: HostPort(host: "127.0.0.1", port: name == "loadgen" ? entryPort : 0),
-                    admin: HostPort(host: "127.0.0.1", port: 0), control: addresses.listen,
-                    trustBundlePEM: bundle, joinToken: token)
+                    admin: HostPort(host: "127.0.0.1", port: 0), source: .controlPlane(settings))
                 proxy.labels = Labels(["app": name, "version": "v1"])
-                proxy.heartbeatInterval = .seconds(2)
                 let ready = Ready<Sidecar.Addresses>()
                 tasks.addTask {
                     try await Sidecar(configuration: proxy, logger: Logger(label: "mesh.proxy.\(name)")).run { ready.set($0) }

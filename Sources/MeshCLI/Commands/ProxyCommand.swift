@@ -4,31 +4,39 @@ import Logging
 import MeshCore
 import MeshProxy
 
-/// `mesh proxy`: runs a sidecar next to one service instance.
+/// `mesh proxy`: runs a sidecar next to one service instance, joined to a control plane
+/// (flags) or standalone from a configuration file (`--config`).
 struct ProxyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "proxy", abstract: "Run a sidecar proxy next to a service instance.")
+        commandName: "proxy", abstract: "Run a sidecar proxy next to a service instance.",
+        discussion: """
+            With a control plane: --service, --app, --inbound, --outbound, --admin, --control, --ca-file and a join token.
+            Standalone (your own PKI, no control plane): --config FILE.yaml; see README "Static mode".
+            """)
+
+    @Option(help: "Static configuration file (YAML): identity from PEM files, endpoints listed in the file.")
+    var config: String?
 
     @Option(help: "Service name this instance belongs to (its SPIFFE identity).")
-    var service: String
+    var service: String?
 
     @Option(help: "Address of the local app the inbound listener forwards to.")
-    var app: HostPort
+    var app: HostPort?
 
     @Option(help: "Inbound mTLS listener, reachable by other proxies.")
-    var inbound: HostPort
+    var inbound: HostPort?
 
     @Option(help: "Outbound listener for the local app (keep on loopback).")
-    var outbound: HostPort
+    var outbound: HostPort?
 
     @Option(help: "Admin listener (/ready, /live).")
-    var admin: HostPort
+    var admin: HostPort?
 
     @Option(help: "Control plane proxy API address.")
-    var control: HostPort
+    var control: HostPort?
 
     @Option(help: "Trust bundle of the mesh (the control plane's ca.pem).")
-    var caFile: String
+    var caFile: String?
 
     @Option(help: "Single-use join token from 'mesh token create'.")
     var token: String?
@@ -49,36 +57,61 @@ struct ProxyCommand: AsyncParsableCommand {
     var requestHeaderTimeout = DurationArgument(seconds: 10)
 
     @Option(help: "Event loop threads of the data path.")
-    var threads = 1
+    var threads: Int?
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
     func validate() throws {
-        if (token == nil) == (tokenFile == nil) {
-            throw ValidationError("give exactly one of --token or --token-file (create a token with 'mesh token create --service \(service)')")
+        if config != nil {
+            let clashing = [("--control", control != nil), ("--ca-file", caFile != nil), ("--token", token != nil),
+                            ("--token-file", tokenFile != nil)].filter(\.1).map(\.0)
+            guard clashing.isEmpty else {
+                throw ValidationError("--config runs without a control plane; drop \(clashing.joined(separator: ", "))")
+            }
+            return
         }
-        do { _ = try ServiceName(service) } catch let error as MeshError { throw ValidationError("--service: \(error.message)") }
+        let missing = [("--service", service == nil), ("--app", app == nil), ("--inbound", inbound == nil),
+                       ("--outbound", outbound == nil), ("--admin", admin == nil), ("--control", control == nil),
+                       ("--ca-file", caFile == nil)].filter(\.1).map(\.0)
+        guard missing.isEmpty else {
+            throw ValidationError("missing \(missing.joined(separator: ", ")) (or give --config FILE for standalone mode)")
+        }
+        if (token == nil) == (tokenFile == nil) {
+            throw ValidationError("give exactly one of --token or --token-file (create a token with 'mesh token create --service \(service ?? "NAME")')")
+        }
+        do { _ = try ServiceName(service ?? "") } catch let error as MeshError { throw ValidationError("--service: \(error.message)") }
         do { _ = try Labels(parsing: labels) } catch let error as MeshError { throw ValidationError("--label: \(error.message)") }
-        guard (1...64).contains(threads) else { throw ValidationError("--threads must be between 1 and 64") }
+        if let threads, !(1...64).contains(threads) { throw ValidationError("--threads must be between 1 and 64") }
     }
 
     func run() async throws {
         LoggingSetup.bootstrap(level: logLevel)
-        let joinToken = try token ?? readFile(tokenFile ?? "", flag: "--token-file").trimmingCharacters(in: .whitespacesAndNewlines)
-        var config = Sidecar.Configuration(
-            service: try ServiceName(service), app: app, inbound: inbound, outbound: outbound, admin: admin,
-            control: control, trustBundlePEM: try readFile(caFile, flag: "--ca-file"), joinToken: joinToken)
-        config.labels = try Labels(parsing: labels)
-        config.advertiseAddress = advertiseAddress ?? ""
-        config.heartbeatInterval = heartbeatInterval.duration
-        config.threads = threads
-        config.limits.requestHeaderTimeout = .milliseconds(Int64(requestHeaderTimeout.seconds * 1000))
-        let sidecar = Sidecar(configuration: config, logger: Logger(label: "mesh.proxy.\(service)"))
+        var sidecarConfig = try config.map { try StaticConfigFile.load(path: $0) } ?? controlPlaneConfiguration()
+        if let threads { sidecarConfig.threads = threads }
+        if !labels.isEmpty { sidecarConfig.labels = try Labels(parsing: labels) }
+        sidecarConfig.limits.requestHeaderTimeout = .milliseconds(Int64(requestHeaderTimeout.seconds * 1000))
+        let name = sidecarConfig.service
+        let sidecar = Sidecar(configuration: sidecarConfig, logger: Logger(label: "mesh.proxy.\(name)"))
         try await SignalScope.run {
             try await sidecar.run { addresses in
-                say("mesh proxy ready: service=\(service) inbound=\(addresses.inbound) outbound=\(addresses.outbound) admin=\(addresses.admin)")
+                say("mesh proxy ready: service=\(name) inbound=\(addresses.inbound) outbound=\(addresses.outbound) admin=\(addresses.admin)")
             }
         }
+    }
+
+    private func controlPlaneConfiguration() throws -> Sidecar.Configuration {
+        guard let service, let app, let inbound, let outbound, let admin, let control, let caFile else {
+            throw ValidationError("missing flags; see 'mesh proxy --help'")
+        }
+        let joinToken = try token ?? readFile(tokenFile ?? "", flag: "--token-file").trimmingCharacters(in: .whitespacesAndNewlines)
+        var settings = Sidecar.ControlPlaneSettings(control: control, trustBundlePEM: try readFile(caFile, flag: "--ca-file"),
+                                                    joinToken: joinToken)
+        settings.advertiseAddress = advertiseAddress ?? ""
+        settings.heartbeatInterval = heartbeatInterval.duration
+        var config = Sidecar.Configuration(service: try ServiceName(service), app: app, inbound: inbound, outbound: outbound,
+                                           admin: admin, source: .controlPlane(settings))
+        config.labels = try Labels(parsing: labels)
+        return config
     }
 }

@@ -1,0 +1,95 @@
+import ArgumentParser
+import Foundation
+import MeshCore
+import MeshProxy
+import Yams
+
+/// The file of `mesh proxy --config FILE.yaml` (standalone mode, no control plane):
+///
+/// ```yaml
+/// service: web
+/// app: 127.0.0.1:8080
+/// inbound: 0.0.0.0:15006
+/// outbound: 127.0.0.1:15001
+/// admin: 127.0.0.1:15000
+/// threads: 1                       # optional
+/// labels: {version: v1}            # optional
+/// tls:
+///   certificate: /etc/mesh/web.pem # SVID chain, leaf first
+///   key: /etc/mesh/web-key.pem
+///   bundle: /etc/mesh/ca.pem
+///   trustDomain: mesh.local        # optional when the CA names it in a spiffe:// URI SAN
+/// services:                        # endpoints (peers' inbound listeners) by service name
+///   api: [10.0.0.5:15006, 10.0.0.6:15006]
+/// ```
+/// Relative paths are resolved against the file's directory.
+enum StaticConfigFile {
+    struct File: Decodable {
+        struct TLS: Decodable {
+            var certificate: String
+            var key: String
+            var bundle: String
+            var trustDomain: String?
+        }
+        var service: String
+        var app: String
+        var inbound: String
+        var outbound: String
+        var admin: String
+        var threads: Int?
+        var labels: [String: String]?
+        var tls: TLS
+        var services: [String: [String]]?
+    }
+
+    static func load(path: String) throws -> Sidecar.Configuration {
+        let text = try readFile(path, flag: "--config")
+        let file: File
+        do {
+            file = try YAMLDecoder().decode(File.self, from: text)
+        } catch let DecodingError.keyNotFound(key, context) {
+            throw ValidationError("\(path): missing field '\((context.codingPath.map(\.stringValue) + [key.stringValue]).joined(separator: "."))'")
+        } catch let DecodingError.typeMismatch(_, context) {
+            throw ValidationError("\(path): field '\(context.codingPath.map(\.stringValue).joined(separator: "."))' has the wrong type")
+        } catch let error as YamlError {
+            throw ValidationError("\(path): not valid YAML: \(error)")
+        } catch {
+            throw ValidationError("\(path): \(error)")
+        }
+        let base = URL(fileURLWithPath: path).deletingLastPathComponent()
+        func resolve(_ file: String) -> String {
+            file.hasPrefix("/") ? file : base.appendingPathComponent(file).path
+        }
+        func address(_ text: String, _ field: String) throws -> HostPort {
+            do { return try HostPort(parsing: text) } catch let error as MeshError {
+                throw ValidationError("\(path): field '\(field)': \(error.message)")
+            }
+        }
+        func name(_ text: String, _ field: String) throws -> ServiceName {
+            do { return try ServiceName(text) } catch let error as MeshError {
+                throw ValidationError("\(path): field '\(field)': \(error.message)")
+            }
+        }
+        var services: [ServiceName: [HostPort]] = [:]
+        for (service, endpoints) in file.services ?? [:] {
+            services[try name(service, "services.\(service)")] = try endpoints.map { try address($0, "services.\(service)") }
+        }
+        let settings = Sidecar.StaticSettings(certificateFile: resolve(file.tls.certificate), keyFile: resolve(file.tls.key),
+                                              bundleFile: resolve(file.tls.bundle), trustDomain: file.tls.trustDomain,
+                                              services: services)
+        var config = Sidecar.Configuration(
+            service: try name(file.service, "service"), app: try address(file.app, "app"),
+            inbound: try address(file.inbound, "inbound"), outbound: try address(file.outbound, "outbound"),
+            admin: try address(file.admin, "admin"), source: .staticFiles(settings))
+        if let threads = file.threads {
+            guard (1...64).contains(threads) else { throw ValidationError("\(path): field 'threads' must be 1 to 64") }
+            config.threads = threads
+        }
+        do {
+            config.labels = try Labels(parsing: (file.labels ?? [:]).map { "\($0.key)=\($0.value)" })
+        } catch let error as MeshError {
+            throw ValidationError("\(path): field 'labels': \(error.message)")
+        }
+        return config
+    }
+}

@@ -1,0 +1,83 @@
+import Foundation
+import Logging
+import MeshCore
+import MeshIdentity
+import MeshTransport
+import NIOCore
+
+/// The control plane as a sidecar's source: join with a token, renew, register, heartbeat,
+/// follow the registry.
+struct ControlPlaneSource: SidecarSource {
+    let settings: Sidecar.ControlPlaneSettings
+    let service: ServiceName
+    let labels: Labels
+    let inboundHost: String
+    let identity: IdentityManager
+    let logger: Logger
+    let trustDomain: String
+    private let registration: RegistrationBox
+
+    init(settings: Sidecar.ControlPlaneSettings, service: ServiceName, labels: Labels, inboundHost: String,
+         group: EventLoopGroup, logger: Logger, install: @escaping @Sendable (SVID, TrustBundle) async -> Void) throws {
+        self.settings = settings
+        self.service = service
+        self.labels = labels
+        self.inboundHost = inboundHost
+        self.logger = logger
+        self.registration = RegistrationBox()
+        let bundle = try TrustBundle(pem: settings.trustBundlePEM)
+        self.trustDomain = bundle.trustDomain
+        self.identity = IdentityManager(service: service, control: settings.control, bundle: bundle, group: group,
+                                        logger: logger, onChange: install)
+    }
+
+    func start(inboundPort: Int) async throws {
+        do {
+            try await identity.join(token: settings.joinToken)
+        } catch let error as MeshError {
+            throw MeshError(error.code, "cannot join the mesh through \(settings.control): \(error.message)")
+        }
+        let advertise = settings.advertiseAddress.isEmpty && !["0.0.0.0", "::"].contains(inboundHost)
+            ? inboundHost : settings.advertiseAddress
+        let registration = Registration(
+            identity: identity,
+            request: ControlAPI.RegisterRequest(instanceID: Self.makeInstanceID(service), address: advertise,
+                                                inboundPort: inboundPort, labels: labels, certificateExpiry: nil),
+            interval: settings.heartbeatInterval, logger: logger)
+        try await registration.register()
+        self.registration.value = registration
+    }
+
+    func run(states: LoopStates, onFirstRegistry: @escaping @Sendable () -> Void) async {
+        let identity = self.identity
+        let registration = self.registration.value
+        let logger = self.logger
+        await withTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { await identity.renewalLoop() }
+            if let registration { tasks.addTask { await registration.heartbeatLoop() } }
+            tasks.addTask {
+                await RegistryWatcher(identity: identity, states: states, logger: logger, onFirstSnapshot: onFirstRegistry).run()
+            }
+        }
+    }
+
+    func stop() async {
+        await registration.value?.deregister()
+    }
+
+    static func makeInstanceID(_ service: ServiceName) -> String {
+        let suffix = (0..<6).map { _ in String("abcdefghijklmnopqrstuvwxyz0123456789".randomElement() ?? "x") }.joined()
+        let host = ProcessInfo.processInfo.hostName.prefix(24).filter { $0.isLetter || $0.isNumber || $0 == "-" }
+        return "\(service)-\(host)-\(suffix)"
+    }
+}
+
+/// Set once in `start`, read afterwards.
+private final class RegistrationBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: Registration?
+    var value: Registration? {
+        get { lock.withLock { stored } }
+        set { lock.withLock { stored = newValue } }
+    }
+}

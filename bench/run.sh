@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# Side-by-side data-path benchmark on loopback, in one run:
+#   DIRECT     load generator → backend
+#   swiftmesh  load generator → outbound sidecar → mTLS 1.3 → inbound sidecar → backend
+#   haproxy    the same shape with two HAProxy processes
+#   nginx      the same shape with two nginx processes
+# Every sidecar gets one worker thread; all mTLS hops use the same CA and certificates.
+# Reports closed-loop throughput (wrk -c32), open-loop latency at a fixed rate (corrected for
+# coordinated omission, bench/tools/openloop.c), CPU time per request and peak RSS per sidecar.
+#
+#   bench/run.sh            full run (≈ 2 min of load after the build)
+#   bench/run.sh --quick    short runs for a regression check (< 2 min including setup)
+#
+# Installs haproxy, nginx, wrk and openssl from Debian when missing. Results go to stdout and
+# to bench/results/DATE-COMMIT.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+QUICK=0
+[[ "${1:-}" == "--quick" ]] && QUICK=1
+if (( QUICK )); then WARM=1; DURATION=4; RATE_SECONDS=5; else WARM=3; DURATION=10; RATE_SECONDS=15; fi
+RATE=${RATE:-1000}
+CONNS=32
+
+need=()
+for tool in haproxy nginx wrk openssl gcc; do command -v "$tool" >/dev/null || need+=("$tool"); done
+if (( ${#need[@]} )); then
+  echo "== installing ${need[*]} from Debian"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+echo "== building mesh (release)"
+swift build -c release --product mesh 2>&1 | tail -1
+MESH=$(swift build -c release --show-bin-path)/mesh
+
+WORK=$(mktemp -d /tmp/swiftmesh-bench.XXXXXX)
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+gcc -O2 -o "$WORK/openloop" bench/tools/openloop.c
+
+echo "== certificates (one CA, ECDSA P-256, SPIFFE URI SANs)"
+cd "$WORK"
+openssl ecparam -name prime256v1 -genkey -noout -out ca-key.sec1 2>/dev/null
+openssl pkcs8 -topk8 -nocrypt -in ca-key.sec1 -out ca-key.pem
+openssl req -x509 -new -key ca-key.pem -days 2 -subj "/O=SwiftMesh bench/CN=bench CA" -out ca.pem \
+  -addext "basicConstraints=critical,CA:TRUE,pathlen:0" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+  -addext "subjectAltName=URI:spiffe://mesh.local" 2>/dev/null
+for svc in web api; do
+  openssl ecparam -name prime256v1 -genkey -noout -out $svc-key.sec1 2>/dev/null
+  openssl pkcs8 -topk8 -nocrypt -in $svc-key.sec1 -out $svc-key.pem
+  openssl req -new -key $svc-key.pem -subj "/CN=$svc" -out $svc.csr 2>/dev/null
+  printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+    "extendedKeyUsage=serverAuth,clientAuth" "subjectAltName=critical,URI:spiffe://mesh.local/ns/default/sa/$svc" > $svc.ext
+  openssl x509 -req -in $svc.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 1 -extfile $svc.ext -out $svc.pem 2>/dev/null
+  cat $svc.pem $svc-key.pem > $svc-combined.pem
+done
+
+BACKEND=18080
+# The shared backend: nginx with one worker answering a fixed 200.
+mkdir -p nginx-backend
+cat > nginx-backend/nginx.conf <<CONF
+worker_processes 1; daemon off; pid $WORK/nginx-backend/pid; error_log $WORK/nginx-backend/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$BACKEND; location / { return 200 "hello from backend\n"; } } }
+CONF
+
+# SwiftMesh pair, static mode (same certificates as the peers).
+cat > web.yaml <<CONF
+service: web
+app: 127.0.0.1:9
+inbound: 127.0.0.1:18100
+outbound: 127.0.0.1:18101
+admin: 127.0.0.1:18103
+threads: 1
+tls: {certificate: web.pem, key: web-key.pem, bundle: ca.pem}
+services:
+  api: [127.0.0.1:18102]
+CONF
+cat > api.yaml <<CONF
+service: api
+app: 127.0.0.1:$BACKEND
+inbound: 127.0.0.1:18102
+outbound: 127.0.0.1:18104
+admin: 127.0.0.1:18105
+threads: 1
+tls: {certificate: api.pem, key: api-key.pem, bundle: ca.pem}
+CONF
+
+# HAProxy pair: plain in, mTLS 1.3 between them (client certificate checked against the CA),
+# keep-alive everywhere.
+cat > haproxy-out.cfg <<CONF
+global
+  nbthread 1
+  maxconn 10000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend out
+  bind 127.0.0.1:18201
+  default_backend peer
+backend peer
+  server api 127.0.0.1:18202 ssl crt $WORK/web-combined.pem ca-file $WORK/ca.pem verify required ssl-min-ver TLSv1.3
+CONF
+cat > haproxy-in.cfg <<CONF
+global
+  nbthread 1
+  maxconn 10000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend in
+  bind 127.0.0.1:18202 ssl crt $WORK/api-combined.pem ca-file $WORK/ca.pem verify required ssl-min-ver TLSv1.3
+  default_backend app
+backend app
+  server app 127.0.0.1:$BACKEND
+CONF
+
+# nginx pair. nginx cannot check a URI SAN when it verifies its upstream (it matches host
+# names only), so the outbound side does not verify the server: less work than the others do.
+mkdir -p nginx-out nginx-in
+cat > nginx-out/nginx.conf <<CONF
+worker_processes 1; daemon off; pid $WORK/nginx-out/pid; error_log $WORK/nginx-out/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream peer { server 127.0.0.1:18302; keepalive 64; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:18301;
+    location / { proxy_pass https://peer; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_ssl_certificate $WORK/web.pem; proxy_ssl_certificate_key $WORK/web-key.pem;
+      proxy_ssl_protocols TLSv1.3; proxy_ssl_session_reuse on; } } }
+CONF
+cat > nginx-in/nginx.conf <<CONF
+worker_processes 1; daemon off; pid $WORK/nginx-in/pid; error_log $WORK/nginx-in/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:$BACKEND; keepalive 64; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:18302 ssl; ssl_protocols TLSv1.3;
+    ssl_certificate $WORK/api.pem; ssl_certificate_key $WORK/api-key.pem;
+    ssl_client_certificate $WORK/ca.pem; ssl_verify_client on; ssl_verify_depth 2;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+
+start() { "$@" > "$WORK/$(basename "$1")-$RANDOM.log" 2>&1 & PIDS+=($!); echo $!; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+cpu_ticks() { local t=0; for pid in "$@"; do read -r -a f < /proc/$pid/stat; t=$((t + f[13] + f[14])); done; echo $t; }
+rss_kb() { awk '/^VmRSS/ {print $2}' /proc/$1/status; }
+hwm_kb() { awk '/^VmHWM/ {print $2}' /proc/$1/status; }
+TICK=$(getconf CLK_TCK)
+
+start nginx -c "$WORK/nginx-backend/nginx.conf" -p "$WORK/nginx-backend" >/dev/null; wait_port $BACKEND
+
+RESULTS=()
+# measure NAME PORT HOST PID...
+measure() {
+  local name=$1 port=$2 host=$3; shift 3
+  local pids=("$@")
+  local idle="-" ; (( ${#pids[@]} )) && idle=$(for p in "${pids[@]}"; do echo -n "$(( $(rss_kb $p) / 1024 ))/"; done)
+  wrk -t1 -c$CONNS -d${WARM}s -H "Host: $host" "http://127.0.0.1:$port/" >/dev/null
+  local rps
+  rps=$(wrk -t1 -c$CONNS -d${DURATION}s -H "Host: $host" "http://127.0.0.1:$port/" | awk '/Requests\/sec/ {print $2}')
+  local before=0 after=0
+  (( ${#pids[@]} )) && before=$(cpu_ticks "${pids[@]}")
+  local lat
+  lat=$("$WORK/openloop" 127.0.0.1 "$port" "$host" "$RATE" "$RATE_SECONDS" $CONNS)
+  (( ${#pids[@]} )) && after=$(cpu_ticks "${pids[@]}")
+  local requests; requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$lat")
+  local cpu_us="-" peak="-"
+  if (( ${#pids[@]} )); then
+    cpu_us=$(awk -v d=$((after - before)) -v t=$TICK -v n=$requests -v k=${#pids[@]} 'BEGIN { printf "%.1f", d / t * 1e6 / n / k }')
+    peak=$(for p in "${pids[@]}"; do echo -n "$(( $(hwm_kb $p) / 1024 ))/"; done)
+  fi
+  RESULTS+=("$name|$rps|$lat|$cpu_us|${idle%/}|${peak%/}")
+  echo "   $name: $rps req/s; $lat; cpu/req/sidecar ${cpu_us} us; rss idle ${idle%/} MB, peak ${peak%/} MB"
+}
+
+echo "== DIRECT"
+measure direct $BACKEND backend
+
+echo "== swiftmesh"
+cd "$WORK"
+A=$(start "$MESH" proxy --config api.yaml --log-level warning); W=$(start "$MESH" proxy --config web.yaml --log-level warning)
+wait_port 18101; wait_port 18102
+measure swiftmesh 18101 api "$W" "$A"
+kill "$W" "$A"
+
+echo "== haproxy"
+HI=$(start haproxy -db -f haproxy-in.cfg); HO=$(start haproxy -db -f haproxy-out.cfg)
+wait_port 18201; wait_port 18202
+measure haproxy 18201 api "$HO" "$HI"
+kill "$HO" "$HI"
+
+echo "== nginx"
+NI=$(start nginx -c "$WORK/nginx-in/nginx.conf" -p "$WORK/nginx-in"); NO=$(start nginx -c "$WORK/nginx-out/nginx.conf" -p "$WORK/nginx-out")
+wait_port 18301; wait_port 18302
+# nginx's master process forks one worker; measure the workers.
+sleep 0.5
+NIW=$(pgrep -P "$NI" | head -1); NOW=$(pgrep -P "$NO" | head -1)
+measure nginx 18301 api "$NOW" "$NIW"
+kill "$NO" "$NI"
+
+cd "$ROOT"
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+DATE=$(date -u +%Y-%m-%dT%H:%MZ)
+direct_rps=$(cut -d'|' -f2 <<<"${RESULTS[0]}")
+direct_p50=$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$(cut -d'|' -f3 <<<"${RESULTS[0]}")")
+direct_p99=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$(cut -d'|' -f3 <<<"${RESULTS[0]}")")
+TABLE="| config | throughput (req/s) | × direct | p50 @${RATE}/s (ms) | p99 (ms) | max (ms) | added p50 (ms) | added p99 (ms) | CPU/req/sidecar (µs) | RSS idle (MB, out/in) | RSS peak (MB, out/in) |
+|---|---|---|---|---|---|---|---|---|---|---|"
+for row in "${RESULTS[@]}"; do
+  IFS='|' read -r name rps lat cpu idle peak <<<"$row"
+  p50=$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$lat"); p99=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$lat"); max=$(sed -E 's/.*max_us=([0-9]+).*/\1/' <<<"$lat")
+  TABLE+=$'\n'"$(awk -v n="$name" -v r="$rps" -v d="$direct_rps" -v a="$p50" -v b="$p99" -v m="$max" -v da="$direct_p50" -v db="$direct_p99" -v c="$cpu" -v i="$idle" -v p="$peak" \
+    'BEGIN { printf "| %s | %.0f | %.2f | %.3f | %.3f | %.3f | %+.3f | %+.3f | %s | %s | %s |", n, r, r/d, a/1000, b/1000, m/1000, (a-da)/1000, (b-db)/1000, c, i, p }')"
+done
+MODE=$([[ $QUICK == 1 ]] && echo quick || echo full)
+HEADER="Benchmark ($MODE) $DATE, commit $COMMIT, $(nproc) cores, $(uname -r), $(haproxy -v | head -1 | cut -d' ' -f1-3), nginx $(nginx -v 2>&1 | cut -d/ -f2), wrk -t1 -c$CONNS ${DURATION}s; openloop ${RATE}/s for ${RATE_SECONDS}s over $CONNS connections"
+echo
+echo "$HEADER"
+echo
+echo "$TABLE"
+OUT="bench/results/$(date -u +%Y%m%d-%H%M)-$MODE-$COMMIT.md"
+printf '%s\n\n%s\n' "$HEADER" "$TABLE" > "$OUT"
+echo
+echo "written to $OUT"
