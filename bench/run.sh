@@ -95,7 +95,7 @@ CONF
 cat > haproxy-out.cfg <<CONF
 global
   nbthread 1
-  maxconn 10000
+  maxconn 4000
 defaults
   mode http
   timeout connect 5s
@@ -111,7 +111,7 @@ CONF
 cat > haproxy-in.cfg <<CONF
 global
   nbthread 1
-  maxconn 10000
+  maxconn 4000
 defaults
   mode http
   timeout connect 5s
@@ -149,14 +149,15 @@ http { access_log off; keepalive_requests 1000000;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
 
-start() { "$@" > "$WORK/$(basename "$1")-$RANDOM.log" 2>&1 & PIDS+=($!); echo $!; }
+# start CMD…: runs in the background, remembered for cleanup; its pid is left in $LAST.
+start() { "$@" > "$WORK/$(basename "$1")-$RANDOM.log" 2>&1 & LAST=$!; PIDS+=("$LAST"); }
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 cpu_ticks() { local t=0; for pid in "$@"; do read -r -a f < /proc/$pid/stat; t=$((t + f[13] + f[14])); done; echo $t; }
 rss_kb() { awk '/^VmRSS/ {print $2}' /proc/$1/status; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' /proc/$1/status; }
 TICK=$(getconf CLK_TCK)
 
-start nginx -c "$WORK/nginx-backend/nginx.conf" -p "$WORK/nginx-backend" >/dev/null; wait_port $BACKEND
+start nginx -c "$WORK/nginx-backend/nginx.conf" -p "$WORK/nginx-backend"; wait_port $BACKEND
 
 RESULTS=()
 # measure NAME PORT HOST PID...
@@ -187,25 +188,28 @@ measure direct $BACKEND backend
 
 echo "== swiftmesh"
 cd "$WORK"
-A=$(start "$MESH" proxy --config api.yaml --log-level warning); W=$(start "$MESH" proxy --config web.yaml --log-level warning)
+start "$MESH" proxy --config api.yaml --log-level warning; A=$LAST
+start "$MESH" proxy --config web.yaml --log-level warning; W=$LAST
 wait_port 18101; wait_port 18102
 measure swiftmesh 18101 api "$W" "$A"
-kill "$W" "$A"
+kill "$W" "$A"; wait "$W" "$A" 2>/dev/null || true
 
 echo "== haproxy"
-HI=$(start haproxy -db -f haproxy-in.cfg); HO=$(start haproxy -db -f haproxy-out.cfg)
+start haproxy -db -f haproxy-in.cfg; HI=$LAST
+start haproxy -db -f haproxy-out.cfg; HO=$LAST
 wait_port 18201; wait_port 18202
 measure haproxy 18201 api "$HO" "$HI"
-kill "$HO" "$HI"
+kill "$HO" "$HI"; wait "$HO" "$HI" 2>/dev/null || true
 
 echo "== nginx"
-NI=$(start nginx -c "$WORK/nginx-in/nginx.conf" -p "$WORK/nginx-in"); NO=$(start nginx -c "$WORK/nginx-out/nginx.conf" -p "$WORK/nginx-out")
+start nginx -c "$WORK/nginx-in/nginx.conf" -p "$WORK/nginx-in"; NI=$LAST
+start nginx -c "$WORK/nginx-out/nginx.conf" -p "$WORK/nginx-out"; NO=$LAST
 wait_port 18301; wait_port 18302
 # nginx's master process forks one worker; measure the workers.
 sleep 0.5
 NIW=$(pgrep -P "$NI" | head -1); NOW=$(pgrep -P "$NO" | head -1)
 measure nginx 18301 api "$NOW" "$NIW"
-kill "$NO" "$NI"
+kill "$NO" "$NI"; wait "$NO" "$NI" 2>/dev/null || true
 
 cd "$ROOT"
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
