@@ -155,6 +155,9 @@ wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/nul
 cpu_ticks() { local t=0; for pid in "$@"; do read -r -a f < /proc/$pid/stat; t=$((t + f[13] + f[14])); done; echo $t; }
 rss_kb() { awk '/^VmRSS/ {print $2}' /proc/$1/status; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' /proc/$1/status; }
+# Private (anonymous) memory: what each extra sidecar really costs a host, since file-backed
+# code pages are shared between processes of the same binary.
+anon_kb() { awk '/^RssAnon/ {print $2}' /proc/$1/status; }
 TICK=$(getconf CLK_TCK)
 
 start nginx -c "$WORK/nginx-backend/nginx.conf" -p "$WORK/nginx-backend"; wait_port $BACKEND
@@ -174,13 +177,14 @@ measure() {
   lat=$("$WORK/openloop" 127.0.0.1 "$port" "$host" "$RATE" "$RATE_SECONDS" $CONNS)
   (( ${#pids[@]} )) && after=$(cpu_ticks "${pids[@]}")
   local requests; requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$lat")
-  local cpu_us="-" peak="-"
+  local cpu_us="-" peak="-" anon="-"
   if (( ${#pids[@]} )); then
     cpu_us=$(awk -v d=$((after - before)) -v t=$TICK -v n=$requests -v k=${#pids[@]} 'BEGIN { printf "%.1f", d / t * 1e6 / n / k }')
     peak=$(for p in "${pids[@]}"; do echo -n "$(( $(hwm_kb $p) / 1024 ))/"; done)
+    anon=$(for p in "${pids[@]}"; do echo -n "$(( $(anon_kb $p) / 1024 ))/"; done)
   fi
-  RESULTS+=("$name|$rps|$lat|$cpu_us|${idle%/}|${peak%/}")
-  echo "   $name: $rps req/s; $lat; cpu/req/sidecar ${cpu_us} us; rss idle ${idle%/} MB, peak ${peak%/} MB"
+  RESULTS+=("$name|$rps|$lat|$cpu_us|${idle%/}|${peak%/}|${anon%/}")
+  echo "   $name: $rps req/s; $lat; cpu/req/sidecar ${cpu_us} us; rss idle ${idle%/} MB, peak ${peak%/} MB, private ${anon%/} MB"
 }
 
 echo "== DIRECT"
@@ -217,13 +221,13 @@ DATE=$(date -u +%Y-%m-%dT%H:%MZ)
 direct_rps=$(cut -d'|' -f2 <<<"${RESULTS[0]}")
 direct_p50=$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$(cut -d'|' -f3 <<<"${RESULTS[0]}")")
 direct_p99=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$(cut -d'|' -f3 <<<"${RESULTS[0]}")")
-TABLE="| config | throughput (req/s) | × direct | p50 @${RATE}/s (ms) | p99 (ms) | max (ms) | added p50 (ms) | added p99 (ms) | CPU/req/sidecar (µs) | RSS idle (MB, out/in) | RSS peak (MB, out/in) |
-|---|---|---|---|---|---|---|---|---|---|---|"
+TABLE="| config | throughput (req/s) | × direct | p50 @${RATE}/s (ms) | p99 (ms) | max (ms) | added p50 (ms) | added p99 (ms) | CPU/req/sidecar (µs) | RSS idle (MB, out/in) | RSS peak (MB, out/in) | private after load (MB, out/in) |
+|---|---|---|---|---|---|---|---|---|---|---|---|"
 for row in "${RESULTS[@]}"; do
-  IFS='|' read -r name rps lat cpu idle peak <<<"$row"
+  IFS='|' read -r name rps lat cpu idle peak anon <<<"$row"
   p50=$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$lat"); p99=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$lat"); max=$(sed -E 's/.*max_us=([0-9]+).*/\1/' <<<"$lat")
-  TABLE+=$'\n'"$(awk -v n="$name" -v r="$rps" -v d="$direct_rps" -v a="$p50" -v b="$p99" -v m="$max" -v da="$direct_p50" -v db="$direct_p99" -v c="$cpu" -v i="$idle" -v p="$peak" \
-    'BEGIN { printf "| %s | %.0f | %.2f | %.3f | %.3f | %.3f | %+.3f | %+.3f | %s | %s | %s |", n, r, r/d, a/1000, b/1000, m/1000, (a-da)/1000, (b-db)/1000, c, i, p }')"
+  TABLE+=$'\n'"$(awk -v n="$name" -v r="$rps" -v d="$direct_rps" -v a="$p50" -v b="$p99" -v m="$max" -v da="$direct_p50" -v db="$direct_p99" -v c="$cpu" -v i="$idle" -v p="$peak" -v q="$anon" \
+    'BEGIN { printf "| %s | %.0f | %.2f | %.3f | %.3f | %.3f | %+.3f | %+.3f | %s | %s | %s | %s |", n, r, r/d, a/1000, b/1000, m/1000, (a-da)/1000, (b-db)/1000, c, i, p, q }')"
 done
 MODE=$([[ $QUICK == 1 ]] && echo quick || echo full)
 HEADER="Benchmark ($MODE) $DATE, commit $COMMIT, $(nproc) cores, $(uname -r), $(haproxy -v | head -1 | cut -d' ' -f1-3), nginx $(nginx -v 2>&1 | cut -d/ -f2), wrk -t1 -c$CONNS ${DURATION}s; openloop ${RATE}/s for ${RATE_SECONDS}s over $CONNS connections"

@@ -10,8 +10,13 @@ import NIOSSL
 /// consistent configuration and never waits for the control plane.
 final class LoopState {
     let eventLoop: EventLoop
-    /// The registry as last pushed; replaced whole on every update.
-    var registry = RegistrySnapshot()
+    /// The registry as last pushed; replaced whole on every update (``setRegistry(_:)``).
+    private(set) var registry = RegistrySnapshot()
+    /// Per-service routing data, derived from the registry once per update rather than once
+    /// per request: the peer identity to demand and the upstream keys in a stable order.
+    private(set) var routes: [ServiceName: ServiceRoute] = [:]
+    /// `Host` header values already resolved to a service (bounded; cleared when full).
+    var hostCache: [String: ServiceName] = [:]
     /// TLS contexts built from the current SVID: new connections pick up a renewed
     /// certificate, existing ones keep the one they were made with.
     var serverTLS: NIOSSLContext?
@@ -27,6 +32,26 @@ final class LoopState {
         self.eventLoop = eventLoop
         self.pool = UpstreamPool(eventLoop: eventLoop, limits: limits)
     }
+
+    /// Installs a new registry and rebuilds the routes. Needs the trust bundle (set when the
+    /// SVID is installed, which always happens first) for the peers' trust domain.
+    func setRegistry(_ snapshot: RegistrySnapshot) {
+        registry = snapshot
+        var routes: [ServiceName: ServiceRoute] = [:]
+        let trustDomain = bundle?.trustDomain
+        for service in snapshot.services {
+            guard let trustDomain, let identity = try? SPIFFEID(trustDomain: trustDomain, service: service) else { continue }
+            let keys = snapshot.endpoints(of: service).map { UpstreamKey(address: $0.endpoint, peerIdentity: identity) }
+            routes[service] = ServiceRoute(keys: keys)
+        }
+        self.routes = routes
+    }
+}
+
+/// Where requests for one service go.
+struct ServiceRoute {
+    /// One per endpoint, each naming the SPIFFE ID the peer must prove.
+    let keys: [UpstreamKey]
 }
 
 /// One ``LoopState`` per event loop of the proxy's group.

@@ -62,7 +62,7 @@ struct StaticSource: SidecarSource {
             }
         }
         let snapshot = RegistrySnapshot(version: 1, instances: instances, services: Set(settings.services.keys))
-        await states.update { $0.registry = snapshot }
+        await states.update { $0.setRegistry(snapshot) }
         onFirstRegistry()
 
         var stamp = Self.modificationStamp(settings)

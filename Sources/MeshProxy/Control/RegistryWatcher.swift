@@ -29,7 +29,7 @@ struct RegistryWatcher: Sendable {
                     guard next != box.snapshot || box.first else { return }
                     box.snapshot = next
                     let frozen = next
-                    await states.update { $0.registry = frozen }
+                    await states.update { $0.setRegistry(frozen) }
                     if box.first {
                         box.first = false
                         onFirstSnapshot()

@@ -9,7 +9,7 @@ import NIOHTTP1
 /// One handler per downstream connection, after `HTTPServerPipelineHandler` (which delivers
 /// one request at a time). Everything happens on the connection's event loop: no locks, no
 /// tasks. The router (inbound or outbound) decides where each request goes.
-final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
+final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, UpstreamResponder {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
@@ -38,6 +38,8 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var replay: [HTTPServerRequestPart]?
     private var replayBytes = 0
     private var replayed = false
+    /// Reading was paused because the pending body reached its limit.
+    private var readPaused = false
     private static let maxReplayBytes = 64 * 1024
 
     init(role: String, router: @escaping Router, states: LoopStates, logger: Logger) {
@@ -73,7 +75,10 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             state = .connecting(pending: pending, pendingBytes: bytes, requestEnded: ended)
             if bytes > (loopState?.pool.limits.maxPendingBodyBytes ?? 1 << 20) {
                 // Stop reading until the upstream is there: the buffer stays bounded.
-                context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+                if !readPaused {
+                    readPaused = true
+                    context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+                }
             }
         case (.forwarding(let upstream, _, let started), _):
             let ended: Bool
@@ -150,42 +155,52 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func connect(_ candidates: ArraySlice<UpstreamKey>, loopState: LoopState, fresh: Bool = false) {
         guard let key = candidates.first else { return }
+        if !fresh, let upstream = loopState.pool.takeIdle(key) {
+            // The common case on a busy proxy: a pooled connection, used at once.
+            connected(.success(upstream), key: key, candidates: candidates, loopState: loopState)
+            return
+        }
         loopState.pool.acquire(key, clientTLS: loopState.clientTLS, bundle: loopState.bundle, fresh: fresh).whenComplete { [self] result in
-            guard case .connecting(let pending, _, let ended) = state, let context else {
-                // The downstream went away meanwhile: give the connection back unused.
-                if case .success(let upstream) = result { loopState.pool.release(upstream) }
+            connected(result, key: key, candidates: candidates, loopState: loopState)
+        }
+    }
+
+    private func connected(_ result: Result<UpstreamConnection, Error>, key: UpstreamKey,
+                           candidates: ArraySlice<UpstreamKey>, loopState: LoopState) {
+        guard case .connecting(let pending, _, let ended) = state, let context else {
+            // The downstream went away meanwhile: give the connection back unused.
+            if case .success(let upstream) = result { loopState.pool.release(upstream) }
+            return
+        }
+        switch result {
+        case .success(let upstream):
+            state = .forwarding(upstream, requestEnded: ended, responseStarted: false)
+            upstream.handler.responder = self
+            for part in pending { upstream.channel.write(clientPart(part), promise: nil) }
+            upstream.channel.flush()
+            resumeReading(context)
+        case .failure(let error):
+            if candidates.count > 1 {
+                logger.info("upstream connect failed, trying the next endpoint",
+                            metadata: ["role": "\(role)", "upstream": "\(key.address)", "error": "\(error)"])
+                connect(candidates.dropFirst(), loopState: loopState)
                 return
             }
-            switch result {
-            case .success(let upstream):
-                state = .forwarding(upstream, requestEnded: ended, responseStarted: false)
-                upstream.handler.responder = { [weak self] event in self?.upstreamEvent(event) }
-                for part in pending { upstream.channel.write(clientPart(part), promise: nil) }
-                upstream.channel.flush()
-                context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
-            case .failure(let error):
-                if candidates.count > 1 {
-                    logger.info("upstream connect failed, trying the next endpoint",
-                                metadata: ["role": "\(role)", "upstream": "\(key.address)", "error": "\(error)"])
-                    connect(candidates.dropFirst(), loopState: loopState)
-                    return
-                }
-                logger.warning("upstream unavailable", metadata: ["role": "\(role)", "upstream": "\(key.address)", "error": "\(error)"])
-                finishExchange()
-                state = ended ? .idle : .discarding
-                if ended { headerTimer?.awaitNextRequest() }
-                context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
-                let status: HTTPResponseStatus = key.peerIdentity == nil ? .badGateway : .serviceUnavailable
-                writeLocalResponse(status, code: "upstream-unavailable",
-                                   message: "cannot reach \(key.peerIdentity?.description ?? "the local app") at \(key.address): \(error)",
-                                   context: context)
-            }
+            logger.warning("upstream unavailable", metadata: ["role": "\(role)", "upstream": "\(key.address)", "error": "\(error)"])
+            finishExchange()
+            state = ended ? .idle : .discarding
+            if ended { headerTimer?.awaitNextRequest() }
+            resumeReading(context)
+            let status: HTTPResponseStatus = key.peerIdentity == nil ? .badGateway : .serviceUnavailable
+            writeLocalResponse(status, code: "upstream-unavailable",
+                               message: "cannot reach \(key.peerIdentity?.description ?? "the local app") at \(key.address): \(error)",
+                               context: context)
         }
     }
 
     // MARK: - Response relay
 
-    private func upstreamEvent(_ event: UpstreamEvent) {
+    func upstreamEvent(_ event: UpstreamEvent) {
         guard case .forwarding(let upstream, let requestEnded, let started) = state, let context else { return }
         switch event {
         case .part(.head(var head)):
@@ -238,6 +253,13 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     // MARK: - Helpers
+
+    /// Lifts a read pause set while the upstream connection was being made.
+    private func resumeReading(_ context: ChannelHandlerContext) {
+        guard readPaused else { return }
+        readPaused = false
+        context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+    }
 
     private func keepForReplay(_ part: HTTPServerRequestPart) {
         guard var parts = replay else { return }

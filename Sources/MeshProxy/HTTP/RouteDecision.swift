@@ -15,8 +15,18 @@ enum RouteDecision {
 /// What a listener knows about the downstream connection.
 struct DownstreamInfo {
     /// The caller's verified SPIFFE ID (inbound mTLS only).
-    var peer: SPIFFEID?
+    var peer: SPIFFEID? {
+        didSet { peerHeaderValue = peer?.description }
+    }
+    /// `peer` as the header value, formatted once per connection rather than per request.
+    private(set) var peerHeaderValue: String?
     var remoteAddress: SocketAddress?
+
+    init(peer: SPIFFEID? = nil, remoteAddress: SocketAddress? = nil) {
+        self.peer = peer
+        self.peerHeaderValue = peer?.description
+        self.remoteAddress = remoteAddress
+    }
 }
 
 /// Decides per request. Runs on the event loop with that loop's state: it must not block.
@@ -27,9 +37,17 @@ enum ProxyHeaders {
     /// The header that tells an app who called; set by the inbound proxy only.
     static let peerIdentity = "x-mesh-peer-identity"
     static let error = "x-mesh-error"
+    static let hopByHop = ["connection", "keep-alive", "proxy-connection", "upgrade", "proxy-authenticate"]
 
     /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
     static func stripHopByHop(_ headers: inout HTTPHeaders) {
+        // Fast path: most requests carry none of these, and a scan is cheaper than removals.
+        var present = false
+        for (name, _) in headers where hopByHop.contains(where: { name.utf8.count == $0.utf8.count && name.lowercased() == $0 }) {
+            present = true
+            break
+        }
+        guard present else { return }
         let named = headers[canonicalForm: "connection"].map { $0.lowercased() }
         for name in named where name != "close" && name != "keep-alive" { headers.remove(name: String(name)) }
         for name in ["connection", "keep-alive", "proxy-connection", "upgrade", "proxy-authenticate"] {

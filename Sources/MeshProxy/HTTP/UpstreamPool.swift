@@ -44,6 +44,18 @@ final class UpstreamPool {
         return connect(key, clientTLS: clientTLS, bundle: bundle)
     }
 
+    /// An idle connection to `key`, if there is one (no future, no allocation).
+    func takeIdle(_ key: UpstreamKey) -> UpstreamConnection? {
+        while var list = idle[key], let connection = list.popLast() {
+            idle[key] = list.isEmpty ? nil : list
+            if connection.channel.isActive {
+                connection.uses += 1
+                return connection
+            }
+        }
+        return nil
+    }
+
     /// Returns a connection after a complete exchange that both sides kept alive.
     func release(_ connection: UpstreamConnection) {
         guard connection.channel.isActive else { return }
@@ -131,8 +143,9 @@ final class UpstreamConnection {
 final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart
 
-    /// The exchange the next response belongs to; set while a request is in flight.
-    var responder: ((UpstreamEvent) -> Void)?
+    /// The exchange the next response belongs to; set while a request is in flight. A weak
+    /// reference, not a closure, so that lending a connection allocates nothing.
+    weak var responder: UpstreamResponder?
     /// Whether the last response allowed reuse of the connection.
     var keepAlive = true
     private var ready: EventLoopPromise<Void>?
@@ -182,7 +195,7 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         if case .end = part { self.responder = nil }
-        responder(.part(part))
+        responder.upstreamEvent(.part(part))
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -194,7 +207,7 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
         fail(MeshError(.unavailable, "upstream closed the connection"))
         if let responder {
             self.responder = nil
-            responder(.closed)
+            responder.upstreamEvent(.closed)
         }
         context.fireChannelInactive()
     }
@@ -212,6 +225,11 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
         ready?.fail(error)
         ready = nil
     }
+}
+
+/// Receives the response of an upstream exchange (the downstream side's handler).
+protocol UpstreamResponder: AnyObject {
+    func upstreamEvent(_ event: UpstreamEvent)
 }
 
 enum UpstreamEvent {

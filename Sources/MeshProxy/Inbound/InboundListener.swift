@@ -15,15 +15,15 @@ enum InboundListener {
     static func bind(_ address: HostPort, app: HostPort, group: EventLoopGroup, states: LoopStates,
                      limits: ProxyLimits, logger: Logger) async throws -> Channel {
         let router: Router = { head, info, _ in
-            guard let peer = info.peer else {
+            guard let peer = info.peerHeaderValue else {
                 // Unreachable with a working TLS layer; refuse rather than forward anonymously.
                 return .respond(.forbidden, code: "no-peer-identity", message: "the caller has no verified identity")
             }
             var head = head
             ProxyHeaders.stripHopByHop(&head.headers)
             // Whatever the caller claimed, the app hears only what TLS proved.
-            head.headers.remove(name: ProxyHeaders.peerIdentity)
-            head.headers.add(name: ProxyHeaders.peerIdentity, value: peer.description)
+            if head.headers.contains(name: ProxyHeaders.peerIdentity) { head.headers.remove(name: ProxyHeaders.peerIdentity) }
+            head.headers.add(name: ProxyHeaders.peerIdentity, value: peer)
             return .forward(candidates: [UpstreamKey(address: app, peerIdentity: nil)], head: head)
         }
         do {

@@ -40,29 +40,37 @@ enum OutboundListener {
         guard let host = head.headers.first(name: "host"), !host.isEmpty else {
             return .respond(.badRequest, code: "no-host", message: "the request has no Host header; send Host: <service>")
         }
-        let name = serviceName(fromHost: host)
-        guard let service = try? ServiceName(name) else {
-            return .respond(.serviceUnavailable, code: "unknown-service",
-                            message: "'\(name)' is not a valid mesh service name")
+        // The same few Host values arrive again and again: resolve each once.
+        let service: ServiceName
+        if let cached = state.hostCache[host] {
+            service = cached
+        } else {
+            let name = serviceName(fromHost: host)
+            guard let parsed = try? ServiceName(name) else {
+                return .respond(.serviceUnavailable, code: "unknown-service",
+                                message: "'\(name)' is not a valid mesh service name")
+            }
+            if state.hostCache.count >= 1024 { state.hostCache.removeAll(keepingCapacity: true) }
+            state.hostCache[host] = parsed
+            service = parsed
         }
-        let endpoints = state.registry.endpoints(of: service)
-        guard !endpoints.isEmpty else {
+        guard let route = state.routes[service], !route.keys.isEmpty else {
             let known = state.registry.services.contains(service)
             return .respond(.serviceUnavailable, code: known ? "no-endpoints" : "unknown-service",
                             message: known ? "service '\(service)' has no endpoints: no healthy instance is registered right now"
                                 : "unknown service '\(service)': no such service is registered in the mesh")
         }
-        guard let identity = try? SPIFFEID(trustDomain: trustDomain, service: service) else {
-            return .respond(.serviceUnavailable, code: "unknown-service", message: "no identity for '\(service)'")
-        }
-        let start = state.nextEndpoint[service, default: 0] % endpoints.count
+        let keys = route.keys
+        let start = state.nextEndpoint[service, default: 0] % keys.count
         state.nextEndpoint[service] = start + 1
-        let ordered = endpoints[start...] + endpoints[..<start]
-        let candidates = ordered.prefix(3).map { UpstreamKey(address: $0.endpoint, peerIdentity: identity) }
+        // Up to three candidates, starting at the round-robin position.
+        var candidates: [UpstreamKey] = []
+        candidates.reserveCapacity(min(3, keys.count))
+        for offset in 0..<min(3, keys.count) { candidates.append(keys[(start + offset) % keys.count]) }
         var head = head
         ProxyHeaders.stripHopByHop(&head.headers)
-        head.headers.remove(name: ProxyHeaders.peerIdentity)
-        return .forward(candidates: Array(candidates), head: head)
+        if head.headers.contains(name: ProxyHeaders.peerIdentity) { head.headers.remove(name: ProxyHeaders.peerIdentity) }
+        return .forward(candidates: candidates, head: head)
     }
 
     /// `api`, `api:8080`, `API.` → `api`.
