@@ -40,6 +40,8 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "SwiftASN1", package: "swift-asn1"),
         ]),
+        // Policy model, path normalization, evaluator and explanations: pure, no NIO.
+        .target(name: "MeshPolicy", dependencies: ["MeshCore"]),
         // Layer 1: storage, transport.
         .target(name: "MeshStore", dependencies: [
             "MeshCore", log,
@@ -73,6 +75,7 @@ let package = Package(
             .product(name: "SwiftASN1", package: "swift-asn1"),
         ] + nio + tls, path: "Tests/MeshTesting"),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore"]),
+        .testTarget(name: "MeshPolicyTests", dependencies: ["MeshPolicy", "MeshCore"]),
         .testTarget(name: "MeshIdentityTests", dependencies: [
             "MeshIdentity", "MeshTesting", "MeshCore",
             .product(name: "X509", package: "swift-certificates"),
