@@ -52,16 +52,16 @@ let package = Package(
             .product(name: "SwiftASN1", package: "swift-asn1"),
         ]),
         // Layer 2: data plane and control plane.
-        .target(name: "MeshProxy", dependencies: ["MeshCore", "MeshIdentity", "MeshTransport", log] + nio + tls + [
+        .target(name: "MeshProxy", dependencies: ["MeshCore", "MeshIdentity", "MeshPolicy", "MeshTransport", log] + nio + tls + [
             .product(name: "X509", package: "swift-certificates"),
         ]),
-        .target(name: "MeshControl", dependencies: ["MeshCore", "MeshIdentity", "MeshStore", "MeshTransport", log] + nio + tls + [
+        .target(name: "MeshControl", dependencies: ["MeshCore", "MeshIdentity", "MeshPolicy", "MeshStore", "MeshTransport", log] + nio + tls + [
             .product(name: "X509", package: "swift-certificates"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // Layer 3: the command line.
         .target(name: "MeshCLI", dependencies: [
-            "MeshCore", "MeshIdentity", "MeshStore", "MeshTransport", "MeshProxy", "MeshControl", log,
+            "MeshCore", "MeshIdentity", "MeshPolicy", "MeshStore", "MeshTransport", "MeshProxy", "MeshControl", log,
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Yams", package: "Yams"),
         ] + nio),

@@ -88,6 +88,13 @@ outbound: 127.0.0.1:18104
 admin: 127.0.0.1:18105
 threads: 1
 tls: {certificate: api.pem, key: api-key.pem, bundle: ca.pem}
+# Policy evaluation is on, as in production: default deny plus one allow.
+policies:
+  - kind: AuthorizationPolicy
+    metadata: {name: web-to-api}
+    spec:
+      rules:
+        - from: [{identities: ["spiffe://mesh.local/ns/default/sa/web"]}]
 CONF
 
 # HAProxy pair: plain in, mTLS 1.3 between them (client certificate checked against the CA),

@@ -5,7 +5,8 @@ public struct MeshCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "mesh",
         abstract: "SwiftMesh: a zero-trust service mesh (mTLS, discovery, policy, observability).",
-        subcommands: [ControlCommand.self, ProxyCommand.self, TokenCommand.self, ServicesCommand.self, DemoCommand.self])
+        subcommands: [ControlCommand.self, ProxyCommand.self, TokenCommand.self, ServicesCommand.self, ApplyCommand.self,
+                      GetCommand.self, DeleteCommand.self, HistoryCommand.self, ExplainCommand.self, DemoCommand.self])
 
     public init() {}
 }

@@ -19,6 +19,8 @@ public struct ControlPlane: Sendable {
         public var svidLifetime: TimeInterval = 24 * 3600
         public var heartbeatTTL: TimeInterval = 15
         public var watchKeepalive: Duration = .seconds(10)
+        /// What happens to a request no policy allows: `deny` (default) or `audit`.
+        public var defaultPolicy = "deny"
 
         public init(dataDirectory: String) { self.dataDirectory = dataDirectory }
     }
@@ -46,7 +48,11 @@ public struct ControlPlane: Sendable {
         let adminToken = try dir.loadOrCreateAdminToken()
         let store = try await SQLiteStore.open(path: dir.sqliteFile.path, logger: logger)
         defer { Task { await store.close() } }
-        let registry = try await Registry.load(store: store, heartbeatTTL: config.heartbeatTTL, logger: logger)
+        guard ["deny", "audit"].contains(config.defaultPolicy) else {
+            throw MeshError(.invalidRequest, "--default-policy must be deny or audit, not '\(config.defaultPolicy)'")
+        }
+        let registry = try await Registry.load(store: store, heartbeatTTL: config.heartbeatTTL, logger: logger,
+                                               defaultPolicy: config.defaultPolicy)
         let tokens = JoinTokens(store: store)
 
         // The control plane's own SVID, in the system namespace that no join token can reach.

@@ -36,11 +36,15 @@ public struct RegistrySnapshot: Sendable, Equatable, Codable {
     /// Every service the control plane knows, including those with no instance right now, so
     /// that a proxy can tell "no endpoints" from "no such service".
     public var services: Set<ServiceName>
+    /// The authorization policies in force, distributed with the registry.
+    public var policies: PolicySet
 
-    public init(version: UInt64 = 0, instances: [String: ServiceInstance] = [:], services: Set<ServiceName> = []) {
+    public init(version: UInt64 = 0, instances: [String: ServiceInstance] = [:], services: Set<ServiceName> = [],
+                policies: PolicySet = PolicySet()) {
         self.version = version
         self.instances = instances
         self.services = services.union(instances.values.map(\.service))
+        self.policies = policies
     }
 
     /// Instances of one service, ordered by id so that every proxy sees the same order.
@@ -52,9 +56,14 @@ public struct RegistrySnapshot: Sendable, Equatable, Codable {
     /// replays after a reconnect harmless.
     public mutating func apply(_ event: RegistryEvent) {
         switch event.kind {
-        case .snapshot(let all, let known):
+        case .snapshot(let all, let known, let policySet):
             instances = Dictionary(all.map { ($0.id, $0) }, uniquingKeysWith: { _, new in new })
             services = Set(known).union(all.map(\.service))
+            policies = policySet
+            version = event.version
+        case .policies(let policySet):
+            guard event.version > version else { return }
+            policies = policySet
             version = event.version
         case .upsert(let instance):
             guard event.version > version else { return }
@@ -76,7 +85,9 @@ public struct RegistryEvent: Sendable, Equatable, Codable {
     public enum Kind: Sendable, Equatable {
         /// Replaces everything the proxy had: sent first when the proxy's version is unknown
         /// or too old for the change log.
-        case snapshot([ServiceInstance], services: [ServiceName])
+        case snapshot([ServiceInstance], services: [ServiceName], policies: PolicySet)
+        /// The whole policy set after an apply or delete (policies are small; whole is simple).
+        case policies(PolicySet)
         case upsert(ServiceInstance)
         case remove(id: String)
     }
@@ -89,7 +100,7 @@ public struct RegistryEvent: Sendable, Equatable, Codable {
         self.kind = kind
     }
 
-    private enum Key: String, CodingKey { case version, type, instances, services, instance, id }
+    private enum Key: String, CodingKey { case version, type, instances, services, instance, id, policies }
 
     public init(from decoder: Decoder) throws {
         let container = try decoder.container(keyedBy: Key.self)
@@ -97,7 +108,10 @@ public struct RegistryEvent: Sendable, Equatable, Codable {
         switch try container.decode(String.self, forKey: .type) {
         case "snapshot":
             kind = .snapshot(try container.decode([ServiceInstance].self, forKey: .instances),
-                             services: try container.decodeIfPresent([ServiceName].self, forKey: .services) ?? [])
+                             services: try container.decodeIfPresent([ServiceName].self, forKey: .services) ?? [],
+                             policies: try container.decodeIfPresent(PolicySet.self, forKey: .policies) ?? PolicySet())
+        case "policies":
+            kind = .policies(try container.decode(PolicySet.self, forKey: .policies))
         case "upsert":
             kind = .upsert(try container.decode(ServiceInstance.self, forKey: .instance))
         case "remove":
@@ -112,10 +126,14 @@ public struct RegistryEvent: Sendable, Equatable, Codable {
         var container = encoder.container(keyedBy: Key.self)
         try container.encode(version, forKey: .version)
         switch kind {
-        case .snapshot(let instances, let services):
+        case .snapshot(let instances, let services, let policies):
             try container.encode("snapshot", forKey: .type)
             try container.encode(instances, forKey: .instances)
             try container.encode(services, forKey: .services)
+            try container.encode(policies, forKey: .policies)
+        case .policies(let policies):
+            try container.encode("policies", forKey: .type)
+            try container.encode(policies, forKey: .policies)
         case .upsert(let instance):
             try container.encode("upsert", forKey: .type)
             try container.encode(instance, forKey: .instance)

@@ -18,7 +18,7 @@ public struct AuthorizationPolicy: Sendable, Equatable {
         /// Every meshed workload.
         case all
 
-        func matches(service: ServiceName, labels: [String: String]) -> Bool {
+        public func matches(service: ServiceName, labels: [String: String]) -> Bool {
             switch self {
             case .service(let name): return name == service
             case .labels(let selector): return selector.matches(labels)

@@ -98,6 +98,12 @@ public struct Sidecar: Sendable {
                 logger.error("cannot build TLS contexts from the new SVID; keeping the previous one", metadata: ["error": "\(error)"])
             }
         }
+        let selfService = config.service
+        let selfLabels = config.labels.values
+        await states.update { state in
+            state.selfService = selfService
+            state.selfLabels = selfLabels
+        }
         let source: any SidecarSource
         switch config.source {
         case .controlPlane(let settings):

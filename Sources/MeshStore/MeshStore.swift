@@ -24,7 +24,46 @@ public protocol MeshStore: Sendable {
     func loadRegistryVersion() async throws -> UInt64
     func saveRegistryVersion(_ version: UInt64) async throws
 
+    /// The authorization policies, ordered by name.
+    func listPolicies() async throws -> [PolicyDocument]
+
+    /// Creates or replaces `documents` in one transaction (all or nothing) and records every
+    /// change in the audit log; unchanged documents are skipped.
+    func applyPolicies(_ documents: [PolicyDocument], actor: String, at: Date) async throws -> [AuditEntry]
+
+    /// Deletes a policy; nil when there was none of that name.
+    func deletePolicy(name: String, actor: String, at: Date) async throws -> AuditEntry?
+
+    /// The newest `limit` audit entries, newest first.
+    func history(limit: Int) async throws -> [AuditEntry]
+
     func close() async
+}
+
+/// One change to a resource: who, when, what.
+public struct AuditEntry: Codable, Sendable, Equatable {
+    public enum Action: String, Codable, Sendable { case created, updated, deleted }
+    public var at: Date
+    public var actor: String
+    public var action: Action
+    public var kind: String
+    public var name: String
+    /// The resource's version after the change (its last version for a delete).
+    public var version: Int
+    /// JSON of the resource before and after (nil where it did not exist).
+    public var before: String?
+    public var after: String?
+
+    public init(at: Date, actor: String, action: Action, kind: String, name: String, version: Int, before: String?, after: String?) {
+        self.at = at
+        self.actor = actor
+        self.action = action
+        self.kind = kind
+        self.name = name
+        self.version = version
+        self.before = before
+        self.after = after
+    }
 }
 
 /// A join token as stored: the hash of the secret, the identity it grants, and its life.

@@ -9,7 +9,11 @@ import SQLiteNIO
 /// ``consumeJoinToken(hash:now:)`` is atomic without extra locking.
 public actor SQLiteStore: MeshStore {
     private let connection: SQLiteConnection
-    private static let schemaVersion = 1
+    private static let schemaVersion = 2
+    /// Store calls run one at a time. The actor alone does not ensure that: it is re-entered
+    /// at every `await`, which would let another call's statements land inside a transaction.
+    private var busy = false
+    private var waiters: [CheckedContinuation<Void, Never>] = []
 
     /// Opens (creating if needed) the database at `path` and migrates it.
     public static func open(path: String, logger: Logger) async throws -> SQLiteStore {
@@ -54,78 +58,219 @@ public actor SQLiteStore: MeshStore {
             try await run("INSERT INTO schema_version (version) VALUES (1)")
             try await run("COMMIT")
         }
+        if current < 2 {
+            try await run("BEGIN")
+            try await run("""
+                CREATE TABLE resources (
+                  kind TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
+                  spec TEXT NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (kind, name))
+                """)
+            try await run("""
+                CREATE TABLE audit_log (
+                  id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL,
+                  action TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
+                  before TEXT, after TEXT)
+                """)
+            try await run("DELETE FROM schema_version")
+            try await run("INSERT INTO schema_version (version) VALUES (2)")
+            try await run("COMMIT")
+        }
+    }
+
+    private func exclusive<T>(_ body: () async throws -> T) async throws -> T {
+        while busy { await withCheckedContinuation { waiters.append($0) } }
+        busy = true
+        defer {
+            busy = false
+            if !waiters.isEmpty { waiters.removeFirst().resume() }
+        }
+        return try await body()
+    }
+
+    public func listPolicies() async throws -> [PolicyDocument] {
+        try await exclusive {
+            let rows = try await query("SELECT spec FROM resources WHERE kind = ? ORDER BY name", [.text(PolicyDocument.kindName)])
+            return try rows.map { row in
+                guard let text = row.column("spec")?.string,
+                      let document = try? Self.decoder.decode(PolicyDocument.self, from: Data(text.utf8)) else {
+                    throw MeshError(.storeFailure, "a stored policy does not decode; the store may be damaged")
+                }
+                return document
+            }
+        }
+    }
+
+    public func applyPolicies(_ documents: [PolicyDocument], actor: String, at: Date) async throws -> [AuditEntry] {
+        try await exclusive {
+            try await run("BEGIN IMMEDIATE")
+            do {
+                var entries: [AuditEntry] = []
+                for document in documents {
+                    let after = String(decoding: try Self.encoder.encode(document), as: UTF8.self)
+                    let existing = try await query("SELECT version, spec FROM resources WHERE kind = ? AND name = ?",
+                                                   [.text(document.kind), .text(document.metadata.name)])
+                    let before = existing.first?.column("spec")?.string
+                    if before == after { continue }
+                    let version = Int(existing.first?.column("version")?.integer ?? 0) + 1
+                    try await run("INSERT OR REPLACE INTO resources (kind, name, version, spec, updated_at) VALUES (?, ?, ?, ?, ?)",
+                                  [.text(document.kind), .text(document.metadata.name), .integer(version), .text(after),
+                                   .float(at.timeIntervalSince1970)])
+                    let entry = AuditEntry(at: at, actor: actor, action: before == nil ? .created : .updated, kind: document.kind,
+                                           name: document.metadata.name, version: version, before: before, after: after)
+                    try await record(entry)
+                    entries.append(entry)
+                }
+                try await run("COMMIT")
+                return entries
+            } catch {
+                try? await run("ROLLBACK")
+                throw error
+            }
+        }
+    }
+
+    public func deletePolicy(name: String, actor: String, at: Date) async throws -> AuditEntry? {
+        try await exclusive {
+            try await run("BEGIN IMMEDIATE")
+            do {
+                let existing = try await query("SELECT version, spec FROM resources WHERE kind = ? AND name = ?",
+                                               [.text(PolicyDocument.kindName), .text(name)])
+                guard let row = existing.first else {
+                    try await run("COMMIT")
+                    return nil
+                }
+                try await run("DELETE FROM resources WHERE kind = ? AND name = ?", [.text(PolicyDocument.kindName), .text(name)])
+                let entry = AuditEntry(at: at, actor: actor, action: .deleted, kind: PolicyDocument.kindName, name: name,
+                                       version: Int(row.column("version")?.integer ?? 0), before: row.column("spec")?.string, after: nil)
+                try await record(entry)
+                try await run("COMMIT")
+                return entry
+            } catch {
+                try? await run("ROLLBACK")
+                throw error
+            }
+        }
+    }
+
+    public func history(limit: Int) async throws -> [AuditEntry] {
+        try await exclusive {
+            let rows = try await query("SELECT at, actor, action, kind, name, version, before, after FROM audit_log ORDER BY id DESC LIMIT ?",
+                                       [.integer(max(1, min(limit, 10000)))])
+            return rows.compactMap { row in
+                guard let at = row.column("at")?.double, let actor = row.column("actor")?.string,
+                      let action = row.column("action")?.string.flatMap(AuditEntry.Action.init(rawValue:)),
+                      let kind = row.column("kind")?.string, let name = row.column("name")?.string,
+                      let version = row.column("version")?.integer else { return nil }
+                return AuditEntry(at: Date(timeIntervalSince1970: at), actor: actor, action: action, kind: kind, name: name,
+                                  version: Int(version), before: row.column("before")?.string, after: row.column("after")?.string)
+            }
+        }
+    }
+
+    private func record(_ entry: AuditEntry) async throws {
+        try await run("INSERT INTO audit_log (at, actor, action, kind, name, version, before, after) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                      [.float(entry.at.timeIntervalSince1970), .text(entry.actor), .text(entry.action.rawValue), .text(entry.kind),
+                       .text(entry.name), .integer(entry.version), entry.before.map { .text($0) } ?? .null,
+                       entry.after.map { .text($0) } ?? .null])
+    }
+
+    private static var encoder: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        encoder.dateEncodingStrategy = .iso8601
+        return encoder
+    }
+
+    private static var decoder: JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return decoder
     }
 
     public func insertJoinToken(_ token: StoredJoinToken) async throws {
-        try await run("INSERT INTO join_tokens (hash, service, expires_at, used_at) VALUES (?, ?, ?, NULL)",
-                      [.text(token.hash), .text(token.service.rawValue), .float(token.expiresAt.timeIntervalSince1970)])
+        try await exclusive {
+            try await run("INSERT INTO join_tokens (hash, service, expires_at, used_at) VALUES (?, ?, ?, NULL)",
+                          [.text(token.hash), .text(token.service.rawValue), .float(token.expiresAt.timeIntervalSince1970)])
+        }
     }
 
     public func consumeJoinToken(hash: String, now: Date) async throws -> StoredJoinToken {
-        // One statement checks and spends the token. The actor alone would not be enough:
-        // it is re-entered at every `await`, so a read-then-update could let two callers in.
-        let spent = try await query("""
-            UPDATE join_tokens SET used_at = ?
-            WHERE hash = ? AND used_at IS NULL AND expires_at > ?
-            RETURNING service, expires_at
-            """, [.float(now.timeIntervalSince1970), .text(hash), .float(now.timeIntervalSince1970)])
-        if let row = spent.first, let serviceText = row.column("service")?.string,
-           let service = try? ServiceName(serviceText), let expires = row.column("expires_at")?.double {
-            return StoredJoinToken(hash: hash, service: service, expiresAt: Date(timeIntervalSince1970: expires), usedAt: now)
+        try await exclusive {
+            // One statement checks and spends the token. The actor alone would not be enough:
+            // it is re-entered at every `await`, so a read-then-update could let two callers in.
+            let spent = try await query("""
+                UPDATE join_tokens SET used_at = ?
+                WHERE hash = ? AND used_at IS NULL AND expires_at > ?
+                RETURNING service, expires_at
+                """, [.float(now.timeIntervalSince1970), .text(hash), .float(now.timeIntervalSince1970)])
+            if let row = spent.first, let serviceText = row.column("service")?.string,
+               let service = try? ServiceName(serviceText), let expires = row.column("expires_at")?.double {
+                return StoredJoinToken(hash: hash, service: service, expiresAt: Date(timeIntervalSince1970: expires), usedAt: now)
+            }
+            // Not spent: say why.
+            let rows = try await query("SELECT expires_at, used_at FROM join_tokens WHERE hash = ?", [.text(hash)])
+            guard let row = rows.first else {
+                throw MeshError(.tokenUnknown, "the join token is unknown; create one with 'mesh token create --service NAME'")
+            }
+            if let used = row.column("used_at")?.double {
+                throw MeshError(.tokenUsed, "the join token was already used at \(Date(timeIntervalSince1970: used)); tokens are single-use, create a new one")
+            }
+            let expiresAt = Date(timeIntervalSince1970: row.column("expires_at")?.double ?? 0)
+            throw MeshError(.tokenExpired, "the join token expired at \(expiresAt); create a new one with 'mesh token create'")
         }
-        // Not spent: say why.
-        let rows = try await query("SELECT expires_at, used_at FROM join_tokens WHERE hash = ?", [.text(hash)])
-        guard let row = rows.first else {
-            throw MeshError(.tokenUnknown, "the join token is unknown; create one with 'mesh token create --service NAME'")
-        }
-        if let used = row.column("used_at")?.double {
-            throw MeshError(.tokenUsed, "the join token was already used at \(Date(timeIntervalSince1970: used)); tokens are single-use, create a new one")
-        }
-        let expiresAt = Date(timeIntervalSince1970: row.column("expires_at")?.double ?? 0)
-        throw MeshError(.tokenExpired, "the join token expired at \(expiresAt); create a new one with 'mesh token create'")
     }
 
     public func upsertInstance(_ instance: ServiceInstance) async throws {
-        let labels = String(decoding: try JSONEncoder().encode(instance.labels), as: UTF8.self)
-        try await run("""
-            INSERT OR REPLACE INTO instances (id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry)
-            VALUES (?, ?, ?, ?, ?, ?, ?)
-            """, [.text(instance.id), .text(instance.service.rawValue), .text(instance.address),
-                  .integer(instance.inboundPort), .text(labels), .float(instance.lastHeartbeat.timeIntervalSince1970),
-                  instance.certificateExpiry.map { .float($0.timeIntervalSince1970) } ?? .null])
+        try await exclusive {
+            let labels = String(decoding: try JSONEncoder().encode(instance.labels), as: UTF8.self)
+            try await run("""
+                INSERT OR REPLACE INTO instances (id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry)
+                VALUES (?, ?, ?, ?, ?, ?, ?)
+                """, [.text(instance.id), .text(instance.service.rawValue), .text(instance.address),
+                      .integer(instance.inboundPort), .text(labels), .float(instance.lastHeartbeat.timeIntervalSince1970),
+                      instance.certificateExpiry.map { .float($0.timeIntervalSince1970) } ?? .null])
+        }
     }
 
     public func deleteInstance(id: String) async throws {
-        try await run("DELETE FROM instances WHERE id = ?", [.text(id)])
+        try await exclusive {
+            try await run("DELETE FROM instances WHERE id = ?", [.text(id)])
+        }
     }
 
     public func listInstances() async throws -> [ServiceInstance] {
-        let rows = try await query("SELECT id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry FROM instances")
-        return rows.compactMap { row in
-            guard let id = row.column("id")?.string,
-                  let service = row.column("service")?.string.flatMap({ try? ServiceName($0) }),
-                  let address = row.column("address")?.string,
-                  let port = row.column("inbound_port")?.integer,
-                  let labelsText = row.column("labels")?.string,
-                  let labels = try? JSONDecoder().decode(Labels.self, from: Data(labelsText.utf8)),
-                  let heartbeat = row.column("last_heartbeat")?.double else { return nil }
-            return ServiceInstance(id: id, service: service, address: address, inboundPort: Int(port), labels: labels,
-                                   lastHeartbeat: Date(timeIntervalSince1970: heartbeat),
-                                   certificateExpiry: row.column("certificate_expiry")?.double.map { Date(timeIntervalSince1970: $0) })
+        try await exclusive {
+            let rows = try await query("SELECT id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry FROM instances")
+            return rows.compactMap { row in
+                guard let id = row.column("id")?.string,
+                      let service = row.column("service")?.string.flatMap({ try? ServiceName($0) }),
+                      let address = row.column("address")?.string,
+                      let port = row.column("inbound_port")?.integer,
+                      let labelsText = row.column("labels")?.string,
+                      let labels = try? JSONDecoder().decode(Labels.self, from: Data(labelsText.utf8)),
+                      let heartbeat = row.column("last_heartbeat")?.double else { return nil }
+                return ServiceInstance(id: id, service: service, address: address, inboundPort: Int(port), labels: labels,
+                                       lastHeartbeat: Date(timeIntervalSince1970: heartbeat),
+                                       certificateExpiry: row.column("certificate_expiry")?.double.map { Date(timeIntervalSince1970: $0) })
+            }
         }
     }
 
     public func loadRegistryVersion() async throws -> UInt64 {
-        let rows = try await query("SELECT value FROM meta WHERE key = 'registry_version'")
-        return rows.first?.column("value")?.string.flatMap { UInt64($0) } ?? 0
+        try await exclusive {
+            let rows = try await query("SELECT value FROM meta WHERE key = 'registry_version'")
+            return rows.first?.column("value")?.string.flatMap { UInt64($0) } ?? 0
+        }
     }
 
     public func saveRegistryVersion(_ version: UInt64) async throws {
-        // Never lower the stored version, whatever order concurrent saves land in.
-        try await run("""
-            INSERT INTO meta (key, value) VALUES ('registry_version', ?)
-            ON CONFLICT(key) DO UPDATE SET value = CAST(MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER)) AS TEXT)
-            """, [.text(String(version))])
+        try await exclusive {
+            // Never lower the stored version, whatever order concurrent saves land in.
+            try await run("""
+                INSERT INTO meta (key, value) VALUES ('registry_version', ?)
+                ON CONFLICT(key) DO UPDATE SET value = CAST(MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER)) AS TEXT)
+                """, [.text(String(version))])
+        }
     }
 
     public func close() async {

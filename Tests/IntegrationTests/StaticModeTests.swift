@@ -32,7 +32,8 @@ final class StaticModeTests: XCTestCase {
         }
     }
 
-    private func config(service: String, app: HostPort, certificate: String? = nil, services: [String: [HostPort]] = [:]) -> String {
+    private func config(service: String, app: HostPort, certificate: String? = nil, services: [String: [HostPort]] = [:],
+                        allow: String? = nil) -> String {
         var text = """
             service: \(service)
             app: \(app)
@@ -44,6 +45,9 @@ final class StaticModeTests: XCTestCase {
               key: \(certificate ?? service)-key.pem
               bundle: ca.pem
             """
+        if let allow {
+            text += "\npolicies:\n  - kind: AuthorizationPolicy\n    metadata: {name: allow-\(allow)}\n    spec:\n      rules:\n        - from: [{services: [\(allow)]}]"
+        }
         if !services.isEmpty {
             text += "\nservices:\n" + services.map { "  \($0.key): [\($0.value.map(\.description).joined(separator: ", "))]" }.joined(separator: "\n")
         }
@@ -55,7 +59,7 @@ final class StaticModeTests: XCTestCase {
         let app = try await TestApp.start("api")
         var processes: [MeshProcess] = []
         do {
-            try write(config(service: "api", app: app.address), "api.yaml")
+            try write(config(service: "api", app: app.address, allow: "web"), "api.yaml")
             let api = try MeshProcess(["proxy", "--config", directory.appendingPathComponent("api.yaml").path], logDirectory: directory)
             processes.append(api)
             let apiFields = try await api.waitForLine(prefix: "mesh proxy ready:")

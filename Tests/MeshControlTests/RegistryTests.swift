@@ -53,7 +53,7 @@ final class RegistryTests: XCTestCase {
         try await registry.register(try instance("a"))
         for since in [nil, UInt64(999)] {
             let events = await first(1, of: await registry.watch(since: since))
-            guard case .snapshot(let instances, let services) = events.first?.kind else {
+            guard case .snapshot(let instances, let services, _) = events.first?.kind else {
                 return XCTFail("expected a snapshot for since=\(String(describing: since))")
             }
             XCTAssertEqual(instances.map(\.id), ["a"])

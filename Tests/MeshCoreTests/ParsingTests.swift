@@ -43,7 +43,7 @@ final class ParsingTests: XCTestCase {
         var b = a
         b.id = "b"
         var snapshot = RegistrySnapshot()
-        snapshot.apply(RegistryEvent(version: 3, kind: .snapshot([a], services: [])))
+        snapshot.apply(RegistryEvent(version: 3, kind: .snapshot([a], services: [], policies: PolicySet())))
         snapshot.apply(RegistryEvent(version: 4, kind: .upsert(b)))
         snapshot.apply(RegistryEvent(version: 4, kind: .remove(id: "b"))) // replay of an old version: ignored
         XCTAssertEqual(snapshot.endpoints(of: api).map(\.id), ["a", "b"])
@@ -63,7 +63,7 @@ final class ParsingTests: XCTestCase {
         encoder.outputFormatting = .sortedKeys
         let remove = String(decoding: try encoder.encode(RegistryEvent(version: 9, kind: .remove(id: "a"))), as: UTF8.self)
         XCTAssertEqual(remove, #"{"id":"a","type":"remove","version":9}"#)
-        for event in [RegistryEvent(version: 7, kind: .snapshot([instance], services: [api])),
+        for event in [RegistryEvent(version: 7, kind: .snapshot([instance], services: [api], policies: PolicySet())),
                       RegistryEvent(version: 8, kind: .upsert(instance)), RegistryEvent(version: 9, kind: .remove(id: "a"))] {
             XCTAssertEqual(try JSONDecoder().decode(RegistryEvent.self, from: try encoder.encode(event)), event)
         }

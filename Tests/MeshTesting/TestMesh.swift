@@ -16,13 +16,15 @@ public final class TestMesh: @unchecked Sendable {
     public let controlArguments: [String]
     public var proxies: [MeshProcess] = []
 
-    public static func start(svidTTL: String = "24h", heartbeatTTL: String = "2s",
+    /// - Parameter defaultPolicy: `audit` lets tests that are not about policy run without
+    ///   writing policies; policy tests pass `deny`, the production default.
+    public static func start(svidTTL: String = "24h", heartbeatTTL: String = "2s", defaultPolicy: String = "audit",
                              extra: [String] = []) async throws -> TestMesh {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("swiftmesh-test-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let dataDir = directory.appendingPathComponent("data")
         let arguments = ["control", "--data-dir", dataDir.path, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-                         "--svid-ttl", svidTTL, "--heartbeat-ttl", heartbeatTTL] + extra
+                         "--svid-ttl", svidTTL, "--heartbeat-ttl", heartbeatTTL, "--default-policy", defaultPolicy] + extra
         let control = try MeshProcess(arguments, logDirectory: directory)
         let fields = try await control.waitForLine(prefix: "mesh control ready:")
         return TestMesh(directory: directory, dataDir: dataDir, control: control,
@@ -50,6 +52,11 @@ public final class TestMesh: @unchecked Sendable {
                                                      "--admin", admin.description, "--data-dir", dataDir.path])
         guard result.status == 0 else { throw TestFailure("mesh token create failed: \(result.err)") }
         return result.out.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Runs a `mesh` operator verb against this control plane (admin address and token added).
+    public func cli(_ arguments: [String], stdin: String? = nil) async throws -> (status: Int32, out: String, err: String) {
+        try await MeshProcess.runToEnd(arguments + ["--admin", admin.description, "--data-dir", dataDir.path])
     }
 
     /// The registry as the operator API lists it.

@@ -27,6 +27,9 @@ struct ControlCommand: AsyncParsableCommand {
     @Option(help: "An instance without a heartbeat for this long leaves the registry.")
     var heartbeatTtl = DurationArgument(seconds: 15)
 
+    @Option(help: "Requests no AuthorizationPolicy allows: deny (default) or audit (let through and log, for migrations).")
+    var defaultPolicy = "deny"
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -38,6 +41,7 @@ struct ControlCommand: AsyncParsableCommand {
         config.admin = admin
         config.svidLifetime = svidTtl.seconds
         config.heartbeatTTL = heartbeatTtl.seconds
+        config.defaultPolicy = defaultPolicy
         let plane = ControlPlane(configuration: config, logger: Logger(label: "mesh.control"))
         try await SignalScope.run {
             try await plane.run { addresses in

@@ -85,7 +85,16 @@ struct DemoRun: Sendable {
             let admin = APIClient(target: addresses.admin, group: MultiThreadedEventLoopGroup.singleton, tls: nil,
                                   bearerToken: adminToken)
 
-            // 2. Apps and their sidecars: store, then api, then web, then the loadgen client.
+            // 2. Zero trust from the start: default deny, and exactly the calls the demo makes.
+            let calls: [(destination: String, caller: String)] = [("web", "loadgen"), ("api", "web"), ("store", "api")]
+            let policies = calls.map { (destination: String, caller: String) -> PolicyDocument in
+                PolicyDocument(name: "\(caller)-to-\(destination)", spec: .init(
+                    selector: .init(service: destination),
+                    rules: [.init(from: [.init(services: [caller])], to: [.init(methods: ["GET"])])]))
+            }
+            _ = try await admin.send(.POST, AdminAPI.policiesPath, json: policies).decode([AdminAPI.ApplyResult].self)
+
+            // 3. Apps and their sidecars: store, then api, then web, then the loadgen client.
             let chain: [(name: String, calls: String?)] = [("store", nil), ("api", "store"), ("web", "api"), ("loadgen", nil)]
             var lines: [String] = []
             var entry: HostPort?
@@ -116,7 +125,7 @@ struct DemoRun: Sendable {
             }
             guard let entry else { return }
 
-            // 3. Tell the newcomer what runs and how to poke it.
+            // 4. Tell the newcomer what runs and how to poke it.
             say("""
                 SwiftMesh demo is running (data directory \(dataDir)):
                   control  proxy API \(addresses.listen) (mTLS)  admin API \(addresses.admin)
@@ -126,9 +135,11 @@ struct DemoRun: Sendable {
                   curl -s -H 'Host: web' http://\(entry)/
 
                 List services:  mesh services --admin \(addresses.admin) --data-dir \(dataDir)
+                Policies:       mesh get policies --admin \(addresses.admin) --data-dir \(dataDir)
+                Why denied?     mesh explain --from web --to store --method GET --path / --admin \(addresses.admin) --data-dir \(dataDir)
                 Press Ctrl-C to stop.
                 """)
-            // 4. Light traffic, and the time to the first request that crossed the whole mesh.
+            // 5. Light traffic, and the time to the first request that crossed the whole mesh.
             tasks.addTask { try await traffic(entry: entry) }
             try await tasks.next()
             tasks.cancelAll()

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import MeshCore
+import MeshTransport
+import NIOPosix
 
 extension HostPort: ExpressibleByArgument {
     public init?(argument: String) { try? self.init(parsing: argument) }
@@ -44,6 +46,11 @@ struct AdminOptions: ParsableArguments {
 
     @Option(help: "File holding the admin token (default: DATA_DIR/admin.token; or set MESH_ADMIN_TOKEN).")
     var adminTokenFile: String?
+
+    /// A client of the operator API with the admin token.
+    func client() throws -> APIClient {
+        APIClient(target: admin, group: MultiThreadedEventLoopGroup.singleton, tls: nil, bearerToken: try token())
+    }
 
     func token() throws -> String {
         if let env = ProcessInfo.processInfo.environment["MESH_ADMIN_TOKEN"], !env.isEmpty { return env }

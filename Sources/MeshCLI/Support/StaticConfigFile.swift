@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MeshCore
+import MeshPolicy
 import MeshProxy
 import Yams
 
@@ -40,6 +41,10 @@ enum StaticConfigFile {
         var labels: [String: String]?
         var tls: TLS
         var services: [String: [String]]?
+        /// AuthorizationPolicy documents for this proxy's inbound side.
+        var policies: [PolicyDocument]?
+        /// deny (default) or audit.
+        var defaultPolicy: String?
     }
 
     static func load(path: String) throws -> Sidecar.Configuration {
@@ -77,10 +82,17 @@ enum StaticConfigFile {
         let settings = Sidecar.StaticSettings(certificateFile: resolve(file.tls.certificate), keyFile: resolve(file.tls.key),
                                               bundleFile: resolve(file.tls.bundle), trustDomain: file.tls.trustDomain,
                                               services: services)
+        var policySettings = settings
+        policySettings.policies = PolicySet(defaultMode: file.defaultPolicy ?? "deny", policies: file.policies ?? [])
+        do {
+            _ = try PolicyCompiler.compile(policySettings.policies)
+        } catch let error as MeshError {
+            throw ValidationError("\(path): \(error.message)")
+        }
         var config = Sidecar.Configuration(
             service: try name(file.service, "service"), app: try address(file.app, "app"),
             inbound: try address(file.inbound, "inbound"), outbound: try address(file.outbound, "outbound"),
-            admin: try address(file.admin, "admin"), source: .staticFiles(settings))
+            admin: try address(file.admin, "admin"), source: .staticFiles(policySettings))
         if let threads = file.threads {
             guard (1...64).contains(threads) else { throw ValidationError("\(path): field 'threads' must be 1 to 64") }
             config.threads = threads

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import MeshCore
 import MeshIdentity
+import MeshPolicy
 import MeshTransport
 import NIOCore
 
@@ -31,12 +32,80 @@ struct AdminRoutes: Sendable {
                 return .json(try await services())
             case (.GET, "/v1/health"):
                 return .json(["status": "ok"])
+            case (.GET, AdminAPI.policiesPath):
+                return .json(await registry.current.policies)
+            case (.POST, AdminAPI.policiesPath):
+                return try await apply(request)
+            case (.DELETE, let path) where path.hasPrefix(AdminAPI.policiesPath + "/"):
+                let name = String(path.dropFirst(AdminAPI.policiesPath.count + 1))
+                guard let entry = try await registry.deletePolicy(name: name, actor: actor(request)) else {
+                    throw MeshError(.notFound, "no AuthorizationPolicy named '\(name)'")
+                }
+                return .json(entry)
+            case (.GET, AdminAPI.historyPath):
+                let limit = request.query["limit"].flatMap(Int.init) ?? 50
+                return .json(try await registry.history(limit: limit))
+            case (.POST, AdminAPI.explainPath):
+                return .json(try await explain(request.decode(AdminAPI.ExplainRequest.self)))
             default:
                 throw MeshError(.notFound, "no such endpoint: \(request.method) \(request.path)")
             }
         } catch {
             return .error(error)
         }
+    }
+
+    private func actor(_ request: APIRequest) -> String {
+        "admin@\(request.remoteAddress ?? "?")"
+    }
+
+    /// Validates every document first: one invalid resource refuses the whole apply.
+    private func apply(_ request: APIRequest) async throws -> APIResponse {
+        let documents = try request.decode([PolicyDocument].self)
+        var names = Set<String>()
+        for document in documents {
+            _ = try PolicyCompiler.compile(document)
+            guard names.insert(document.metadata.name).inserted else {
+                throw MeshError(.invalidRequest, "AuthorizationPolicy '\(document.metadata.name)' appears twice in one apply")
+            }
+        }
+        let entries = try await registry.applyPolicies(documents, actor: actor(request))
+        let changed = Dictionary(entries.map { ($0.name, $0) }, uniquingKeysWith: { _, new in new })
+        return .json(documents.map { document in
+            let entry = changed[document.metadata.name]
+            return AdminAPI.ApplyResult(name: document.metadata.name, outcome: entry?.action.rawValue ?? "unchanged",
+                                        version: entry?.version)
+        })
+    }
+
+    /// Evaluates a hypothetical call against the current policies and registry labels.
+    private func explain(_ question: AdminAPI.ExplainRequest) async throws -> AdminAPI.ExplainResponse {
+        let snapshot = await registry.current
+        let evaluator = try PolicyCompiler.compile(snapshot.policies)
+        var identity: String?
+        var callerService: ServiceName?
+        if question.from == "unauthenticated" {
+            identity = nil
+        } else if question.from.hasPrefix("spiffe://") {
+            let id = try SPIFFEID(parsing: question.from)
+            identity = id.description
+            callerService = id.service
+        } else {
+            let service = try ServiceName(question.from)
+            identity = try SPIFFEID(trustDomain: trustDomain, service: service).description
+            callerService = service
+        }
+        func labels(of service: ServiceName?) -> [String: String] {
+            guard let service else { return [:] }
+            return snapshot.endpoints(of: service).first?.labels.values ?? [:]
+        }
+        let decision = evaluator.evaluate(RequestAttributes(
+            destination: question.to, destinationLabels: labels(of: question.to), callerIdentity: identity,
+            callerService: callerService, callerLabels: labels(of: callerService), callerAddress: question.sourceAddress,
+            port: question.port ?? 0, method: question.method?.uppercased(), path: question.path,
+            headers: (question.headers ?? [:]).reduce(into: [:]) { $0[$1.key.lowercased(), default: []].append($1.value) }))
+        return AdminAPI.ExplainResponse(allowed: decision.allowed, code: decision.code.rawValue, policy: decision.policy,
+                                        wouldDeny: decision.wouldDeny, explanation: decision.explanation)
     }
 
     private func services() async throws -> [AdminAPI.ServiceListing] {

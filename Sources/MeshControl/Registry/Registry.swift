@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MeshCore
 import MeshStore
+import MeshTransport
 
 /// The service registry: who is running where. Authoritative in memory, written through to the
 /// store, and published to watching proxies as versioned events.
@@ -22,14 +23,16 @@ public actor Registry {
     /// Loads the registry. Instances loaded from the store get one TTL of grace, so that a
     /// restarted control plane does not drop proxies before they have had time to reconnect.
     public static func load(store: any MeshStore, heartbeatTTL: TimeInterval, logger: Logger,
+                            defaultPolicy: String = "deny",
                             clock: @escaping @Sendable () -> Date = { Date() }) async throws -> Registry {
         let version = try await store.loadRegistryVersion()
+        let policies = PolicySet(defaultMode: defaultPolicy, policies: try await store.listPolicies())
         var instances: [String: ServiceInstance] = [:]
         for var instance in try await store.listInstances() {
             instance.lastHeartbeat = max(instance.lastHeartbeat, clock())
             instances[instance.id] = instance
         }
-        return Registry(snapshot: RegistrySnapshot(version: version, instances: instances), store: store,
+        return Registry(snapshot: RegistrySnapshot(version: version, instances: instances, policies: policies), store: store,
                         heartbeatTTL: heartbeatTTL, logger: logger, clock: clock)
     }
 
@@ -125,7 +128,7 @@ public actor Registry {
             for event in changeLog where event.version > since { continuation.yield(event) }
         } else {
             continuation.yield(RegistryEvent(version: snapshot.version, kind: .snapshot(
-                Array(snapshot.instances.values), services: snapshot.services.sorted())))
+                Array(snapshot.instances.values), services: snapshot.services.sorted(), policies: snapshot.policies)))
         }
         watchers[id] = continuation
         continuation.onTermination = { [weak self] _ in
@@ -137,6 +140,41 @@ public actor Registry {
     private func removeWatcher(_ id: UUID) { watchers[id] = nil }
 
     public var watcherCount: Int { watchers.count }
+
+    public func history(limit: Int) async throws -> [AuditEntry] {
+        try await store.history(limit: limit)
+    }
+
+    /// Stores `documents` (already validated by the caller) and pushes the new policy set.
+    public func applyPolicies(_ documents: [PolicyDocument], actor: String) async throws -> [AuditEntry] {
+        let entries = try await store.applyPolicies(documents, actor: actor, at: clock())
+        try await publishPolicies(changedBy: entries)
+        return entries
+    }
+
+    public func deletePolicy(name: String, actor: String) async throws -> AuditEntry? {
+        let entry = try await store.deletePolicy(name: name, actor: actor, at: clock())
+        if let entry { try await publishPolicies(changedBy: [entry]) }
+        return entry
+    }
+
+    /// Merges the changes into the current set and announces it. Merging each call's own
+    /// changes (rather than re-reading everything) keeps concurrent applies from overwriting
+    /// each other with a stale read; the merge runs without suspending.
+    private func publishPolicies(changedBy entries: [AuditEntry]) async throws {
+        guard !entries.isEmpty else { return }
+        var byName = Dictionary(snapshot.policies.policies.map { ($0.metadata.name, $0) }, uniquingKeysWith: { _, new in new })
+        for entry in entries {
+            if let after = entry.after, let document = try? JSONCoding.decoder.decode(PolicyDocument.self, from: Data(after.utf8)) {
+                byName[entry.name] = document
+            } else {
+                byName[entry.name] = nil
+            }
+        }
+        let set = PolicySet(defaultMode: snapshot.policies.defaultMode, policies: byName.keys.sorted().compactMap { byName[$0] })
+        try await publish(.policies(set))
+        logger.info("policies changed", metadata: ["count": "\(set.policies.count)", "version": "\(snapshot.version)"])
+    }
 
     /// Applies and announces a change. The in-memory part runs without suspending, so two
     /// changes can never take the same version (the actor is re-entered at every `await`);

@@ -77,6 +77,62 @@ public enum ControlAPI {
 public enum AdminAPI {
     public static let tokensPath = "/v1/tokens"
     public static let servicesPath = "/v1/services"
+    /// `GET` the policy set, `POST` a list of documents to apply, `DELETE …/NAME`.
+    public static let policiesPath = "/v1/policies"
+    /// `GET ?limit=N`: the audit log, newest first.
+    public static let historyPath = "/v1/history"
+    /// `POST` an ``ExplainRequest``: the decision the mesh would make, with reasons.
+    public static let explainPath = "/v1/explain"
+
+    /// The result of an apply: one line per resource.
+    public struct ApplyResult: Codable, Sendable {
+        public var name: String
+        /// created, updated or unchanged.
+        public var outcome: String
+        public var version: Int?
+        public init(name: String, outcome: String, version: Int?) {
+            self.name = name
+            self.outcome = outcome
+            self.version = version
+        }
+    }
+
+    /// "Would this call be allowed, and why?"
+    public struct ExplainRequest: Codable, Sendable {
+        /// A service name, a SPIFFE ID, or `unauthenticated`.
+        public var from: String
+        public var sourceAddress: String?
+        public var to: ServiceName
+        public var port: Int?
+        public var method: String?
+        public var path: String?
+        public var headers: [String: String]?
+        public init(from: String, sourceAddress: String? = nil, to: ServiceName, port: Int? = nil, method: String? = nil,
+                    path: String? = nil, headers: [String: String]? = nil) {
+            self.from = from
+            self.sourceAddress = sourceAddress
+            self.to = to
+            self.port = port
+            self.method = method
+            self.path = path
+            self.headers = headers
+        }
+    }
+
+    public struct ExplainResponse: Codable, Sendable {
+        public var allowed: Bool
+        public var code: String
+        public var policy: String?
+        public var wouldDeny: [String]
+        public var explanation: [String]
+        public init(allowed: Bool, code: String, policy: String?, wouldDeny: [String], explanation: [String]) {
+            self.allowed = allowed
+            self.code = code
+            self.policy = policy
+            self.wouldDeny = wouldDeny
+            self.explanation = explanation
+        }
+    }
 
     public struct CreateTokenRequest: Codable, Sendable {
         public var service: ServiceName

@@ -2,6 +2,7 @@ import MeshCore
 import MeshIdentity
 import NIOCore
 import NIOSSL
+import MeshPolicy
 
 /// Everything the data path reads per request, confined to one event loop.
 ///
@@ -15,6 +16,16 @@ final class LoopState {
     /// Per-service routing data, derived from the registry once per update rather than once
     /// per request: the peer identity to demand and the upstream keys in a stable order.
     private(set) var routes: [ServiceName: ServiceRoute] = [:]
+    /// The compiled policies, replaced together with the registry.
+    private(set) var evaluator = PolicyEvaluator(policies: [])
+    /// Whether any policy for this workload looks at headers (then they are collected).
+    private(set) var policiesUseHeaders = false
+    /// Whether any policy for this workload needs method, path or headers; if not, the
+    /// decision is made once per connection.
+    private(set) var policiesNeedL7 = false
+    /// This workload: the destination of every inbound request.
+    var selfService: ServiceName?
+    var selfLabels: [String: String] = [:]
     /// `Host` header values already resolved to a service (bounded; cleared when full).
     var hostCache: [String: ServiceName] = [:]
     /// TLS contexts built from the current SVID: new connections pick up a renewed
@@ -35,8 +46,16 @@ final class LoopState {
 
     /// Installs a new registry and rebuilds the routes. Needs the trust bundle (set when the
     /// SVID is installed, which always happens first) for the peers' trust domain.
-    func setRegistry(_ snapshot: RegistrySnapshot) {
+    func setRegistry(_ snapshot: RegistrySnapshot, evaluator: PolicyEvaluator? = nil) {
         registry = snapshot
+        if let evaluator {
+            self.evaluator = evaluator
+            let mine = evaluator.policies.filter { policy in
+                selfService.map { policy.target.matches(service: $0, labels: selfLabels) } ?? true
+            }
+            policiesNeedL7 = mine.contains { $0.needsL7 }
+            policiesUseHeaders = mine.contains { $0.rules.contains { $0.to.contains { !$0.headers.isEmpty } } }
+        }
         var routes: [ServiceName: ServiceRoute] = [:]
         let trustDomain = bundle?.trustDomain
         for service in snapshot.services {

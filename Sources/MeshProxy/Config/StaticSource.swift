@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MeshCore
 import MeshIdentity
+import MeshPolicy
 
 extension Sidecar {
     /// Settings of the static source (`mesh proxy --config FILE`): identity from PEM files
@@ -13,6 +14,8 @@ extension Sidecar {
         /// Needed when the bundle's CA does not name its trust domain in a URI SAN.
         public var trustDomain: String?
         public var services: [ServiceName: [HostPort]]
+        /// Authorization policies for this proxy's inbound side (default deny applies).
+        public var policies = PolicySet()
         /// How often the PEM files are checked for a rotated certificate.
         public var reloadInterval: Duration = .seconds(5)
 
@@ -44,7 +47,10 @@ struct StaticSource: SidecarSource {
         self.logger = logger
         self.install = install
         self.trustDomain = try Self.load(settings, service: service).bundle.trustDomain
+        self.evaluator = try PolicyCompiler.compile(settings.policies)
     }
+
+    let evaluator: PolicyEvaluator
 
     func start(inboundPort: Int) async throws {
         let (svid, bundle) = try Self.load(settings, service: service)
@@ -61,8 +67,10 @@ struct StaticSource: SidecarSource {
                                                 labels: Labels(), lastHeartbeat: Date(), certificateExpiry: nil)
             }
         }
-        let snapshot = RegistrySnapshot(version: 1, instances: instances, services: Set(settings.services.keys))
-        await states.update { $0.setRegistry(snapshot) }
+        let snapshot = RegistrySnapshot(version: 1, instances: instances, services: Set(settings.services.keys),
+                                        policies: settings.policies)
+        let evaluator = self.evaluator
+        await states.update { $0.setRegistry(snapshot, evaluator: evaluator) }
         onFirstRegistry()
 
         var stamp = Self.modificationStamp(settings)

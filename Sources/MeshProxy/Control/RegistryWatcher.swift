@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MeshCore
 import MeshTransport
+import MeshPolicy
 
 /// Follows the control plane's registry stream and pushes every new snapshot to the data
 /// path. Reconnects with backoff, resuming from the last version it applied, so a restart
@@ -27,9 +28,22 @@ struct RegistryWatcher: Sendable {
                     var next = box.snapshot
                     next.apply(event)
                     guard next != box.snapshot || box.first else { return }
+                    let policiesChanged = next.policies != box.snapshot.policies || box.first
                     box.snapshot = next
                     let frozen = next
-                    await states.update { $0.setRegistry(frozen) }
+                    var evaluator: PolicyEvaluator?
+                    if policiesChanged {
+                        do {
+                            evaluator = try PolicyCompiler.compile(next.policies)
+                        } catch {
+                            // The control plane validates on apply, so this means a version skew;
+                            // keep enforcing the previous set rather than widening access.
+                            logger.error("cannot compile the policies from the control plane; keeping the previous ones",
+                                         metadata: ["error": "\(error)"])
+                        }
+                    }
+                    let compiled = evaluator
+                    await states.update { $0.setRegistry(frozen, evaluator: compiled) }
                     if box.first {
                         box.first = false
                         onFirstSnapshot()

@@ -135,7 +135,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             respondLocally(.init(statusCode: 431), code: "headers-too-large", message: problem, context: context)
             return
         }
-        switch router(head, info, loopState) {
+        switch router(head, &info, loopState) {
+        case .deny(let code, let requestID):
+            respondDenied(code: code, requestID: requestID, context: context)
         case .respond(let status, let code, let message):
             respondLocally(status, code: code, message: message, context: context)
         case .forward(let candidates, let forwardHead):
@@ -280,6 +282,20 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
 
     private func finishExchange() {
         loopState?.inFlight -= 1
+    }
+
+    private func respondDenied(code: String, requestID: String, context: ChannelHandlerContext) {
+        state = .discarding
+        let body = ByteBuffer(string: "swiftmesh \(role): access denied by policy (request id \(requestID))\n")
+        var headers: HTTPHeaders = ["content-type": "text/plain; charset=utf-8", "content-length": "\(body.readableBytes)",
+                                    ProxyHeaders.decision: code, ProxyHeaders.requestID: requestID]
+        if !keepAlive { headers.add(name: "connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .forbidden, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        let closeAfter = !keepAlive
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+            if closeAfter { context.close(promise: nil) }
+        }
     }
 
     private func respondLocally(_ status: HTTPResponseStatus, code: String, message: String, context: ChannelHandlerContext) {

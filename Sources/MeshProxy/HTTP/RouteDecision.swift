@@ -10,6 +10,9 @@ enum RouteDecision {
     case forward(candidates: [UpstreamKey], head: HTTPRequestHead)
     /// Answer locally, e.g. 503 for an unknown service; `code` goes in `x-mesh-error`.
     case respond(HTTPResponseStatus, code: String, message: String)
+    /// 403 by policy: the decision code and a correlation id go to the caller, the details
+    /// only to the proxy's log.
+    case deny(code: String, requestID: String)
 }
 
 /// What a listener knows about the downstream connection.
@@ -21,6 +24,12 @@ struct DownstreamInfo {
     /// `peer` as the header value, formatted once per connection rather than per request.
     private(set) var peerHeaderValue: String?
     var remoteAddress: SocketAddress?
+    /// The caller's labels, looked up in the registry once per connection (and again when
+    /// the registry changes).
+    var callerLabels: [String: String] = [:]
+    var callerLabelsVersion: UInt64?
+    /// A connection-level (L4) decision, reused while the registry/policy version holds.
+    var l4Decision: (version: UInt64, allowed: Bool, code: String)?
 
     init(peer: SPIFFEID? = nil, remoteAddress: SocketAddress? = nil) {
         self.peer = peer
@@ -30,13 +39,17 @@ struct DownstreamInfo {
 }
 
 /// Decides per request. Runs on the event loop with that loop's state: it must not block.
-typealias Router = (HTTPRequestHead, DownstreamInfo, LoopState) -> RouteDecision
+typealias Router = (HTTPRequestHead, inout DownstreamInfo, LoopState) -> RouteDecision
 
 /// Header hygiene shared by both directions.
 enum ProxyHeaders {
     /// The header that tells an app who called; set by the inbound proxy only.
     static let peerIdentity = "x-mesh-peer-identity"
     static let error = "x-mesh-error"
+    /// The policy decision code on a 403.
+    static let decision = "x-mesh-decision"
+    /// Correlates a denial with the proxy's log line.
+    static let requestID = "x-mesh-request-id"
     static let hopByHop = ["connection", "keep-alive", "proxy-connection", "upgrade", "proxy-authenticate"]
 
     /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.

@@ -1,6 +1,7 @@
 import Logging
 import MeshCore
 import MeshIdentity
+import MeshPolicy
 import MeshTransport
 import NIOCore
 import NIOHTTP1
@@ -9,22 +10,14 @@ import NIOSSL
 import NIOTLS
 
 /// The inbound stack, whole: mTLS (TLS 1.3, client SVID required, mesh bundle only, SPIFFE
-/// checks) → HTTP/1.1 → stamp the verified caller identity → forward to the local app on a
-/// pooled keep-alive connection.
+/// checks) → HTTP/1.1 → normalize the path → authorize (local policies, default deny) →
+/// stamp the verified caller identity → forward to the local app on a pooled keep-alive
+/// connection.
 enum InboundListener {
     static func bind(_ address: HostPort, app: HostPort, group: EventLoopGroup, states: LoopStates,
                      limits: ProxyLimits, logger: Logger) async throws -> Channel {
-        let router: Router = { head, info, _ in
-            guard let peer = info.peerHeaderValue else {
-                // Unreachable with a working TLS layer; refuse rather than forward anonymously.
-                return .respond(.forbidden, code: "no-peer-identity", message: "the caller has no verified identity")
-            }
-            var head = head
-            ProxyHeaders.stripHopByHop(&head.headers)
-            // Whatever the caller claimed, the app hears only what TLS proved.
-            if head.headers.contains(name: ProxyHeaders.peerIdentity) { head.headers.remove(name: ProxyHeaders.peerIdentity) }
-            head.headers.add(name: ProxyHeaders.peerIdentity, value: peer)
-            return .forward(candidates: [UpstreamKey(address: app, peerIdentity: nil)], head: head)
+        let router: Router = { head, info, state in
+            route(head, info: &info, state: state, appPort: app.port, logger: logger, app: app)
         }
         do {
             return try await ServerBootstrap(group: group)
@@ -56,5 +49,83 @@ enum InboundListener {
         } catch {
             throw MeshError(.invalidAddress, "cannot listen on inbound \(address): \(error)")
         }
+    }
+}
+
+extension InboundListener {
+    static func route(_ head: HTTPRequestHead, info: inout DownstreamInfo, state: LoopState, appPort: Int,
+                      logger: Logger, app: HostPort) -> RouteDecision {
+        guard let peer = info.peerHeaderValue else {
+            // Unreachable with a working TLS layer; refuse rather than forward anonymously.
+            return .respond(.forbidden, code: "no-peer-identity", message: "the caller has no verified identity")
+        }
+        // What is authorized is what is forwarded: the normalized target.
+        let path: String
+        var head = head
+        switch PathNormalizer.normalize(head.uri) {
+        case .failure(let why):
+            return .respond(.badRequest, code: "invalid-path", message: why.description)
+        case .success(let normalized):
+            head.uri = normalized.target
+            path = normalized.path
+        }
+        if let decision = authorize(head, path: path, info: &info, state: state, appPort: appPort, logger: logger) {
+            return decision
+        }
+        ProxyHeaders.stripHopByHop(&head.headers)
+        // Whatever the caller claimed, the app hears only what TLS proved.
+        if head.headers.contains(name: ProxyHeaders.peerIdentity) { head.headers.remove(name: ProxyHeaders.peerIdentity) }
+        head.headers.add(name: ProxyHeaders.peerIdentity, value: peer)
+        return .forward(candidates: [UpstreamKey(address: app, peerIdentity: nil)], head: head)
+    }
+
+    /// nil when the request may pass; a denial otherwise. Connection-level (L4) decisions are
+    /// cached on the connection until the policies or registry change.
+    private static func authorize(_ head: HTTPRequestHead, path: String, info: inout DownstreamInfo, state: LoopState,
+                                  appPort: Int, logger: Logger) -> RouteDecision? {
+        guard let service = state.selfService else { return nil }
+        let version = state.registry.version
+        if !state.policiesNeedL7, let cached = info.l4Decision, cached.version == version {
+            return cached.allowed ? nil : .deny(code: cached.code, requestID: makeRequestID())
+        }
+        if info.callerLabelsVersion != version {
+            info.callerLabels = callerLabels(info, state)
+            info.callerLabelsVersion = version
+        }
+        var headers: [String: [String]] = [:]
+        if state.policiesUseHeaders {
+            for (name, value) in head.headers { headers[name.lowercased(), default: []].append(value) }
+        }
+        let l7 = state.policiesNeedL7
+        let decision = state.evaluator.evaluate(RequestAttributes(
+            destination: service, destinationLabels: state.selfLabels, callerIdentity: info.peerHeaderValue,
+            callerService: info.peer?.service, callerLabels: info.callerLabels, callerAddress: info.remoteAddress?.ipAddress,
+            port: appPort, method: l7 ? head.method.rawValue : nil, path: l7 ? path : nil, headers: headers))
+        if !l7 { info.l4Decision = (version, decision.allowed, decision.code.rawValue) }
+        if !decision.wouldDeny.isEmpty {
+            logger.notice("audit: request would be denied", metadata: [
+                "caller": "\(info.peerHeaderValue ?? "unauthenticated")", "method": "\(head.method.rawValue)", "path": "\(path)",
+                "would_deny": "\(decision.wouldDeny.joined(separator: ","))"])
+        }
+        guard !decision.allowed else { return nil }
+        let requestID = makeRequestID()
+        logger.notice("request denied by policy", metadata: [
+            "request_id": "\(requestID)", "code": "\(decision.code.rawValue)", "policy": "\(decision.policy ?? "-")",
+            "caller": "\(info.peerHeaderValue ?? "unauthenticated")", "method": "\(head.method.rawValue)", "path": "\(path)",
+            "explanation": "\(decision.explanation.joined(separator: " | "))"])
+        return .deny(code: decision.code.rawValue, requestID: requestID)
+    }
+
+    /// The labels of the calling instance: the registry entry of its service at its address,
+    /// else those of any instance of that service.
+    private static func callerLabels(_ info: DownstreamInfo, _ state: LoopState) -> [String: String] {
+        guard let service = info.peer?.service else { return [:] }
+        let candidates = state.registry.endpoints(of: service)
+        let address = info.remoteAddress?.ipAddress
+        return (candidates.first { $0.address == address } ?? candidates.first)?.labels.values ?? [:]
+    }
+
+    private static func makeRequestID() -> String {
+        String((0..<16).map { _ in "0123456789abcdef".randomElement() ?? "0" })
     }
 }
