@@ -2,10 +2,13 @@
 /// `//admin` and `/admin` cannot be three different things to the policy and one thing to
 /// the app. The normalized form is what gets authorized *and* forwarded.
 ///
-/// Rules (DESIGN.md §6): RFC 3986 §5.2.4 dot-segment removal, runs of `/` merged, and these
-/// are refused outright (400): encoded `/` or `\` (`%2F`, `%5C`), NUL (raw or `%00`), a
-/// fragment, a path that does not start with `/`, malformed percent-encoding. The query
-/// string is kept as it came.
+/// Rules (DESIGN.md §6): percent-encoded unreserved characters decoded and other escapes
+/// upper-cased (RFC 3986 §6.2.2), dot-segment removal (§5.2.4, also for `%2E`), runs of `/`
+/// merged; and these are refused outright (400) because apps disagree on what they mean:
+/// encoded `/` or `\` (`%2F`, `%5C`), a raw `\`, NUL (raw or `%00`), `;` path parameters,
+/// escapes that do not decode to valid UTF-8 (overlong forms such as `%C0%AF`), a fragment,
+/// a path that does not start with `/`, malformed percent-encoding. The query string is kept
+/// as it came.
 public enum PathNormalizer {
     /// Why a path was refused.
     public enum Rejection: Error, Equatable, Sendable, CustomStringConvertible {
@@ -16,6 +19,9 @@ public enum PathNormalizer {
         case fragment
         case badPercentEncoding
         case tooLong
+        case backslash
+        case pathParameter
+        case invalidUTF8
 
         public var description: String {
             switch self {
@@ -26,6 +32,9 @@ public enum PathNormalizer {
             case .fragment: return "the request target contains a fragment ('#')"
             case .badPercentEncoding: return "the request path has malformed percent-encoding"
             case .tooLong: return "the request target is longer than 8 KiB"
+            case .backslash: return "the request path contains '\\'"
+            case .pathParameter: return "the request path contains ';' path parameters"
+            case .invalidUTF8: return "the request path's percent-encoding is not valid UTF-8 (e.g. an overlong form)"
             }
         }
     }
@@ -41,31 +50,52 @@ public enum PathNormalizer {
         let rawPath = bytes[..<queryStart]
         guard rawPath.first == UInt8(ascii: "/") else { return .failure(.notAbsolute) }
 
-        // Percent-encoding checks on the path only.
+        // Percent-encoding: decode unreserved characters, upper-case the rest, refuse the
+        // ambiguous ones. The result is what segments are built from.
+        var decodedPath: [UInt8] = []
+        decodedPath.reserveCapacity(rawPath.count)
+        var fullyDecoded: [UInt8] = []  // every escape decoded, to check UTF-8 validity
         var index = rawPath.startIndex
         while index < rawPath.endIndex {
-            if rawPath[index] == UInt8(ascii: "%") {
+            let byte = rawPath[index]
+            if byte == UInt8(ascii: "%") {
                 guard index + 2 < rawPath.endIndex,
                       let high = hexValue(rawPath[index + 1]), let low = hexValue(rawPath[index + 2]) else {
                     return .failure(.badPercentEncoding)
                 }
-                switch high << 4 | low {
+                let value = high << 4 | low
+                switch value {
                 case 0x2F: return .failure(.encodedSlash)
                 case 0x5C: return .failure(.encodedBackslash)
                 case 0x00: return .failure(.nul)
+                case 0x3B: return .failure(.pathParameter)
                 default: break
+                }
+                fullyDecoded.append(value)
+                if isUnreserved(value) {
+                    decodedPath.append(value)
+                } else {
+                    decodedPath.append(UInt8(ascii: "%"))
+                    decodedPath.append(hexDigit(high))
+                    decodedPath.append(hexDigit(low))
                 }
                 index += 3
             } else {
+                if byte == UInt8(ascii: "\\") { return .failure(.backslash) }
+                if byte == UInt8(ascii: ";") { return .failure(.pathParameter) }
+                fullyDecoded.append(byte)
+                decodedPath.append(byte)
                 index += 1
             }
         }
+        // The fully decoded path must be valid UTF-8 (no overlong `/`, no stray bytes).
+        if !isValidUTF8Sequence(fullyDecoded) { return .failure(.invalidUTF8) }
 
         // Segments, with merged slashes and RFC 3986 dot-segment removal.
         var output: [ArraySlice<UInt8>] = []
-        let trailingSlash = rawPath.count > 1 && rawPath.last == UInt8(ascii: "/")
+        let trailingSlash = decodedPath.count > 1 && decodedPath.last == UInt8(ascii: "/")
         var endsInDirectory = trailingSlash
-        for segment in rawPath.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true) {
+        for segment in decodedPath[...].split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true) {
             if isDot(segment) {
                 endsInDirectory = true
                 continue
@@ -90,6 +120,29 @@ public enum PathNormalizer {
             ? normalizedPath + String(decoding: bytes[queryStart...], as: UTF8.self)
             : normalizedPath
         return .success((target, normalizedPath))
+    }
+
+    /// ALPHA / DIGIT / "-" / "." / "_" / "~" (RFC 3986 §2.3): equivalent encoded or not.
+    private static func isUnreserved(_ byte: UInt8) -> Bool {
+        (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A) || (byte >= 0x30 && byte <= 0x39)
+            || byte == 0x2D || byte == 0x2E || byte == 0x5F || byte == 0x7E
+    }
+
+    private static func hexDigit(_ value: UInt8) -> UInt8 {
+        value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "A") + value - 10
+    }
+
+    /// Whether the bytes are valid UTF-8 (Swift's decoder refuses overlong forms and surrogates).
+    private static func isValidUTF8Sequence(_ bytes: [UInt8]) -> Bool {
+        var iterator = bytes.makeIterator()
+        var decoder = UTF8()
+        while true {
+            switch decoder.decode(&iterator) {
+            case .scalarValue: continue
+            case .emptyInput: return true
+            case .error: return false
+            }
+        }
     }
 
     private static func isDot(_ segment: ArraySlice<UInt8>) -> Bool {
