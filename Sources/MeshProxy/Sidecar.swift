@@ -46,6 +46,9 @@ public struct Sidecar: Sendable {
         public var admin: HostPort
         public var source: Source
         public var labels = Labels()
+        /// `strict` (default): mTLS only. `permissive`: also plaintext callers from outside the
+        /// mesh, as `unauthenticated` with their source address.
+        public var mtlsMode = "strict"
         public var threads = 1
         public var limits = ProxyLimits()
 
@@ -115,7 +118,13 @@ public struct Sidecar: Sendable {
 
         // Listeners first, so that a port conflict fails before a single-use token is spent.
         // Until the SVID arrives the inbound listener refuses every connection.
-        let inbound = try await InboundListener.bind(config.inbound, app: config.app, group: group, states: states,
+        guard let mode = InboundListener.MTLSMode(rawValue: config.mtlsMode) else {
+            throw MeshError(.invalidRequest, "mTLS mode must be strict or permissive, not '\(config.mtlsMode)'")
+        }
+        if mode == .permissive {
+            logger.warning("inbound accepts plaintext callers (permissive mTLS); policies decide what they may do")
+        }
+        let inbound = try await InboundListener.bind(config.inbound, app: config.app, mode: mode, group: group, states: states,
                                                      limits: config.limits, logger: logger)
         let outbound = try await OutboundListener.bind(config.outbound, trustDomain: source.trustDomain, group: group,
                                                        states: states, limits: config.limits, logger: logger)

@@ -50,6 +50,9 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(help: "Address other proxies dial to reach the inbound listener (default: the inbound host, or the address the control plane sees).")
     var advertiseAddress: String?
 
+    @Option(help: "Inbound mTLS mode: strict (mTLS only) or permissive (also plaintext callers outside the mesh, as unauthenticated).")
+    var mtls: String?
+
     @Option(help: "Heartbeat interval to the control plane.")
     var heartbeatInterval = DurationArgument(seconds: 5)
 
@@ -90,6 +93,10 @@ struct ProxyCommand: AsyncParsableCommand {
         var sidecarConfig = try config.map { try StaticConfigFile.load(path: $0) } ?? controlPlaneConfiguration()
         if let threads { sidecarConfig.threads = threads }
         if !labels.isEmpty { sidecarConfig.labels = try Labels(parsing: labels) }
+        if let mtls {
+            guard ["strict", "permissive"].contains(mtls) else { throw ValidationError("--mtls must be strict or permissive") }
+            sidecarConfig.mtlsMode = mtls
+        }
         sidecarConfig.limits.requestHeaderTimeout = .milliseconds(Int64(requestHeaderTimeout.seconds * 1000))
         let name = sidecarConfig.service
         let sidecar = Sidecar(configuration: sidecarConfig, logger: Logger(label: "mesh.proxy.\(name)"))

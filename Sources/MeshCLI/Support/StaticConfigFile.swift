@@ -45,6 +45,8 @@ enum StaticConfigFile {
         var policies: [PolicyDocument]?
         /// deny (default) or audit.
         var defaultPolicy: String?
+        /// strict (default) or permissive.
+        var mtls: String?
     }
 
     static func load(path: String) throws -> Sidecar.Configuration {
@@ -93,6 +95,10 @@ enum StaticConfigFile {
             service: try name(file.service, "service"), app: try address(file.app, "app"),
             inbound: try address(file.inbound, "inbound"), outbound: try address(file.outbound, "outbound"),
             admin: try address(file.admin, "admin"), source: .staticFiles(policySettings))
+        if let mtls = file.mtls {
+            guard ["strict", "permissive"].contains(mtls) else { throw ValidationError("\(path): field 'mtls' must be strict or permissive") }
+            config.mtlsMode = mtls
+        }
         if let threads = file.threads {
             guard (1...64).contains(threads) else { throw ValidationError("\(path): field 'threads' must be 1 to 64") }
             config.threads = threads

@@ -23,6 +23,9 @@ final class LoopState {
     /// Whether any policy for this workload needs method, path or headers; if not, the
     /// decision is made once per connection.
     private(set) var policiesNeedL7 = false
+    /// Whether a policy for this workload expires; then no decision is cached, so that
+    /// time-bound access lapses by itself on open connections too.
+    private(set) var policiesExpire = false
     /// This workload: the destination of every inbound request.
     var selfService: ServiceName?
     var selfLabels: [String: String] = [:]
@@ -54,6 +57,7 @@ final class LoopState {
                 selfService.map { policy.target.matches(service: $0, labels: selfLabels) } ?? true
             }
             policiesNeedL7 = mine.contains { $0.needsL7 }
+            policiesExpire = mine.contains { $0.expires != nil }
             policiesUseHeaders = mine.contains { $0.rules.contains { $0.to.contains { !$0.headers.isEmpty } } }
         }
         var routes: [ServiceName: ServiceRoute] = [:]

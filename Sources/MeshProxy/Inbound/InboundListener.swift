@@ -14,10 +14,14 @@ import NIOTLS
 /// stamp the verified caller identity → forward to the local app on a pooled keep-alive
 /// connection.
 enum InboundListener {
-    static func bind(_ address: HostPort, app: HostPort, group: EventLoopGroup, states: LoopStates,
+    /// `strict`: mTLS only. `permissive`: also plaintext callers from outside the mesh, who
+    /// are then `unauthenticated` with their source address, for CIDR rules to admit.
+    enum MTLSMode: String, Sendable { case strict, permissive }
+
+    static func bind(_ address: HostPort, app: HostPort, mode: MTLSMode, group: EventLoopGroup, states: LoopStates,
                      limits: ProxyLimits, logger: Logger) async throws -> Channel {
         let router: Router = { head, info, state in
-            route(head, info: &info, state: state, appPort: app.port, logger: logger, app: app)
+            route(head, info: &info, state: state, appPort: app.port, mode: mode, logger: logger, app: app)
         }
         do {
             return try await ServerBootstrap(group: group)
@@ -30,18 +34,32 @@ enum InboundListener {
                         guard let tls = state.serverTLS, let bundle = state.bundle else {
                             throw MeshError(.unavailable, "no SVID yet")
                         }
-                        let verifier = SPIFFEPeerVerifier(bundle: bundle, usage: .clientAuth)
                         let sync = channel.pipeline.syncOperations
-                        try sync.addHandler(NIOSSLServerHandler(
-                            context: tls, customVerificationCallbackWithMetadata: SPIFFEVerification.callback(verifier, logger: logger)))
-                        // After the TLS handler: it must see the handshake-completed event.
-                        try sync.addHandler(HandshakeTimeoutHandler(timeout: limits.tlsHandshakeTimeout))
-                        try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
-                        try sync.addHandler(IdleCloseHandler())
-                        try sync.addHandler(RequestHeaderTimer(limit: limits.requestHeaderTimeout))
-                        try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
-                        try sync.addHandler(HTTPParseErrorResponder())
-                        try sync.addHandler(ProxyHTTPHandler(role: "inbound", router: router, states: states, logger: logger))
+                        let addTLS: (ChannelPipeline.SynchronousOperations) throws -> Void = { sync in
+                            let verifier = SPIFFEPeerVerifier(bundle: bundle, usage: .clientAuth)
+                            try sync.addHandler(NIOSSLServerHandler(
+                                context: tls, customVerificationCallbackWithMetadata: SPIFFEVerification.callback(verifier, logger: logger)))
+                            // After the TLS handler: it must see the handshake-completed event.
+                            try sync.addHandler(HandshakeTimeoutHandler(timeout: limits.tlsHandshakeTimeout))
+                        }
+                        let addHTTP: (ChannelPipeline.SynchronousOperations) throws -> Void = { sync in
+                            try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
+                            try sync.addHandler(IdleCloseHandler())
+                            try sync.addHandler(RequestHeaderTimer(limit: limits.requestHeaderTimeout))
+                            try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
+                            try sync.addHandler(HTTPParseErrorResponder())
+                            try sync.addHandler(ProxyHTTPHandler(role: "inbound", router: router, states: states, logger: logger))
+                        }
+                        switch mode {
+                        case .strict:
+                            try addTLS(sync)
+                            try addHTTP(sync)
+                        case .permissive:
+                            try sync.addHandler(TLSSniffer(timeout: limits.tlsHandshakeTimeout) { sync, isTLS in
+                                if isTLS { try addTLS(sync) }
+                                try addHTTP(sync)
+                            })
+                        }
                     }
                 }
                 .bind(host: address.host, port: address.port)
@@ -52,10 +70,53 @@ enum InboundListener {
     }
 }
 
+/// Looks at the first byte of a permissive-mode connection: a TLS handshake record (0x16)
+/// gets the mTLS stack, anything else the plaintext stack. Then it steps aside.
+final class TLSSniffer: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    private let timeout: TimeAmount
+    private let configure: (ChannelPipeline.SynchronousOperations, Bool) throws -> Void
+    private var timer: Scheduled<Void>?
+
+    init(timeout: TimeAmount, configure: @escaping (ChannelPipeline.SynchronousOperations, Bool) throws -> Void) {
+        self.timeout = timeout
+        self.configure = configure
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let channel = context.channel
+        timer = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        guard let first = buffer.readableBytesView.first else { return }
+        timer?.cancel()
+        timer = nil
+        do {
+            // Handlers added at the end of the pipeline come after this one, so the bytes
+            // just read flow into them.
+            try configure(context.pipeline.syncOperations, first == 0x16)
+            context.fireChannelRead(wrapInboundOut(buffer))
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        } catch {
+            context.close(promise: nil)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        context.fireChannelInactive()
+    }
+}
+
 extension InboundListener {
     static func route(_ head: HTTPRequestHead, info: inout DownstreamInfo, state: LoopState, appPort: Int,
-                      logger: Logger, app: HostPort) -> RouteDecision {
-        guard let peer = info.peerHeaderValue else {
+                      mode: MTLSMode, logger: Logger, app: HostPort) -> RouteDecision {
+        let peer = info.peerHeaderValue
+        if peer == nil && mode == .strict {
             // Unreachable with a working TLS layer; refuse rather than forward anonymously.
             return .respond(.forbidden, code: "no-peer-identity", message: "the caller has no verified identity")
         }
@@ -73,9 +134,10 @@ extension InboundListener {
             return decision
         }
         ProxyHeaders.stripHopByHop(&head.headers)
-        // Whatever the caller claimed, the app hears only what TLS proved.
+        // Whatever the caller claimed, the app hears only what TLS proved (nothing for a
+        // plaintext caller in permissive mode).
         if head.headers.contains(name: ProxyHeaders.peerIdentity) { head.headers.remove(name: ProxyHeaders.peerIdentity) }
-        head.headers.add(name: ProxyHeaders.peerIdentity, value: peer)
+        if let peer { head.headers.add(name: ProxyHeaders.peerIdentity, value: peer) }
         return .forward(candidates: [UpstreamKey(address: app, peerIdentity: nil)], head: head)
     }
 
@@ -83,9 +145,13 @@ extension InboundListener {
     /// cached on the connection until the policies or registry change.
     private static func authorize(_ head: HTTPRequestHead, path: String, info: inout DownstreamInfo, state: LoopState,
                                   appPort: Int, logger: Logger) -> RouteDecision? {
-        guard let service = state.selfService else { return nil }
+        guard let service = state.selfService else {
+            // No identity of our own yet: never widen access.
+            return .deny(code: "not-ready", requestID: makeRequestID())
+        }
         let version = state.registry.version
-        if !state.policiesNeedL7, let cached = info.l4Decision, cached.version == version {
+        let cacheable = !state.policiesNeedL7 && !state.policiesExpire
+        if cacheable, let cached = info.l4Decision, cached.version == version {
             return cached.allowed ? nil : .deny(code: cached.code, requestID: makeRequestID())
         }
         if info.callerLabelsVersion != version {
@@ -101,7 +167,7 @@ extension InboundListener {
             destination: service, destinationLabels: state.selfLabels, callerIdentity: info.peerHeaderValue,
             callerService: info.peer?.service, callerLabels: info.callerLabels, callerAddress: info.remoteAddress?.ipAddress,
             port: appPort, method: l7 ? head.method.rawValue : nil, path: l7 ? path : nil, headers: headers))
-        if !l7 { info.l4Decision = (version, decision.allowed, decision.code.rawValue) }
+        if cacheable { info.l4Decision = (version, decision.allowed, decision.code.rawValue) }
         if !decision.wouldDeny.isEmpty {
             logger.notice("audit: request would be denied", metadata: [
                 "caller": "\(info.peerHeaderValue ?? "unauthenticated")", "method": "\(head.method.rawValue)", "path": "\(path)",
