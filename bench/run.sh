@@ -80,6 +80,13 @@ tls: {certificate: web.pem, key: web-key.pem, bundle: ca.pem}
 services:
   api: [127.0.0.1:18102]
 CONF
+# The same pair with 1000 further policies in the set (for other services) and an L7 rule for
+# api, so that every request is evaluated: the cost of policy at scale.
+policies_1000() {
+  for i in $(seq 1 1000); do
+    printf '  - kind: AuthorizationPolicy\n    metadata: {name: p%d}\n    spec:\n      selector: {service: svc%d}\n      rules: [{from: [{services: [web]}], to: [{methods: [GET], paths: ["/v%d/*"]}]}]\n' "$i" "$i" "$i"
+  done
+}
 cat > api.yaml <<CONF
 service: api
 app: 127.0.0.1:$BACKEND
@@ -203,6 +210,22 @@ start "$MESH" proxy --config api.yaml --log-level warning; A=$LAST
 start "$MESH" proxy --config web.yaml --log-level warning; W=$LAST
 wait_port 18101; wait_port 18102
 measure swiftmesh 18101 api "$W" "$A"
+kill "$W" "$A"; wait "$W" "$A" 2>/dev/null || true
+
+echo "== swiftmesh with 1000 policies (L7 rule evaluated per request)"
+sed -e 's/18102/18112/; s/18104/18114/; s/18105/18115/' api.yaml > api-1000.yaml
+cat >> api-1000.yaml <<CONF
+  - kind: AuthorizationPolicy
+    metadata: {name: web-get}
+    spec:
+      rules: [{from: [{services: [web]}], to: [{methods: [GET], paths: ["/*"]}]}]
+CONF
+policies_1000 >> api-1000.yaml
+sed -e 's/18100/18110/; s/18101/18111/; s/18103/18113/; s/18102/18112/' web.yaml > web-1000.yaml
+start "$MESH" proxy --config api-1000.yaml --log-level warning; A=$LAST
+start "$MESH" proxy --config web-1000.yaml --log-level warning; W=$LAST
+wait_port 18111; wait_port 18112
+measure swiftmesh-1000-policies 18111 api "$W" "$A"
 kill "$W" "$A"; wait "$W" "$A" 2>/dev/null || true
 
 echo "== haproxy"

@@ -52,10 +52,12 @@ final class LoopState {
     func setRegistry(_ snapshot: RegistrySnapshot, evaluator: PolicyEvaluator? = nil) {
         registry = snapshot
         if let evaluator {
-            self.evaluator = evaluator
+            // Only the policies that select this workload are kept: with a thousand policies
+            // in the mesh, a request here is checked against its own few.
             let mine = evaluator.policies.filter { policy in
                 selfService.map { policy.target.matches(service: $0, labels: selfLabels) } ?? true
             }
+            self.evaluator = PolicyEvaluator(policies: mine, defaultMode: evaluator.defaultMode)
             policiesNeedL7 = mine.contains { $0.needsL7 }
             policiesExpire = mine.contains { $0.expires != nil }
             policiesUseHeaders = mine.contains { $0.rules.contains { $0.to.contains { !$0.headers.isEmpty } } }
