@@ -58,6 +58,17 @@ final class PolicyToolingTests: XCTestCase {
             let after = try await mesh.cli(["test", assertions.path])
             XCTAssertEqual(after.status, 0, after.out + after.err)
 
+            // explain: the caller as evaluated, and the smallest change that flips a denial.
+            let explain = try await mesh.cli(["explain", "--from", "batch", "--to", "api", "--method", "GET", "--path", "/v1/users",
+                                              "--from-labels", "team=ops"])
+            XCTAssertEqual(explain.status, 0, explain.err)
+            XCTAssertTrue(explain.out.contains("caller: spiffe://mesh.local/ns/default/sa/batch  labels: team=ops"), explain.out)
+            XCTAssertTrue(explain.out.contains("DENIED (denied-no-matching-allow)"), explain.out)
+            XCTAssertTrue(explain.out.contains("to change it: allow it with: kind: AuthorizationPolicy"), explain.out)
+            XCTAssertTrue(explain.out.contains("services: [batch]") && explain.out.contains("paths: [\"/v1/users\"]"), explain.out)
+            let plaintext = try await mesh.cli(["explain", "--from", "unauthenticated", "--from-ip", "10.9.8.7", "--to", "api"])
+            XCTAssertTrue(plaintext.out.contains("ipBlocks: [10.9.8.7/32]"), plaintext.out)
+
             let broken = mesh.directory.appendingPathComponent("broken.test")
             try "web => api: allow\n".write(to: broken, atomically: true, encoding: .utf8)
             let parse = try await MeshProcess.runToEnd(["test", broken.path, "--policies", policyFile.path])

@@ -124,8 +124,11 @@ struct ExplainCommand: AsyncParsableCommand {
     @Option(help: "Destination service.")
     var to: String
 
-    @Option(help: "Caller address (for CIDR rules).")
+    @Option(name: [.customLong("from-ip"), .customLong("source-address")], help: "Caller address (for CIDR rules).")
     var sourceAddress: String?
+
+    @Option(help: "Hypothetical caller labels, KEY=VALUE,… (instead of the registry's).")
+    var fromLabels: String?
 
     @Option(help: "Destination port.")
     var port: Int?
@@ -158,10 +161,20 @@ struct ExplainCommand: AsyncParsableCommand {
         }
         let answer = try await adminOptions.client().send(.POST, AdminAPI.explainPath, json: AdminAPI.ExplainRequest(
             from: from, sourceAddress: sourceAddress, to: destination, port: port, method: method, path: normalizedPath,
-            headers: headerMap.isEmpty ? nil : headerMap)).decode(AdminAPI.ExplainResponse.self)
+            headers: headerMap.isEmpty ? nil : headerMap, fromLabels: try parsedLabels())).decode(AdminAPI.ExplainResponse.self)
+        let labels = (answer.callerLabels ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+        say("caller: \(answer.callerIdentity ?? "?")  labels: \(labels.isEmpty ? "-" : labels)")
         say("\(answer.allowed ? "ALLOWED" : "DENIED") (\(answer.code))\(answer.policy.map { " by policy \($0)" } ?? "")")
         for line in answer.explanation { say("  \(line)") }
         if !answer.wouldDeny.isEmpty { say("  audit: would be denied by \(answer.wouldDeny.joined(separator: ", "))") }
+        if let suggestion = answer.suggestion { say("to change it: \(suggestion)") }
+    }
+
+    private func parsedLabels() throws -> [String: String]? {
+        guard let fromLabels else { return nil }
+        do { return try Labels(parsing: fromLabels.split(separator: ",").map(String.init)).values } catch let error as MeshError {
+            throw ValidationError("--from-labels: \(error.message)")
+        }
     }
 }
 

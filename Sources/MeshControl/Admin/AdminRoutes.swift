@@ -99,13 +99,39 @@ struct AdminRoutes: Sendable {
             guard let service else { return [:] }
             return snapshot.endpoints(of: service).first?.labels.values ?? [:]
         }
+        let callerLabels = question.fromLabels ?? labels(of: callerService)
         let decision = evaluator.evaluate(RequestAttributes(
             destination: question.to, destinationLabels: labels(of: question.to), callerIdentity: identity,
-            callerService: callerService, callerLabels: labels(of: callerService), callerAddress: question.sourceAddress,
+            callerService: callerService, callerLabels: callerLabels, callerAddress: question.sourceAddress,
             port: question.port ?? 0, method: question.method?.uppercased(), path: question.path,
             headers: (question.headers ?? [:]).reduce(into: [:]) { $0[$1.key.lowercased(), default: []].append($1.value) }))
         return AdminAPI.ExplainResponse(allowed: decision.allowed, code: decision.code.rawValue, policy: decision.policy,
-                                        wouldDeny: decision.wouldDeny, explanation: decision.explanation)
+                                        wouldDeny: decision.wouldDeny, explanation: decision.explanation,
+                                        callerIdentity: identity ?? "unauthenticated", callerLabels: callerLabels,
+                                        suggestion: suggestion(for: decision, question: question, callerService: callerService))
+    }
+
+    /// The smallest change that flips the decision: narrow the deny that matched, or add the
+    /// one allow rule that covers exactly this call.
+    private func suggestion(for decision: Decision, question: AdminAPI.ExplainRequest, callerService: ServiceName?) -> String? {
+        switch decision.code {
+        case .deniedByPolicy:
+            return "remove or narrow the deny policy '\(decision.policy ?? "?")' (mesh get policies \(decision.policy ?? "") -o yaml)"
+        case .deniedNoMatchingAllow:
+            var from = callerService.map { "services: [\($0)]" } ?? (question.from == "unauthenticated"
+                ? "unauthenticated: true" + (question.sourceAddress.map { ", ipBlocks: [\($0)/32]" } ?? "")
+                : "identities: [\"\(question.from)\"]")
+            if from.isEmpty { from = "services: [\(question.from)]" }
+            var to: [String] = []
+            if let method = question.method { to.append("methods: [\(method.uppercased())]") }
+            if let path = question.path { to.append("paths: [\"\(path)\"]") }
+            let rule = to.isEmpty ? "{from: [{\(from)}]}" : "{from: [{\(from)}], to: [{\(to.joined(separator: ", "))}]}"
+            return "allow it with: kind: AuthorizationPolicy, metadata: {name: allow-\(callerService?.rawValue ?? "caller")-to-\(question.to)}, spec: {selector: {service: \(question.to)}, rules: [\(rule)]}"
+        case .allowedByPolicy:
+            return "to deny it, remove or narrow the allow policy '\(decision.policy ?? "?")', or add a deny rule (deny wins)"
+        case .allowedAuditDefault:
+            return "the mesh default is audit; with --default-policy deny this call needs an allow rule"
+        }
     }
 
     private func services() async throws -> [AdminAPI.ServiceListing] {

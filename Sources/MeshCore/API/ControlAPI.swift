@@ -107,8 +107,11 @@ public enum AdminAPI {
         public var method: String?
         public var path: String?
         public var headers: [String: String]?
+        /// Hypothetical caller labels (instead of those in the registry).
+        public var fromLabels: [String: String]?
         public init(from: String, sourceAddress: String? = nil, to: ServiceName, port: Int? = nil, method: String? = nil,
-                    path: String? = nil, headers: [String: String]? = nil) {
+                    path: String? = nil, headers: [String: String]? = nil, fromLabels: [String: String]? = nil) {
+            self.fromLabels = fromLabels
             self.from = from
             self.sourceAddress = sourceAddress
             self.to = to
@@ -125,7 +128,16 @@ public enum AdminAPI {
         public var policy: String?
         public var wouldDeny: [String]
         public var explanation: [String]
-        public init(allowed: Bool, code: String, policy: String?, wouldDeny: [String], explanation: [String]) {
+        /// The caller as evaluated.
+        public var callerIdentity: String?
+        public var callerLabels: [String: String]?
+        /// The smallest change that would flip the decision, in words or as a resource.
+        public var suggestion: String?
+        public init(allowed: Bool, code: String, policy: String?, wouldDeny: [String], explanation: [String],
+                    callerIdentity: String? = nil, callerLabels: [String: String]? = nil, suggestion: String? = nil) {
+            self.callerIdentity = callerIdentity
+            self.callerLabels = callerLabels
+            self.suggestion = suggestion
             self.allowed = allowed
             self.code = code
             self.policy = policy
