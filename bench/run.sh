@@ -106,38 +106,26 @@ CONF
 
 # HAProxy pair: plain in, mTLS 1.3 between them (client certificate checked against the CA),
 # keep-alive everywhere.
-cat > haproxy-out.cfg <<CONF
-global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  http-reuse always
+haproxy_common() {
+  printf '%s\n' "global" "  nbthread 1" "  maxconn 4000" "defaults" "  mode http" "  timeout connect 5s" \
+    "  timeout client 60s" "  timeout server 60s" "  http-reuse always"
+}
+{ haproxy_common; cat <<CONF
 frontend out
   bind 127.0.0.1:18201
   default_backend peer
 backend peer
   server api 127.0.0.1:18202 ssl crt $WORK/web-combined.pem ca-file $WORK/ca.pem verify required ssl-min-ver TLSv1.3
 CONF
-cat > haproxy-in.cfg <<CONF
-global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  http-reuse always
+} > haproxy-out.cfg
+{ haproxy_common; cat <<CONF
 frontend in
   bind 127.0.0.1:18202 ssl crt $WORK/api-combined.pem ca-file $WORK/ca.pem verify required ssl-min-ver TLSv1.3
   default_backend app
 backend app
   server app 127.0.0.1:$BACKEND
 CONF
+} > haproxy-in.cfg
 
 # nginx pair. nginx cannot check a URI SAN when it verifies its upstream (it matches host
 # names only), so the outbound side does not verify the server: less work than the others do.

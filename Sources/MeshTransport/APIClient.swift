@@ -11,14 +11,7 @@ import NIOSSL
 /// admin port. One connection per call: these calls are rare (join, renew, heartbeat), and a
 /// fresh handshake always uses the current SVID.
 public struct APIClient: Sendable {
-    public struct TLS: Sendable {
-        public var context: NIOSSLContext
-        public var verifier: SPIFFEPeerVerifier
-        public init(context: NIOSSLContext, verifier: SPIFFEPeerVerifier) {
-            self.context = context
-            self.verifier = verifier
-        }
-    }
+    public typealias TLS = MeshTLS.PeerSetup
 
     public let target: HostPort
     public let group: EventLoopGroup

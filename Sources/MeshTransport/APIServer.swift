@@ -15,14 +15,7 @@ public final class APIServer: Sendable {
 
     /// TLS material for one new connection; asked for each connection so that a rotated
     /// certificate applies to the next handshake.
-    public struct TLS: Sendable {
-        public var context: NIOSSLContext
-        public var verifier: SPIFFEPeerVerifier
-        public init(context: NIOSSLContext, verifier: SPIFFEPeerVerifier) {
-            self.context = context
-            self.verifier = verifier
-        }
-    }
+    public typealias TLS = MeshTLS.PeerSetup
 
     /// Limits that keep a hostile client from holding memory or connections.
     public struct Limits: Sendable {

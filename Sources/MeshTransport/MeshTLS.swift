@@ -38,6 +38,17 @@ public enum MeshTLS {
 
     public enum ClientCertificateMode: Sendable { case required, optional }
 
+    /// A TLS context with the verifier that checks the peer: what one side of an mTLS
+    /// connection needs.
+    public struct PeerSetup: Sendable {
+        public var context: NIOSSLContext
+        public var verifier: SPIFFEPeerVerifier
+        public init(context: NIOSSLContext, verifier: SPIFFEPeerVerifier) {
+            self.context = context
+            self.verifier = verifier
+        }
+    }
+
     private static func apply(bundle: TrustBundle, to config: inout TLSConfiguration) {
         config.minimumTLSVersion = .tlsv13
         config.maximumTLSVersion = .tlsv13

@@ -2,6 +2,7 @@ import MeshCore
 import MeshIdentity
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 
 /// What a listener decided to do with one request.
 enum RouteDecision {
@@ -40,6 +41,17 @@ struct DownstreamInfo {
 
 /// Decides per request. Runs on the event loop with that loop's state: it must not block.
 typealias Router = (HTTPRequestHead, inout DownstreamInfo, LoopState) -> RouteDecision
+
+extension ServerBootstrap {
+    /// The socket options every data-path listener uses: a deep accept backlog, address
+    /// reuse for quick restarts, and no Nagle delay on accepted connections.
+    static func dataPath(group: EventLoopGroup) -> ServerBootstrap {
+        ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+    }
+}
 
 /// Header hygiene shared by both directions.
 enum ProxyHeaders {

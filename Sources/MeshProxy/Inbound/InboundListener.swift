@@ -24,10 +24,7 @@ enum InboundListener {
             route(head, info: &info, state: state, appPort: app.port, mode: mode, logger: logger, app: app)
         }
         do {
-            return try await ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: 1024)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            return try await ServerBootstrap.dataPath(group: group)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let state = states.state(on: channel.eventLoop)

@@ -14,10 +14,7 @@ enum OutboundListener {
                      limits: ProxyLimits, logger: Logger) async throws -> Channel {
         let router: Router = { head, _, state in route(head, trustDomain: trustDomain, state: state) }
         do {
-            return try await ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: 1024)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            return try await ServerBootstrap.dataPath(group: group)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let sync = channel.pipeline.syncOperations
