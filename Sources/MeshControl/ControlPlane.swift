@@ -67,9 +67,10 @@ public struct ControlPlane: Sendable {
             verifier: SPIFFEPeerVerifier(bundle: bundle, usage: .clientAuth))
 
         let group = MultiThreadedEventLoopGroup.singleton
-        let proxyRoutes = ProxyAPIRoutes(ca: ca, tokens: tokens, registry: registry, svidLifetime: config.svidLifetime,
+        let denials = DenialLog()
+        let proxyRoutes = ProxyAPIRoutes(ca: ca, tokens: tokens, registry: registry, denials: denials, svidLifetime: config.svidLifetime,
                                          watchKeepalive: config.watchKeepalive, logger: logger)
-        let adminRoutes = AdminRoutes(adminToken: adminToken, tokens: tokens, registry: registry,
+        let adminRoutes = AdminRoutes(adminToken: adminToken, tokens: tokens, registry: registry, denials: denials,
                                       trustDomain: ca.trustDomain, logger: logger)
         if !config.admin.isLoopback {
             logger.warning("the admin API listens beyond loopback; every call still needs the admin token",

@@ -25,6 +25,18 @@ final class PolicyTests: XCTestCase {
             XCTAssertTrue(denied.text.contains("access denied by policy (request id"), denied.text)
             XCTAssertTrue(app.requests.isEmpty)
             try await waitUntil { api.process.log.contains("request denied by policy") }
+            // The 403 carries only an id; `mesh explain --request-id` finds the whole story.
+            let requestID = try XCTUnwrap(denied.text.split(separator: " ").last?.replacingOccurrences(of: ")\n", with: ""))
+            let past = try await eventually(timeout: .seconds(5), interval: .milliseconds(100)) { () -> String in
+                let result = try await mesh.cli(["explain", "--request-id", requestID])
+                guard result.status == 0 else { throw TestFailure(result.err) }
+                return result.out
+            }
+            XCTAssertTrue(past.contains("spiffe://mesh.local/ns/default/sa/web") && past.contains("-> api GET /orders/1"), past)
+            XCTAssertTrue(past.contains("DENIED (denied-no-matching-allow)"), past)
+            let unknownID = try await mesh.cli(["explain", "--request-id", "0000000000000000"])
+            XCTAssertNotEqual(unknownID.status, 0)
+            XCTAssertTrue(unknownID.err.contains("no denial with request id"), unknownID.err)
             XCTAssertTrue(api.process.log.contains("code=denied-no-matching-allow"), api.process.log.suffix(2000).description)
 
             // Allow GETs under /orders from web (by identity and caller labels).

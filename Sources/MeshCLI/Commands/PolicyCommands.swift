@@ -119,10 +119,13 @@ struct ExplainCommand: AsyncParsableCommand {
         commandName: "explain", abstract: "Say whether a call would be allowed, which policy decides, and why.")
 
     @Option(help: "Caller: a service name, a SPIFFE ID, or 'unauthenticated'.")
-    var from: String
+    var from: String?
 
     @Option(help: "Destination service.")
-    var to: String
+    var to: String?
+
+    @Option(help: "Explain a past denial by the x-mesh-request-id its 403 carried.")
+    var requestId: String?
 
     @Option(name: [.customLong("from-ip"), .customLong("source-address")], help: "Caller address (for CIDR rules).")
     var sourceAddress: String?
@@ -144,7 +147,21 @@ struct ExplainCommand: AsyncParsableCommand {
 
     @OptionGroup var adminOptions: AdminOptions
 
+    func validate() throws {
+        if requestId == nil && (from == nil || to == nil) {
+            throw ValidationError("give --from and --to (a hypothetical call), or --request-id (a past denial)")
+        }
+    }
+
     func run() async throws {
+        if let requestId {
+            let record = try await adminOptions.client().get(ControlAPI.decisionsPath + "/" + requestId).decode(DenialRecord.self)
+            say("request \(record.requestID) at \(record.at): \(record.caller)\(record.callerAddress.map { " (\($0))" } ?? "") -> \(record.destination) \(record.method) \(record.path)")
+            say("DENIED (\(record.code))\(record.policy.map { " by policy \($0)" } ?? "")")
+            for line in record.explanation { say("  \(line)") }
+            return
+        }
+        guard let from, let to else { return }
         let destination: ServiceName
         do { destination = try ServiceName(to) } catch let error as MeshError { throw ValidationError("--to: \(error.message)") }
         var headerMap: [String: String] = [:]

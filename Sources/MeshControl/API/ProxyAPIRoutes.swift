@@ -13,6 +13,7 @@ struct ProxyAPIRoutes: Sendable {
     let ca: CertificateAuthority
     let tokens: JoinTokens
     let registry: Registry
+    let denials: DenialLog
     let svidLifetime: TimeInterval
     let watchKeepalive: Duration
     let logger: Logger
@@ -26,6 +27,7 @@ struct ProxyAPIRoutes: Sendable {
             case (.POST, ControlAPI.heartbeatPath): return try await heartbeat(request)
             case (.POST, ControlAPI.deregisterPath): return try await deregister(request)
             case (.GET, ControlAPI.watchPath): return try await watch(request)
+            case (.POST, ControlAPI.decisionsPath): return try await reportDenials(request)
             default:
                 throw MeshError(.notFound, "no such endpoint: \(request.method) \(request.path)")
             }
@@ -91,6 +93,18 @@ struct ProxyAPIRoutes: Sendable {
         let (_, service) = try caller(request)
         let body = try request.decode(ControlAPI.HeartbeatRequest.self)
         try await registry.deregister(id: body.instanceID, service: service)
+        return .json(["ok": true])
+    }
+
+    /// Denials a proxy refused; a proxy may only report about its own service.
+    private func reportDenials(_ request: APIRequest) async throws -> APIResponse {
+        let (_, service) = try caller(request)
+        let batch = try request.decode([DenialRecord].self)
+        guard batch.count <= 1000 else { throw MeshError(.invalidRequest, "report at most 1000 denials at once") }
+        guard batch.allSatisfy({ $0.destination == service }) else {
+            throw MeshError(.forbidden, "a proxy of \(service) may only report denials of requests to \(service)")
+        }
+        await denials.add(batch)
         return .json(["ok": true])
     }
 

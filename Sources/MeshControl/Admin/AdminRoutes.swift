@@ -13,6 +13,7 @@ struct AdminRoutes: Sendable {
     let adminToken: String
     let tokens: JoinTokens
     let registry: Registry
+    let denials: DenialLog
     let trustDomain: String
     let logger: Logger
 
@@ -45,6 +46,12 @@ struct AdminRoutes: Sendable {
             case (.GET, AdminAPI.historyPath):
                 let limit = request.query["limit"].flatMap(Int.init) ?? 50
                 return .json(try await registry.history(limit: limit))
+            case (.GET, let path) where path.hasPrefix(ControlAPI.decisionsPath + "/"):
+                let id = String(path.dropFirst(ControlAPI.decisionsPath.count + 1))
+                guard let record = await denials.find(id) else {
+                    throw MeshError(.notFound, "no denial with request id '\(id)' is known (the control plane keeps the last 10,000; static-mode proxies only log them)")
+                }
+                return .json(record)
             case (.POST, AdminAPI.explainPath):
                 return .json(try await explain(request.decode(AdminAPI.ExplainRequest.self)))
             default:

@@ -9,6 +9,8 @@ public enum ControlAPI {
     public static let registerPath = "/v1/register"
     public static let heartbeatPath = "/v1/heartbeat"
     public static let deregisterPath = "/v1/deregister"
+    /// `POST` a list of ``DenialRecord``s about the caller's own service.
+    public static let decisionsPath = "/v1/decisions"
     /// `GET /v1/watch?since=VERSION`: a chunked stream of ``RegistryEvent`` JSON lines.
     public static let watchPath = "/v1/watch"
 

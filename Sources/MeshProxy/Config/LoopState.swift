@@ -26,6 +26,8 @@ final class LoopState {
     /// Whether a policy for this workload expires; then no decision is cached, so that
     /// time-bound access lapses by itself on open connections too.
     private(set) var policiesExpire = false
+    /// Where denials go to be reported to the control plane (bounded; newest kept).
+    var denialSink: DenialBuffer?
     /// This workload: the destination of every inbound request.
     var selfService: ServiceName?
     var selfLabels: [String: String] = [:]

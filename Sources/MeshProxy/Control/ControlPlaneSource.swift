@@ -52,7 +52,10 @@ struct ControlPlaneSource: SidecarSource {
         let identity = self.identity
         let registration = self.registration.value
         let logger = self.logger
+        let denials = DenialBuffer()
+        await states.update { $0.denialSink = denials }
         await withTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { await DenialReporter(identity: identity, buffer: denials, logger: logger).run() }
             tasks.addTask { await identity.renewalLoop() }
             if let registration { tasks.addTask { await registration.heartbeatLoop() } }
             tasks.addTask {

@@ -1,3 +1,4 @@
+import struct Foundation.Date
 import Logging
 import MeshCore
 import MeshIdentity
@@ -176,6 +177,10 @@ extension InboundListener {
             "request_id": "\(requestID)", "code": "\(decision.code.rawValue)", "policy": "\(decision.policy ?? "-")",
             "caller": "\(info.peerHeaderValue ?? "unauthenticated")", "method": "\(head.method.rawValue)", "path": "\(path)",
             "explanation": "\(decision.explanation.joined(separator: " | "))"])
+        state.denialSink?.add(DenialRecord(
+            requestID: requestID, at: Date(), destination: service, caller: info.peerHeaderValue ?? "unauthenticated",
+            callerAddress: info.remoteAddress?.ipAddress, method: head.method.rawValue, path: path, code: decision.code.rawValue,
+            policy: decision.policy, explanation: decision.explanation))
         return .deny(code: decision.code.rawValue, requestID: requestID)
     }
 
