@@ -110,6 +110,8 @@ public struct PathMatch: Sendable, Equatable, CustomStringConvertible {
     public init(_ pattern: String) { self.pattern = pattern }
 
     public func matches(_ path: String) -> Bool {
+        // `/admin` and `/admin/` are one resource to most frameworks: match both.
+        let path = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
         if pattern.hasSuffix("/*") && !pattern.dropLast(2).contains("*") {
             let prefix = pattern.dropLast()  // keeps the slash: `/api/`
             return path.hasPrefix(prefix) || path == String(prefix.dropLast())

@@ -14,8 +14,8 @@ public struct CIDR: Sendable, Equatable, CustomStringConvertible {
 
     /// - Throws: ``MeshError`` `invalid-request` for anything that is not ADDRESS/PREFIX.
     public init(parsing text: String) throws {
-        let parts = text.split(separator: "/", maxSplits: 1)
-        guard let address = CIDR.bytes(of: String(parts[0])) else {
+        let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+        guard let first = parts.first, !first.isEmpty, let address = CIDR.bytes(of: String(first)) else {
             throw MeshError(.invalidRequest, "'\(text)' is not a CIDR block: the address does not parse")
         }
         let maxPrefix = address.count * 8
@@ -40,7 +40,11 @@ public struct CIDR: Sendable, Equatable, CustomStringConvertible {
         }
         var v6 = in6_addr()
         if inet_pton(AF_INET6, text, &v6) == 1 {
-            return withUnsafeBytes(of: &v6) { Array($0) }
+            let bytes = withUnsafeBytes(of: &v6) { Array($0) }
+            // An IPv4-mapped address (::ffff:a.b.c.d, as a dual-stack socket reports IPv4
+            // callers) is that IPv4 address.
+            if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xFF && bytes[11] == 0xFF { return Array(bytes[12...]) }
+            return bytes
         }
         return nil
     }

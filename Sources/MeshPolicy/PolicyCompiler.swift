@@ -43,9 +43,13 @@ public enum PolicyCompiler {
                 let at = "spec.rules[\(r)].from[\(s)]"
                 var compiled = AuthorizationPolicy.Source()
                 for identity in source.identities ?? [] {
-                    let exact = identity.hasSuffix("*") ? String(identity.dropLast()) : identity
-                    guard exact.hasPrefix("spiffe://"), !exact.contains("*") else {
-                        throw fail("\(at).identities", "entry '\(identity)' must be a spiffe:// ID, optionally ending in *")
+                    // A prefix must end at a segment boundary: `…/sa/*`, never `…/sa/web*`
+                    // (which would also match `web-admin`).
+                    let exact = identity.hasSuffix("/*") ? String(identity.dropLast(2)) : identity
+                    let domain = exact.dropFirst("spiffe://".count).prefix { $0 != "/" }
+                    guard exact.hasPrefix("spiffe://"), !exact.contains("*"), !domain.isEmpty,
+                          domain.allSatisfy({ ("a"..."z").contains($0) || ("0"..."9").contains($0) || "-._".contains($0) }) else {
+                        throw fail("\(at).identities", "entry '\(identity)' must be a spiffe:// ID (lowercase trust domain), or one ending in '/*'")
                     }
                     compiled.identities.append(IdentityMatch(identity))
                 }
@@ -75,6 +79,9 @@ public enum PolicyCompiler {
                 var paths: [PathMatch] = []
                 for path in operation.paths ?? [] {
                     guard path.hasPrefix("/") else { throw fail("\(at).paths", "entry '\(path)' must start with '/'") }
+                    guard path.split(separator: "/").allSatisfy({ !$0.contains("*") || $0 == "*" }) else {
+                        throw fail("\(at).paths", "entry '\(path)': '*' must be a whole segment (/api/* or /users/*/orders)")
+                    }
                     // Patterns are compared with normalized paths, so they must be normal too.
                     guard case .success(let normal) = PathNormalizer.normalize(path.replacingStars()), normal.path == path.replacingStars() else {
                         throw fail("\(at).paths", "entry '\(path)' is not a normalized path (no '..', '//', encoded '/')")

@@ -160,8 +160,11 @@ public struct PolicyEvaluator: Sendable {
                 return "service \(request.callerService?.rawValue ?? "none") is not \(source.services.map(\.rawValue).joined(separator: " or "))"
             }
         }
-        if let labels = source.labels, !labels.matches(request.callerLabels) {
-            return "labels do not match '\(labels)'"
+        if let labels = source.labels {
+            // Labels belong to mesh workloads: an anonymous caller has none to match, not
+            // even a negative expression such as `tier!=debug`.
+            guard request.callerService != nil else { return "has no labels (not a mesh workload)" }
+            if !labels.matches(request.callerLabels) { return "labels do not match '\(labels)'" }
         }
         if !source.ipBlocks.isEmpty {
             guard let address = request.callerAddress, source.ipBlocks.contains(where: { $0.contains(address) }) else {

@@ -59,4 +59,37 @@ final class HostileHTTPTests: XCTestCase {
         }
         await mesh.shutdown()
     }
+
+    func testAmbiguousBodyFramingCannotSmuggleASecondRequest() async throws {
+        let mesh = try await TestMesh.start()
+        let app = try await TestApp.start("api")
+        do {
+            _ = try await mesh.proxy("api", app: app.address)
+            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
+            _ = try await eventually { try await callThroughMesh(web.outbound, service: "api") }
+            let before = app.requests.count
+            let smuggled = "GET /smuggled HTTP/1.1\r\nHost: api\r\n\r\n"
+            let chunk = String(smuggled.utf8.count, radix: 16)
+            // A GET whose de-chunked body is itself a request, with an odd-case coding.
+            let oddCase = "GET /first HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n"
+                + "\(chunk)\r\n\(smuggled)\r\n0\r\n\r\n"
+            let answer = try await RawSocket.send(Array(oddCase.utf8), to: web.outbound)
+            XCTAssertTrue(answer.hasPrefix("HTTP/1.1 200"), answer)
+            // Codings other than plain chunked, TRACE with a body, conflicting lengths: 400.
+            for request in [
+                "POST /x HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n\(chunk)\r\n\(smuggled)\r\n0\r\n\r\n",
+                "TRACE /x HTTP/1.1\r\nHost: api\r\nContent-Length: \(smuggled.utf8.count)\r\nConnection: close\r\n\r\n\(smuggled)",
+            ] {
+                let refused = try await RawSocket.send(Array(request.utf8), to: web.outbound)
+                XCTAssertTrue(refused.hasPrefix("HTTP/1.1 400"), refused)
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            let paths = app.requests.dropFirst(before).map(\.path)
+            XCTAssertEqual(paths, ["/first"], "the app saw \(paths)")
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        await app.stop()
+        await mesh.shutdown()
+    }
 }

@@ -122,3 +122,53 @@ final class PolicyEvaluatorTests: XCTestCase {
         }
     }
 }
+
+/// Findings of the security review, kept as regressions.
+final class PolicyHardeningTests: XCTestCase {
+    let api = try! ServiceName("api")  // test fixture constant
+
+    func testTrailingSlashDoesNotEscapeExactOrGlobRules() {
+        let deny = AuthorizationPolicy(name: "no-admin", target: .all, action: .deny, rules: [
+            .init(to: [.init(paths: [PathMatch("/admin"), PathMatch("/users/*/orders")])]),
+        ])
+        let evaluator = PolicyEvaluator(policies: [deny, AuthorizationPolicy(name: "all", target: .all, rules: [.init()])])
+        for path in ["/admin", "/admin/", "/users/1/orders", "/users/1/orders/"] {
+            let decision = evaluator.evaluate(RequestAttributes(destination: api, callerIdentity: "spiffe://mesh.local/ns/default/sa/web",
+                                                                port: 80, method: "GET", path: path))
+            XCTAssertFalse(decision.allowed, path)
+        }
+    }
+
+    func testIdentityPrefixesEndAtASegmentBoundary() throws {
+        func compile(_ identity: String) throws -> AuthorizationPolicy {
+            try PolicyCompiler.compile(PolicyDocument(name: "p", spec: .init(rules: [.init(from: [.init(identities: [identity])])])))
+        }
+        XCTAssertThrowsError(try compile("spiffe://mesh.local/ns/default/sa/web*"))
+        XCTAssertThrowsError(try compile("spiffe://Mesh.Local/ns/default/sa/web"))
+        XCTAssertThrowsError(try compile("spiffe://mesh.local/ns/*/sa/web"))
+        let prefix = try compile("spiffe://mesh.local/ns/default/sa/*")
+        let source = try XCTUnwrap(prefix.rules.first?.from.first?.identities.first)
+        XCTAssertTrue(source.matches("spiffe://mesh.local/ns/default/sa/web-admin"))
+        XCTAssertFalse(source.matches("spiffe://mesh.local/ns/defaultx/sa/web"))
+        XCTAssertThrowsError(try PolicyCompiler.compile(PolicyDocument(name: "p", spec: .init(rules: [.init(to: [.init(paths: ["/admin*"])])]))))
+    }
+
+    func testNegativeLabelExpressionsDoNotAdmitAnonymousCallers() throws {
+        let policy = AuthorizationPolicy(name: "no-debug", target: .all, rules: [
+            .init(from: [.init(labels: try LabelSelector(parsing: "tier!=debug"))]),
+        ])
+        let evaluator = PolicyEvaluator(policies: [policy])
+        XCTAssertFalse(evaluator.evaluate(RequestAttributes(destination: api, callerIdentity: nil, callerAddress: "10.0.0.1", port: 80)).allowed)
+        XCTAssertTrue(evaluator.evaluate(RequestAttributes(destination: api, callerIdentity: "spiffe://mesh.local/ns/default/sa/web",
+                                                           callerService: try ServiceName("web"), port: 80)).allowed)
+    }
+
+    func testCIDRsRejectEmptyInputAndUnderstandIPv4MappedAddresses() throws {
+        for bad in ["", "/", "/8", "10.0.0.0/", "10.0.0.0/x"] {
+            XCTAssertThrowsError(try CIDR(parsing: bad), bad)
+        }
+        let block = try CIDR(parsing: "10.1.0.0/16")
+        XCTAssertTrue(block.contains("::ffff:10.1.2.3"))
+        XCTAssertFalse(block.contains("::ffff:10.2.0.1"))
+    }
+}

@@ -73,6 +73,14 @@ struct ProxyAPIRoutes: Sendable {
         guard (1...65535).contains(body.inboundPort) else {
             throw MeshError(.invalidRequest, "inboundPort must be 1 to 65535")
         }
+        guard body.labels.values.count <= 32,
+              body.labels.values.allSatisfy({ $0.key.utf8.count <= 63 && $0.value.utf8.count <= 63 }) else {
+            throw MeshError(.invalidRequest, "at most 32 labels of at most 63 characters each")
+        }
+        let existing = await registry.current.endpoints(of: service)
+        if existing.count >= 1000 && !existing.contains(where: { $0.id == body.instanceID }) {
+            throw MeshError(.forbidden, "service \(service) already has 1000 instances registered")
+        }
         let address = body.address.isEmpty || body.address == "0.0.0.0" || body.address == "::"
             ? (request.remoteAddress ?? "127.0.0.1") : body.address
         let instance = ServiceInstance(id: body.instanceID, service: service, address: address,

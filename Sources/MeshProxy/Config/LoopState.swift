@@ -51,8 +51,13 @@ final class LoopState {
 
     /// Installs a new registry and rebuilds the routes. Needs the trust bundle (set when the
     /// SVID is installed, which always happens first) for the peers' trust domain.
+    /// Goes up on every update, whatever the control plane's version numbers do; cached
+    /// per-connection decisions are keyed on it.
+    private(set) var generation: UInt64 = 0
+
     func setRegistry(_ snapshot: RegistrySnapshot, evaluator: PolicyEvaluator? = nil) {
         registry = snapshot
+        generation &+= 1
         if let evaluator {
             // Only the policies that select this workload are kept: with a thousand policies
             // in the mesh, a request here is checked against its own few.

@@ -135,6 +135,13 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             respondLocally(.init(statusCode: 431), code: "headers-too-large", message: problem, context: context)
             return
         }
+        var head = head
+        if let problem = ProxyHeaders.sanitizeFraming(&head) {
+            // Ambiguous framing is how a second request gets smuggled past the checks.
+            keepAlive = false
+            respondLocally(.badRequest, code: "bad-framing", message: problem, context: context)
+            return
+        }
         switch router(head, &info, loopState) {
         case .deny(let code, let requestID):
             respondDenied(code: code, requestID: requestID, context: context)

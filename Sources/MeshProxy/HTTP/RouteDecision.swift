@@ -1,3 +1,4 @@
+import Foundation
 import MeshCore
 import MeshIdentity
 import NIOCore
@@ -78,6 +79,51 @@ enum ProxyHeaders {
         for name in ["connection", "keep-alive", "proxy-connection", "upgrade", "proxy-authenticate"] {
             headers.remove(name: name)
         }
+    }
+
+    /// Makes the body framing of a request to forward unambiguous, or says why it cannot be.
+    ///
+    /// The decoder has already read the body by its own rules; the encoder on the upstream
+    /// side must frame the same bytes the same way, or the upstream could read part of the
+    /// body as a second, unchecked request (smuggling). So: `Transfer-Encoding` must be
+    /// exactly `chunked` (once) and wins over `Content-Length`, which is then dropped; TRACE
+    /// carries no body; and every request goes upstream as HTTP/1.1.
+    static func sanitizeFraming(_ head: inout HTTPRequestHead) -> String? {
+        let encodings = head.headers["transfer-encoding"]
+        if !encodings.isEmpty {
+            guard encodings.count == 1, encodings[0].trimmingCharacters(in: .whitespaces).lowercased() == "chunked" else {
+                return "Transfer-Encoding must be exactly 'chunked'"
+            }
+            head.headers.remove(name: "transfer-encoding")
+            head.headers.remove(name: "content-length")
+            head.headers.add(name: "transfer-encoding", value: "chunked")
+        } else {
+            let lengths = head.headers["content-length"]
+            if lengths.count > 1 && Set(lengths).count > 1 { return "conflicting Content-Length headers" }
+            if lengths.count > 1 {
+                head.headers.remove(name: "content-length")
+                head.headers.add(name: "content-length", value: lengths[0])
+            }
+        }
+        if head.method == .TRACE && (!encodings.isEmpty || (head.headers.first(name: "content-length").flatMap(Int.init) ?? 0) > 0) {
+            return "a TRACE request must not carry a body"
+        }
+        head.headers.remove(name: "te")
+        head.version = .http1_1
+        return nil
+    }
+
+    /// Whether a header name is the identity header in any spelling an app might fold it to
+    /// (`X-Mesh-Peer-Identity`, `x_mesh_peer_identity`, …).
+    static func isPeerIdentityHeader(_ name: String) -> Bool {
+        name.utf8.count == peerIdentity.utf8.count
+            && name.lowercased().replacingOccurrences(of: "_", with: "-") == peerIdentity
+    }
+
+    /// Removes every spelling of the identity header.
+    static func removePeerIdentity(_ headers: inout HTTPHeaders) {
+        let names = headers.filter { isPeerIdentityHeader($0.name) }.map(\.name)
+        for name in Set(names) { headers.remove(name: name) }
     }
 
     /// Checks the DESIGN.md §6 header limits; nil when within them.

@@ -128,14 +128,15 @@ extension InboundListener {
             head.uri = normalized.target
             path = normalized.path
         }
+        ProxyHeaders.stripHopByHop(&head.headers)
+        // Whatever the caller claimed, the app hears only what TLS proved (nothing for a
+        // plaintext caller in permissive mode). Done before authorization, so that a rule
+        // on headers sees what the app will see.
+        ProxyHeaders.removePeerIdentity(&head.headers)
+        if let peer { head.headers.add(name: ProxyHeaders.peerIdentity, value: peer) }
         if let decision = authorize(head, path: path, info: &info, state: state, appPort: appPort, logger: logger) {
             return decision
         }
-        ProxyHeaders.stripHopByHop(&head.headers)
-        // Whatever the caller claimed, the app hears only what TLS proved (nothing for a
-        // plaintext caller in permissive mode).
-        if head.headers.contains(name: ProxyHeaders.peerIdentity) { head.headers.remove(name: ProxyHeaders.peerIdentity) }
-        if let peer { head.headers.add(name: ProxyHeaders.peerIdentity, value: peer) }
         return .forward(candidates: [UpstreamKey(address: app, peerIdentity: nil)], head: head)
     }
 
@@ -147,7 +148,7 @@ extension InboundListener {
             // No identity of our own yet: never widen access.
             return .deny(code: "not-ready", requestID: makeRequestID())
         }
-        let version = state.registry.version
+        let version = state.generation
         let cacheable = !state.policiesNeedL7 && !state.policiesExpire
         if cacheable, let cached = info.l4Decision, cached.version == version {
             return cached.allowed ? nil : .deny(code: cached.code, requestID: makeRequestID())
@@ -184,13 +185,13 @@ extension InboundListener {
         return .deny(code: decision.code.rawValue, requestID: requestID)
     }
 
-    /// The labels of the calling instance: the registry entry of its service at its address,
-    /// else those of any instance of that service.
+    /// The labels of the calling instance: the registry entry of its service at its address.
+    /// No guessing: when no instance of that service is registered at that address, the
+    /// caller has no labels.
     private static func callerLabels(_ info: DownstreamInfo, _ state: LoopState) -> [String: String] {
-        guard let service = info.peer?.service else { return [:] }
-        let candidates = state.registry.endpoints(of: service)
-        let address = info.remoteAddress?.ipAddress
-        return (candidates.first { $0.address == address } ?? candidates.first)?.labels.values ?? [:]
+        guard let service = info.peer?.service, let address = info.remoteAddress?.ipAddress else { return [:] }
+        let plain = address.hasPrefix("::ffff:") ? String(address.dropFirst(7)) : address
+        return state.registry.endpoints(of: service).first { $0.address == plain || $0.address == address }?.labels.values ?? [:]
     }
 
     private static func makeRequestID() -> String {

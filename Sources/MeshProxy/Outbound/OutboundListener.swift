@@ -66,7 +66,7 @@ enum OutboundListener {
         for offset in 0..<min(3, keys.count) { candidates.append(keys[(start + offset) % keys.count]) }
         var head = head
         ProxyHeaders.stripHopByHop(&head.headers)
-        if head.headers.contains(name: ProxyHeaders.peerIdentity) { head.headers.remove(name: ProxyHeaders.peerIdentity) }
+        ProxyHeaders.removePeerIdentity(&head.headers)
         return .forward(candidates: candidates, head: head)
     }
 
