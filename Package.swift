@@ -30,6 +30,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // Layer 0: pure vocabulary, no NIO.
@@ -51,8 +52,11 @@ let package = Package(
             .product(name: "X509", package: "swift-certificates"),
             .product(name: "SwiftASN1", package: "swift-asn1"),
         ]),
+        // Metrics exposition (swift-prometheus); tracing and access logs join it later.
+        .target(name: "MeshTelemetry", dependencies: [.product(name: "Prometheus", package: "swift-prometheus")]),
         // Layer 2: data plane and control plane.
-        .target(name: "MeshProxy", dependencies: ["MeshCore", "MeshIdentity", "MeshPolicy", "MeshTransport", log] + nio + tls + [
+        .target(name: "MeshProxy", dependencies: ["MeshCore", "MeshIdentity", "MeshPolicy", "MeshTelemetry", "MeshTransport", log] + nio + tls + [
+            .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "X509", package: "swift-certificates"),
         ]),
         .target(name: "MeshControl", dependencies: ["MeshCore", "MeshIdentity", "MeshPolicy", "MeshStore", "MeshTransport", log] + nio + tls + [

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MeshCore
 import MeshIdentity
+import MeshTelemetry
 import MeshTransport
 import NIOCore
 import NIOPosix
@@ -103,9 +104,11 @@ public struct Sidecar: Sendable {
         }
         let selfService = config.service
         let selfLabels = config.labels.values
+        let metrics = ProxyMetrics()
         await states.update { state in
             state.selfService = selfService
             state.selfLabels = selfLabels
+            state.metrics = metrics
         }
         let source: any SidecarSource
         switch config.source {
@@ -135,7 +138,7 @@ public struct Sidecar: Sendable {
         let inboundPort = inbound.localAddress?.port ?? config.inbound.port
         try await source.start(inboundPort: inboundPort)
         let admin = try await APIServer.bind(config.admin, group: group, logger: logger) { request in
-            AdminEndpoints.handle(request, readiness: readiness)
+            AdminEndpoints.handle(request, readiness: readiness, metrics: metrics)
         }
         let addresses = Addresses(inbound: HostPort(host: config.inbound.host, port: inboundPort),
                                   outbound: HostPort(host: config.outbound.host, port: outbound.localAddress?.port ?? config.outbound.port),

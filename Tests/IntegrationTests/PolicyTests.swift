@@ -124,6 +124,16 @@ final class PolicyTests: XCTestCase {
                 guard response.status.code == 403 else { throw TestFailure("still \(response.status.code)") }
                 return response
             }
+            // Every decision is counted by policy, action and code on the proxy's /metrics.
+            let metrics = try await plainGet(api.admin, "/metrics").text
+            for series in [#"mesh_policy_decisions_total{policy="none",action="deny",code="denied-no-matching-allow"}"#,
+                           #"mesh_policy_decisions_total{policy="web-reads-orders",action="allow",code="allowed-by-policy"}"#,
+                           #"mesh_policy_decisions_total{policy="no-admin",action="deny",code="denied-by-policy"}"#,
+                           #"mesh_policy_decisions_total{policy="no-admin",action="audit-deny",code="would-deny"}"#,
+                           #"mesh_requests_total{direction="inbound",status_class="4xx"}"#,
+                           #"mesh_requests_total{direction="inbound",status_class="2xx"}"#] {
+                XCTAssertTrue(metrics.contains(series), "\(series) missing in:\n\(metrics)")
+            }
             let history = try await mesh.cli(["history"])
             for line in ["created  authorizationpolicy/web-reads-orders", "updated  authorizationpolicy/no-admin",
                          "deleted  authorizationpolicy/web-reads-orders"] {

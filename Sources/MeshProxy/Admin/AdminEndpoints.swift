@@ -1,5 +1,7 @@
 import Foundation
+import MeshTelemetry
 import MeshTransport
+import NIOCore
 import NIOConcurrencyHelpers
 
 /// What `/ready` reports: ready only with an SVID and a first registry snapshot, and not
@@ -24,8 +26,11 @@ final class Readiness: Sendable {
 
 /// The proxy's admin port: `/live` and `/ready` (more — metrics — comes with observability).
 enum AdminEndpoints {
-    static func handle(_ request: APIRequest, readiness: Readiness) -> APIResponse {
+    static func handle(_ request: APIRequest, readiness: Readiness, metrics: ProxyMetrics) -> APIResponse {
         switch request.path {
+        case "/metrics":
+            return APIResponse(status: .ok, headers: ["content-type": "text/plain; version=0.0.4; charset=utf-8"],
+                               body: .bytes(ByteBuffer(bytes: metrics.exposition())))
         case "/live":
             return .text("live\n")
         case "/ready":
@@ -40,7 +45,7 @@ enum AdminEndpoints {
             if !readiness.hasConfig { return .text("not ready: no registry from the control plane yet\n", status: .serviceUnavailable) }
             return .text("ready\n")
         default:
-            return .text("not found: try /ready or /live\n", status: .notFound)
+            return .text("not found: try /ready, /live or /metrics\n", status: .notFound)
         }
     }
 }

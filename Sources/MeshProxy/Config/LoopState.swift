@@ -3,6 +3,8 @@ import MeshIdentity
 import NIOCore
 import NIOSSL
 import MeshPolicy
+import MeshTelemetry
+import Prometheus
 
 /// Everything the data path reads per request, confined to one event loop.
 ///
@@ -26,6 +28,30 @@ final class LoopState {
     /// Whether a policy for this workload expires; then no decision is cached, so that
     /// time-bound access lapses by itself on open connections too.
     private(set) var policiesExpire = false
+    /// The proxy's metrics; counters are cached per loop so that counting is one atomic add.
+    var metrics: ProxyMetrics?
+    private var decisionCounters: [String: Counter] = [:]
+    private var requestCounters: [String: Counter] = [:]
+
+    func countDecision(policy: String?, action: String, code: String) {
+        guard let metrics else { return }
+        let key = "\(policy ?? "")|\(action)|\(code)"
+        if let counter = decisionCounters[key] { counter.increment(); return }
+        let counter = metrics.decisionCounter(policy: policy, action: action, code: code)
+        decisionCounters[key] = counter
+        counter.increment()
+    }
+
+    func countRequest(direction: String, status: Int) {
+        guard let metrics else { return }
+        let statusClass = "\(status / 100)xx"
+        let key = direction + statusClass
+        if let counter = requestCounters[key] { counter.increment(); return }
+        let counter = metrics.requestCounter(direction: direction, statusClass: statusClass)
+        requestCounters[key] = counter
+        counter.increment()
+    }
+
     /// Where denials go to be reported to the control plane (bounded; newest kept).
     var denialSink: DenialBuffer?
     /// This workload: the destination of every inbound request.

@@ -219,6 +219,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             state = .forwarding(upstream, requestEnded: requestEnded, responseStarted: true)
             replay = nil
             upstream.handler.keepAlive = upstreamKeepAlive
+            loopState?.countRequest(direction: role, status: Int(head.status.code))
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: head.status, headers: head.headers))),
                           promise: nil)
         case .part(.body(let chunk)):
@@ -292,6 +293,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     }
 
     private func respondDenied(code: String, requestID: String, context: ChannelHandlerContext) {
+        loopState?.countRequest(direction: role, status: 403)
         state = .discarding
         let body = ByteBuffer(string: "swiftmesh \(role): access denied by policy (request id \(requestID))\n")
         var headers: HTTPHeaders = ["content-type": "text/plain; charset=utf-8", "content-length": "\(body.readableBytes)",
@@ -311,6 +313,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     }
 
     private func writeLocalResponse(_ status: HTTPResponseStatus, code: String, message: String, context: ChannelHandlerContext) {
+        loopState?.countRequest(direction: role, status: Int(status.code))
         let body = ByteBuffer(string: "swiftmesh \(role): \(message)\n")
         var headers: HTTPHeaders = ["content-type": "text/plain; charset=utf-8",
                                     "content-length": "\(body.readableBytes)", ProxyHeaders.error: code]

@@ -31,7 +31,7 @@ struct DownstreamInfo {
     var callerLabels: [String: String] = [:]
     var callerLabelsVersion: UInt64?
     /// A connection-level (L4) decision, reused while the registry/policy version holds.
-    var l4Decision: (version: UInt64, allowed: Bool, code: String)?
+    var l4Decision: (version: UInt64, allowed: Bool, code: String, policy: String?)?
 
     init(peer: SPIFFEID? = nil, remoteAddress: SocketAddress? = nil) {
         self.peer = peer
