@@ -13,12 +13,14 @@ public final class ProxyMetrics: Sendable {
     /// the registry, incrementing it does not).
     public func decisionCounter(policy: String?, action: String, code: String) -> Counter {
         registry.makeCounter(name: "mesh_policy_decisions_total",
-                             labels: [("policy", knownPolicies.label(for: policy)), ("action", action), ("code", code)])
+                             labels: [("policy", knownPolicies.label(for: policy)), ("action", action), ("code", code)],
+                             help: "Authorization decisions of the inbound proxy, by policy (none: the default), action and decision code.")
     }
 
     /// The counter of requests a proxy answered or forwarded, by direction and status class.
     public func requestCounter(direction: String, statusClass: String) -> Counter {
-        registry.makeCounter(name: "mesh_requests_total", labels: [("direction", direction), ("status_class", statusClass)])
+        registry.makeCounter(name: "mesh_requests_total", labels: [("direction", direction), ("status_class", statusClass)],
+                             help: "Requests answered by the proxy, by direction (inbound, outbound) and HTTP status class.")
     }
 
     /// Prometheus text exposition of everything registered.
