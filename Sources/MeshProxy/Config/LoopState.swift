@@ -30,12 +30,21 @@ final class LoopState {
     private(set) var policiesExpire = false
     /// The proxy's metrics; counters are cached per loop so that counting is one atomic add.
     var metrics: ProxyMetrics?
-    private var decisionCounters: [String: Counter] = [:]
-    private var requestCounters: [String: Counter] = [:]
+    private struct DecisionKey: Hashable {
+        var policy: String?
+        var action: String
+        var code: String
+    }
+    private struct RequestKey: Hashable {
+        var direction: String
+        var statusClass: Int
+    }
+    private var decisionCounters: [DecisionKey: Counter] = [:]
+    private var requestCounters: [RequestKey: Counter] = [:]
 
     func countDecision(policy: String?, action: String, code: String) {
         guard let metrics else { return }
-        let key = "\(policy ?? "")|\(action)|\(code)"
+        let key = DecisionKey(policy: policy, action: action, code: code)
         if let counter = decisionCounters[key] { counter.increment(); return }
         let counter = metrics.decisionCounter(policy: policy, action: action, code: code)
         decisionCounters[key] = counter
@@ -44,10 +53,9 @@ final class LoopState {
 
     func countRequest(direction: String, status: Int) {
         guard let metrics else { return }
-        let statusClass = "\(status / 100)xx"
-        let key = direction + statusClass
+        let key = RequestKey(direction: direction, statusClass: status / 100)
         if let counter = requestCounters[key] { counter.increment(); return }
-        let counter = metrics.requestCounter(direction: direction, statusClass: statusClass)
+        let counter = metrics.requestCounter(direction: direction, statusClass: "\(status / 100)xx")
         requestCounters[key] = counter
         counter.increment()
     }

@@ -293,18 +293,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     }
 
     private func respondDenied(code: String, requestID: String, context: ChannelHandlerContext) {
-        loopState?.countRequest(direction: role, status: 403)
         state = .discarding
-        let body = ByteBuffer(string: "swiftmesh \(role): access denied by policy (request id \(requestID))\n")
-        var headers: HTTPHeaders = ["content-type": "text/plain; charset=utf-8", "content-length": "\(body.readableBytes)",
-                                    ProxyHeaders.decision: code, ProxyHeaders.requestID: requestID]
-        if !keepAlive { headers.add(name: "connection", value: "close") }
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .forbidden, headers: headers))), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-        let closeAfter = !keepAlive
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
-            if closeAfter { context.close(promise: nil) }
-        }
+        writeResponse(.forbidden, body: "access denied by policy (request id \(requestID))",
+                      headers: [ProxyHeaders.decision: code, ProxyHeaders.requestID: requestID], context: context)
     }
 
     private func respondLocally(_ status: HTTPResponseStatus, code: String, message: String, context: ChannelHandlerContext) {
@@ -313,10 +304,17 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     }
 
     private func writeLocalResponse(_ status: HTTPResponseStatus, code: String, message: String, context: ChannelHandlerContext) {
+        writeResponse(status, body: message, headers: [ProxyHeaders.error: code], context: context)
+    }
+
+    /// Every answer the proxy gives itself: counted, plain text, and closing the connection
+    /// when the request asked for that.
+    private func writeResponse(_ status: HTTPResponseStatus, body text: String, headers extra: HTTPHeaders,
+                               context: ChannelHandlerContext) {
         loopState?.countRequest(direction: role, status: Int(status.code))
-        let body = ByteBuffer(string: "swiftmesh \(role): \(message)\n")
-        var headers: HTTPHeaders = ["content-type": "text/plain; charset=utf-8",
-                                    "content-length": "\(body.readableBytes)", ProxyHeaders.error: code]
+        let body = ByteBuffer(string: "swiftmesh \(role): \(text)\n")
+        var headers: HTTPHeaders = ["content-type": "text/plain; charset=utf-8", "content-length": "\(body.readableBytes)"]
+        headers.add(contentsOf: extra)
         if !keepAlive { headers.add(name: "connection", value: "close") }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)

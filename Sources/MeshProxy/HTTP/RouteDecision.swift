@@ -122,8 +122,9 @@ enum ProxyHeaders {
 
     /// Removes every spelling of the identity header.
     static func removePeerIdentity(_ headers: inout HTTPHeaders) {
-        let names = headers.filter { isPeerIdentityHeader($0.name) }.map(\.name)
-        for name in Set(names) { headers.remove(name: name) }
+        // Scan first: almost no request carries one, and the scan allocates nothing.
+        guard headers.contains(where: { isPeerIdentityHeader($0.name) }) else { return }
+        for name in Set(headers.filter { isPeerIdentityHeader($0.name) }.map(\.name)) { headers.remove(name: name) }
     }
 
     /// Checks the DESIGN.md §6 header limits; nil when within them.
