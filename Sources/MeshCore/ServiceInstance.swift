@@ -13,9 +13,13 @@ public struct ServiceInstance: Hashable, Sendable, Codable {
     public var lastHeartbeat: Date
     /// `notAfter` of the instance's current SVID, as reported by its proxy.
     public var certificateExpiry: Date?
+    /// The inbound mTLS mode of the instance's proxy flag (`strict`/`permissive`); a
+    /// ServiceDefaults resource overrides it. Nil from proxies that do not report it.
+    public var mtls: String?
 
     public init(id: String, service: ServiceName, address: String, inboundPort: Int, labels: Labels,
-                lastHeartbeat: Date, certificateExpiry: Date?) {
+                lastHeartbeat: Date, certificateExpiry: Date?, mtls: String? = nil) {
+        self.mtls = mtls
         self.id = id
         self.service = service
         self.address = address

@@ -48,7 +48,8 @@ public struct Sidecar: Sendable {
         public var source: Source
         public var labels = Labels()
         /// `strict` (default): mTLS only. `permissive`: also plaintext callers from outside the
-        /// mesh, as `unauthenticated` with their source address.
+        /// mesh, as `unauthenticated` with their source address. A ServiceDefaults resource
+        /// for the service overrides it.
         public var mtlsMode = "strict"
         public var threads = 1
         public var limits = ProxyLimits()
@@ -102,32 +103,33 @@ public struct Sidecar: Sendable {
                 logger.error("cannot build TLS contexts from the new SVID; keeping the previous one", metadata: ["error": "\(error)"])
             }
         }
+        guard let mode = InboundListener.MTLSMode(rawValue: config.mtlsMode) else {
+            throw MeshError(.invalidRequest, "mTLS mode must be strict or permissive, not '\(config.mtlsMode)'")
+        }
         let selfService = config.service
         let selfLabels = config.labels.values
         let metrics = ProxyMetrics()
         await states.update { state in
             state.selfService = selfService
-            state.selfLabels = selfLabels
+            state.localLabels = selfLabels
+            state.localMTLSMode = mode
             state.metrics = metrics
         }
         let source: any SidecarSource
         switch config.source {
         case .controlPlane(let settings):
             source = try ControlPlaneSource(settings: settings, service: config.service, labels: config.labels,
-                                            inboundHost: config.inbound.host, group: group, logger: logger, install: install)
+                                            mtlsMode: mode.rawValue, inboundHost: config.inbound.host, group: group, logger: logger, install: install)
         case .staticFiles(let settings):
             source = try StaticSource(settings: settings, service: config.service, logger: logger, install: install)
         }
 
         // Listeners first, so that a port conflict fails before a single-use token is spent.
         // Until the SVID arrives the inbound listener refuses every connection.
-        guard let mode = InboundListener.MTLSMode(rawValue: config.mtlsMode) else {
-            throw MeshError(.invalidRequest, "mTLS mode must be strict or permissive, not '\(config.mtlsMode)'")
-        }
         if mode == .permissive {
             logger.warning("inbound accepts plaintext callers (permissive mTLS); policies decide what they may do")
         }
-        let inbound = try await InboundListener.bind(config.inbound, app: config.app, mode: mode, group: group, states: states,
+        let inbound = try await InboundListener.bind(config.inbound, app: config.app, group: group, states: states,
                                                      limits: config.limits, logger: logger)
         let outbound = try await OutboundListener.bind(config.outbound, trustDomain: source.trustDomain, group: group,
                                                        states: states, limits: config.limits, logger: logger)

@@ -1,7 +1,8 @@
 import Foundation
 import MeshCore
 
-/// What the control plane persists: join tokens, the service registry and its version counter.
+/// What the control plane persists: join tokens, the service registry and its version counter,
+/// the resources operators apply and their audit log.
 ///
 /// Callers depend on this protocol only; `SQLiteStore` is the embedded default and a
 /// PostgreSQL implementation joins later behind the same interface. Every method either
@@ -24,15 +25,15 @@ public protocol MeshStore: Sendable {
     func loadRegistryVersion() async throws -> UInt64
     func saveRegistryVersion(_ version: UInt64) async throws
 
-    /// The authorization policies, ordered by name.
-    func listPolicies() async throws -> [PolicyDocument]
+    /// Every stored resource (policies, service defaults), ordered by kind and name.
+    func listResources() async throws -> [MeshResource]
 
-    /// Creates or replaces `documents` in one transaction (all or nothing) and records every
-    /// change in the audit log; unchanged documents are skipped.
-    func applyPolicies(_ documents: [PolicyDocument], actor: String, at: Date) async throws -> [AuditEntry]
+    /// Creates or replaces `resources` in one transaction (all or nothing) and records every
+    /// change in the audit log; unchanged resources are skipped.
+    func applyResources(_ resources: [MeshResource], actor: String, at: Date) async throws -> [AuditEntry]
 
-    /// Deletes a policy; nil when there was none of that name.
-    func deletePolicy(name: String, actor: String, at: Date) async throws -> AuditEntry?
+    /// Deletes one resource; nil when there was none of that kind and name.
+    func deleteResource(kind: String, name: String, actor: String, at: Date) async throws -> AuditEntry?
 
     /// The newest `limit` audit entries, newest first.
     func history(limit: Int) async throws -> [AuditEntry]

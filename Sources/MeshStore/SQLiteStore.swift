@@ -9,7 +9,7 @@ import SQLiteNIO
 /// ``consumeJoinToken(hash:now:)`` is atomic without extra locking.
 public actor SQLiteStore: MeshStore {
     private let connection: SQLiteConnection
-    private static let schemaVersion = 2
+    private static let schemaVersion = 3
     /// Store calls run one at a time. The actor alone does not ensure that: it is re-entered
     /// at every `await`, which would let another call's statements land inside a transaction.
     private var busy = false
@@ -75,6 +75,14 @@ public actor SQLiteStore: MeshStore {
             try await run("INSERT INTO schema_version (version) VALUES (2)")
             try await run("COMMIT")
         }
+        if current < 3 {
+            // The mTLS mode each instance's proxy reports (its --mtls flag).
+            try await run("BEGIN")
+            try await run("ALTER TABLE instances ADD COLUMN mtls TEXT")
+            try await run("DELETE FROM schema_version")
+            try await run("INSERT INTO schema_version (version) VALUES (3)")
+            try await run("COMMIT")
+        }
     }
 
     private func exclusive<T>(_ body: () async throws -> T) async throws -> T {
@@ -87,36 +95,37 @@ public actor SQLiteStore: MeshStore {
         return try await body()
     }
 
-    public func listPolicies() async throws -> [PolicyDocument] {
+    public func listResources() async throws -> [MeshResource] {
         try await exclusive {
-            let rows = try await query("SELECT spec FROM resources WHERE kind = ? ORDER BY name", [.text(PolicyDocument.kindName)])
+            let rows = try await query("SELECT kind, name, spec FROM resources ORDER BY kind, name")
             return try rows.map { row in
                 guard let text = row.column("spec")?.string,
-                      let document = try? Self.decoder.decode(PolicyDocument.self, from: Data(text.utf8)) else {
-                    throw MeshError(.storeFailure, "a stored policy does not decode; the store may be damaged")
+                      let resource = try? Self.decoder.decode(MeshResource.self, from: Data(text.utf8)) else {
+                    let what = "\(row.column("kind")?.string ?? "?")/\(row.column("name")?.string ?? "?")"
+                    throw MeshError(.storeFailure, "the stored resource \(what) does not decode; the store may be damaged or written by a newer mesh")
                 }
-                return document
+                return resource
             }
         }
     }
 
-    public func applyPolicies(_ documents: [PolicyDocument], actor: String, at: Date) async throws -> [AuditEntry] {
+    public func applyResources(_ resources: [MeshResource], actor: String, at: Date) async throws -> [AuditEntry] {
         try await exclusive {
             try await run("BEGIN IMMEDIATE")
             do {
                 var entries: [AuditEntry] = []
-                for document in documents {
-                    let after = String(decoding: try Self.encoder.encode(document), as: UTF8.self)
+                for resource in resources {
+                    let after = String(decoding: try Self.encoder.encode(resource), as: UTF8.self)
                     let existing = try await query("SELECT version, spec FROM resources WHERE kind = ? AND name = ?",
-                                                   [.text(document.kind), .text(document.metadata.name)])
+                                                   [.text(resource.kind), .text(resource.name)])
                     let before = existing.first?.column("spec")?.string
                     if before == after { continue }
                     let version = Int(existing.first?.column("version")?.integer ?? 0) + 1
                     try await run("INSERT OR REPLACE INTO resources (kind, name, version, spec, updated_at) VALUES (?, ?, ?, ?, ?)",
-                                  [.text(document.kind), .text(document.metadata.name), .integer(version), .text(after),
+                                  [.text(resource.kind), .text(resource.name), .integer(version), .text(after),
                                    .float(at.timeIntervalSince1970)])
-                    let entry = AuditEntry(at: at, actor: actor, action: before == nil ? .created : .updated, kind: document.kind,
-                                           name: document.metadata.name, version: version, before: before, after: after)
+                    let entry = AuditEntry(at: at, actor: actor, action: before == nil ? .created : .updated, kind: resource.kind,
+                                           name: resource.name, version: version, before: before, after: after)
                     try await record(entry)
                     entries.append(entry)
                 }
@@ -129,18 +138,18 @@ public actor SQLiteStore: MeshStore {
         }
     }
 
-    public func deletePolicy(name: String, actor: String, at: Date) async throws -> AuditEntry? {
+    public func deleteResource(kind: String, name: String, actor: String, at: Date) async throws -> AuditEntry? {
         try await exclusive {
             try await run("BEGIN IMMEDIATE")
             do {
                 let existing = try await query("SELECT version, spec FROM resources WHERE kind = ? AND name = ?",
-                                               [.text(PolicyDocument.kindName), .text(name)])
+                                               [.text(kind), .text(name)])
                 guard let row = existing.first else {
                     try await run("COMMIT")
                     return nil
                 }
-                try await run("DELETE FROM resources WHERE kind = ? AND name = ?", [.text(PolicyDocument.kindName), .text(name)])
-                let entry = AuditEntry(at: at, actor: actor, action: .deleted, kind: PolicyDocument.kindName, name: name,
+                try await run("DELETE FROM resources WHERE kind = ? AND name = ?", [.text(kind), .text(name)])
+                let entry = AuditEntry(at: at, actor: actor, action: .deleted, kind: kind, name: name,
                                        version: Int(row.column("version")?.integer ?? 0), before: row.column("spec")?.string, after: nil)
                 try await record(entry)
                 try await run("COMMIT")
@@ -224,11 +233,12 @@ public actor SQLiteStore: MeshStore {
         try await exclusive {
             let labels = String(decoding: try JSONEncoder().encode(instance.labels), as: UTF8.self)
             try await run("""
-                INSERT OR REPLACE INTO instances (id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry)
-                VALUES (?, ?, ?, ?, ?, ?, ?)
+                INSERT OR REPLACE INTO instances (id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                 """, [.text(instance.id), .text(instance.service.rawValue), .text(instance.address),
                       .integer(instance.inboundPort), .text(labels), .float(instance.lastHeartbeat.timeIntervalSince1970),
-                      instance.certificateExpiry.map { .float($0.timeIntervalSince1970) } ?? .null])
+                      instance.certificateExpiry.map { .float($0.timeIntervalSince1970) } ?? .null,
+                      instance.mtls.map { .text($0) } ?? .null])
         }
     }
 
@@ -240,7 +250,7 @@ public actor SQLiteStore: MeshStore {
 
     public func listInstances() async throws -> [ServiceInstance] {
         try await exclusive {
-            let rows = try await query("SELECT id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry FROM instances")
+            let rows = try await query("SELECT id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls FROM instances")
             return rows.compactMap { row in
                 guard let id = row.column("id")?.string,
                       let service = row.column("service")?.string.flatMap({ try? ServiceName($0) }),
@@ -251,7 +261,8 @@ public actor SQLiteStore: MeshStore {
                       let heartbeat = row.column("last_heartbeat")?.double else { return nil }
                 return ServiceInstance(id: id, service: service, address: address, inboundPort: Int(port), labels: labels,
                                        lastHeartbeat: Date(timeIntervalSince1970: heartbeat),
-                                       certificateExpiry: row.column("certificate_expiry")?.double.map { Date(timeIntervalSince1970: $0) })
+                                       certificateExpiry: row.column("certificate_expiry")?.double.map { Date(timeIntervalSince1970: $0) },
+                                       mtls: row.column("mtls")?.string)
             }
         }
     }

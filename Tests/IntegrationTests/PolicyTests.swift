@@ -199,7 +199,7 @@ final class PolicyTests: XCTestCase {
             XCTAssertEqual(listed.status, 0, listed.err)
             XCTAssertEqual(listed.out.trimmingCharacters(in: .whitespacesAndNewlines), "[]")
             // The server checks too: a client that skips validation is refused whole.
-            let raw = try await mesh.adminClient().send(.POST, AdminAPI.policiesPath, json: [
+            let raw = try await mesh.adminClient().send(.POST, AdminAPI.resourcesPath, json: [
                 PolicyDocument(name: "ok", spec: .init(rules: [.init()])),
                 PolicyDocument(name: "Bad Name", spec: .init(rules: [.init()])),
             ])

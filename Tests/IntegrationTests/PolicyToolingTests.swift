@@ -66,8 +66,17 @@ final class PolicyToolingTests: XCTestCase {
             XCTAssertTrue(explain.out.contains("DENIED (denied-no-matching-allow)"), explain.out)
             XCTAssertTrue(explain.out.contains("to change it: allow it with: kind: AuthorizationPolicy"), explain.out)
             XCTAssertTrue(explain.out.contains("services: [batch]") && explain.out.contains("paths: [\"/v1/users\"]"), explain.out)
+            // A plaintext caller meets api's mTLS mode (strict: no instance says otherwise)
+            // before any policy; once api is permissive, the policies decide.
             let plaintext = try await mesh.cli(["explain", "--from", "unauthenticated", "--from-ip", "10.9.8.7", "--to", "api"])
-            XCTAssertTrue(plaintext.out.contains("ipBlocks: [10.9.8.7/32]"), plaintext.out)
+            XCTAssertTrue(plaintext.out.contains("DENIED (plaintext-refused)"), plaintext.out)
+            XCTAssertTrue(plaintext.out.contains("mTLS: strict (default)"), plaintext.out)
+            let permissive = mesh.directory.appendingPathComponent("permissive.yaml")
+            try "kind: ServiceDefaults\nmetadata: {name: api}\nspec: {mtls: permissive}\n".write(to: permissive, atomically: true, encoding: .utf8)
+            _ = try await mesh.cli(["apply", "-f", permissive.path])
+            let admitted = try await mesh.cli(["explain", "--from", "unauthenticated", "--from-ip", "10.9.8.7", "--to", "api"])
+            XCTAssertTrue(admitted.out.contains("DENIED (denied-no-matching-allow)"), admitted.out)
+            XCTAssertTrue(admitted.out.contains("ipBlocks: [10.9.8.7/32]"), admitted.out)
 
             let broken = mesh.directory.appendingPathComponent("broken.test")
             try "web => api: allow\n".write(to: broken, atomically: true, encoding: .utf8)

@@ -69,4 +69,27 @@ final class ParsingTests: XCTestCase {
         }
         XCTAssertThrowsError(try JSONDecoder().decode(RegistryEvent.self, from: Data(#"{"version":1,"type":"explode"}"#.utf8)))
     }
+
+    func testResourcesDecodeByKindAndCentralLabelsOverrideTheInstances() throws {
+        let json = #"[{"kind":"ServiceDefaults","metadata":{"name":"api"},"spec":{"mtls":"permissive","labels":{"team":"payments"}}},"# +
+            #"{"kind":"AuthorizationPolicy","metadata":{"name":"p"},"spec":{"rules":[{}]}}]"#
+        let resources = try JSONDecoder().decode([MeshResource].self, from: Data(json.utf8))
+        XCTAssertEqual(resources.map(\.kind), ["ServiceDefaults", "AuthorizationPolicy"])
+        XCTAssertEqual(resources.map(\.name), ["api", "p"])
+        // Encoded as the resource itself: the same JSON in files, on the wire and in the store.
+        let roundTrip = try JSONDecoder().decode([MeshResource].self, from: try JSONEncoder().encode(resources))
+        XCTAssertEqual(roundTrip, resources)
+        XCTAssertThrowsError(try JSONDecoder().decode(MeshResource.self, from: Data(#"{"kind":"Gateway","metadata":{"name":"x"}}"#.utf8))) {
+            XCTAssertTrue("\($0)".contains("unknown kind 'Gateway'"), "\($0)")
+        }
+
+        let set = PolicySet(defaultMode: "deny", resources: resources)
+        let api = try ServiceName("api")
+        XCTAssertEqual(set.defaults(for: api)?.mtls, "permissive")
+        XCTAssertEqual(set.effectiveLabels(of: api, own: ["team": "web", "zone": "eu"]), ["team": "payments", "zone": "eu"])
+        XCTAssertEqual(set.effectiveLabels(of: try ServiceName("web"), own: ["team": "web"]), ["team": "web"])
+        // A set from a control plane that predates ServiceDefaults still decodes.
+        let old = try JSONDecoder().decode(PolicySet.self, from: Data(#"{"defaultMode":"deny","policies":[]}"#.utf8))
+        XCTAssertTrue(old.services.isEmpty)
+    }
 }

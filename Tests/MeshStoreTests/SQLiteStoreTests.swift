@@ -53,7 +53,7 @@ final class SQLiteStoreTests: XCTestCase {
         let store = try await open()
         let instance = ServiceInstance(id: "api-1", service: try ServiceName("api"), address: "10.1.2.3", inboundPort: 15006,
                                        labels: Labels(["version": "v2"]), lastHeartbeat: Date(timeIntervalSince1970: 1000),
-                                       certificateExpiry: Date(timeIntervalSince1970: 2000))
+                                       certificateExpiry: Date(timeIntervalSince1970: 2000), mtls: "permissive")
         try await store.upsertInstance(instance)
         try await store.saveRegistryVersion(42)
         try await store.saveRegistryVersion(41) // a late, older save never lowers it
@@ -67,6 +67,40 @@ final class SQLiteStoreTests: XCTestCase {
         try await reopened.deleteInstance(id: "api-1")
         let remaining = try await reopened.listInstances()
         XCTAssertTrue(remaining.isEmpty)
+        await reopened.close()
+    }
+
+    func testResourcesOfEveryKindAreVersionedAuditedAndSurviveAReopen() async throws {
+        let store = try await open()
+        let policy = MeshResource.authorizationPolicy(PolicyDocument(name: "web-to-api", spec: .init(
+            selector: .init(service: "api"), rules: [.init(from: [.init(services: ["web"])])])))
+        var defaults = ServiceDefaults(service: "api", spec: .init(mtls: "permissive", labels: ["team": "payments"]))
+        let created = try await store.applyResources([policy, .serviceDefaults(defaults)], actor: "alice", at: Date(timeIntervalSince1970: 10))
+        XCTAssertEqual(created.map { "\($0.action.rawValue) \($0.kind)/\($0.name) v\($0.version)" },
+                       ["created AuthorizationPolicy/web-to-api v1", "created ServiceDefaults/api v1"])
+        // Re-applying the same resources changes nothing and records nothing.
+        let again = try await store.applyResources([policy, .serviceDefaults(defaults)], actor: "alice", at: Date(timeIntervalSince1970: 11))
+        XCTAssertTrue(again.isEmpty)
+        defaults.spec.mtls = "strict"
+        let updated = try await store.applyResources([.serviceDefaults(defaults)], actor: "bob", at: Date(timeIntervalSince1970: 12))
+        XCTAssertEqual(updated.first?.version, 2)
+        XCTAssertEqual(updated.first?.before?.contains("permissive"), true)
+        await store.close()
+
+        let reopened = try await open()
+        let listed = try await reopened.listResources()
+        XCTAssertEqual(listed, [policy, .serviceDefaults(defaults)])
+        // Deleting one kind leaves a same-named resource of another kind alone.
+        let missing = try await reopened.deleteResource(kind: PolicyDocument.kindName, name: "api", actor: "bob", at: Date())
+        XCTAssertNil(missing)
+        let deleted = try await reopened.deleteResource(kind: ServiceDefaults.kindName, name: "api", actor: "bob", at: Date())
+        XCTAssertEqual(deleted?.action, .deleted)
+        let remaining = try await reopened.listResources()
+        XCTAssertEqual(remaining, [policy])
+        let history = try await reopened.history(limit: 10)
+        XCTAssertEqual(history.map { "\($0.actor) \($0.action.rawValue) \($0.kind)/\($0.name)" },
+                       ["bob deleted ServiceDefaults/api", "bob updated ServiceDefaults/api",
+                        "alice created ServiceDefaults/api", "alice created AuthorizationPolicy/web-to-api"])
         await reopened.close()
     }
 

@@ -92,7 +92,7 @@ struct DemoRun: Sendable {
                     selector: .init(service: destination),
                     rules: [.init(from: [.init(services: [caller])], to: [.init(methods: ["GET"])])]))
             }
-            _ = try await admin.send(.POST, AdminAPI.policiesPath, json: policies).decode([AdminAPI.ApplyResult].self)
+            _ = try await admin.send(.POST, AdminAPI.resourcesPath, json: policies).decode([AdminAPI.ApplyResult].self)
 
             // 3. Apps and their sidecars: store, then api, then web, then the loadgen client.
             let chain: [(name: String, calls: String?)] = [("store", nil), ("api", "store"), ("web", "api"), ("loadgen", nil)]

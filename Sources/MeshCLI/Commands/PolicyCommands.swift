@@ -9,7 +9,7 @@ import Yams
 /// `mesh apply -f FILE|DIR|-`: validates every resource, then applies them all or none.
 struct ApplyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "apply", abstract: "Create or update resources (AuthorizationPolicy) from YAML or JSON.")
+        commandName: "apply", abstract: "Create or update resources (AuthorizationPolicy, ServiceDefaults) from YAML or JSON.")
 
     @Option(name: .shortAndLong, help: "A file, a directory of .yaml/.yml/.json files, or - for standard input.")
     var filename: String
@@ -20,19 +20,19 @@ struct ApplyCommand: AsyncParsableCommand {
         let documents = try ResourceFiles.load(filename)
         guard !documents.isEmpty else { throw ValidationError("\(filename): no resources found") }
         let client = try adminOptions.client()
-        let results = try await client.send(.POST, AdminAPI.policiesPath, json: documents.map(\.document))
+        let results = try await client.send(.POST, AdminAPI.resourcesPath, json: documents.map(\.resource))
             .decode([AdminAPI.ApplyResult].self)
         for result in results {
-            say("authorizationpolicy/\(result.name) \(result.outcome)\(result.version.map { " (version \($0))" } ?? "")")
+            say("\(result.kind.lowercased())/\(result.name) \(result.outcome)\(result.version.map { " (version \($0))" } ?? "")")
         }
     }
 }
 
-/// `mesh get policies [NAME] [-o yaml|json]`.
+/// `mesh get policies|servicedefaults [NAME] [-o yaml|json]`.
 struct GetCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "get", abstract: "Show resources.")
 
-    @Argument(help: "Resource kind: policies (authorizationpolicies).")
+    @Argument(help: "Resource kind: policies (authorizationpolicies, ap) or servicedefaults (sd).")
     var kind: String
 
     @Argument(help: "A resource name (all when omitted).")
@@ -44,38 +44,51 @@ struct GetCommand: AsyncParsableCommand {
     @OptionGroup var adminOptions: AdminOptions
 
     func validate() throws {
-        guard ResourceKinds.isPolicy(kind) else { throw ValidationError("unknown kind '\(kind)'; known: policies") }
+        guard ResourceKinds.kind(of: kind) != nil else { throw ValidationError("unknown kind '\(kind)'; \(ResourceKinds.known)") }
         guard ["table", "yaml", "json"].contains(output) else { throw ValidationError("-o must be table, yaml or json") }
     }
 
     func run() async throws {
         let set = try await adminOptions.client().get(AdminAPI.policiesPath).decode(PolicySet.self)
-        let documents = set.policies.filter { name == nil || $0.metadata.name == name }
-        if let name, documents.isEmpty { throw ValidationError("no AuthorizationPolicy named '\(name)'") }
+        let kindName = ResourceKinds.kind(of: kind) ?? PolicyDocument.kindName
+        let resources = set.resources.filter { $0.kind == kindName && (name == nil || $0.name == name) }
+        if let name, resources.isEmpty { throw ValidationError("no \(kindName) named '\(name)'") }
         switch output {
         case "json":
-            let data = try JSONCoding.encoder.encode(documents)
+            let data = try JSONCoding.encoder.encode(resources)
             say(String(decoding: data, as: UTF8.self))
         case "yaml":
-            say(try documents.map { try YAMLEncoder().encode($0) }.joined(separator: "---\n"))
+            say(try resources.map { try YAMLEncoder().encode($0) }.joined(separator: "---\n"))
         default:
-            var rows = [["NAME", "SELECTOR", "ACTION", "MODE", "RULES", "EXPIRES"]]
-            for document in documents {
-                let selector = document.spec.selector.map { $0.service.map { "service=\($0)" } ?? $0.labels ?? "*" } ?? "*"
-                rows.append([document.metadata.name, selector, document.spec.action ?? "allow", document.spec.mode ?? "enforce",
-                             "\(document.spec.rules.count)", document.spec.expires.map { "\($0)" } ?? "-"])
-            }
-            say(Table.render(rows))
-            say("default for requests no policy allows: \(set.defaultMode)")
+            say(Table.render(table(resources)))
+            if kindName == PolicyDocument.kindName { say("default for requests no policy allows: \(set.defaultMode)") }
         }
+    }
+
+    private func table(_ resources: [MeshResource]) -> [[String]] {
+        var policyRows = [["NAME", "SELECTOR", "ACTION", "MODE", "RULES", "EXPIRES"]]
+        var defaultsRows = [["SERVICE", "MTLS", "LABELS"]]
+        for resource in resources {
+            switch resource {
+            case .authorizationPolicy(let document):
+                let selector = document.spec.selector.map { $0.service.map { "service=\($0)" } ?? $0.labels ?? "*" } ?? "*"
+                policyRows.append([document.metadata.name, selector, document.spec.action ?? "allow", document.spec.mode ?? "enforce",
+                                   "\(document.spec.rules.count)", document.spec.expires.map { "\($0)" } ?? "-"])
+            case .serviceDefaults(let defaults):
+                let labels = (defaults.spec.labels ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+                defaultsRows.append([defaults.metadata.name, defaults.spec.mtls ?? "(proxy flag)",
+                                     labels.isEmpty ? "-" : labels.joined(separator: ",")])
+            }
+        }
+        return ResourceKinds.kind(of: kind) == ServiceDefaults.kindName ? defaultsRows : policyRows
     }
 }
 
-/// `mesh delete policy NAME`.
+/// `mesh delete policy|servicedefaults NAME`.
 struct DeleteCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "delete", abstract: "Delete a resource.")
 
-    @Argument(help: "Resource kind: policy.")
+    @Argument(help: "Resource kind: policy (authorizationpolicy, ap) or servicedefaults (sd).")
     var kind: String
 
     @Argument(help: "Resource name.")
@@ -84,13 +97,15 @@ struct DeleteCommand: AsyncParsableCommand {
     @OptionGroup var adminOptions: AdminOptions
 
     func validate() throws {
-        guard ResourceKinds.isPolicy(kind) else { throw ValidationError("unknown kind '\(kind)'; known: policy") }
+        guard ResourceKinds.kind(of: kind) != nil else { throw ValidationError("unknown kind '\(kind)'; \(ResourceKinds.known)") }
     }
 
     func run() async throws {
-        let response = try await adminOptions.client().send(.DELETE, AdminAPI.policiesPath + "/" + name, json: Optional<String>.none)
+        let kindName = ResourceKinds.kind(of: kind) ?? PolicyDocument.kindName
+        let response = try await adminOptions.client().send(.DELETE, AdminAPI.resourcesPath + "/\(kindName)/" + name,
+                                                            json: Optional<String>.none)
         _ = try response.decode(AuditEntryView.self)
-        say("authorizationpolicy/\(name) deleted")
+        say("\(kindName.lowercased())/\(name) deleted")
     }
 }
 
@@ -181,6 +196,7 @@ struct ExplainCommand: AsyncParsableCommand {
             headers: headerMap.isEmpty ? nil : headerMap, fromLabels: try parsedLabels())).decode(AdminAPI.ExplainResponse.self)
         let labels = (answer.callerLabels ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
         say("caller: \(answer.callerIdentity ?? "?")  labels: \(labels.isEmpty ? "-" : labels)")
+        if let mtls = answer.destinationMTLS { say("destination: \(destination)  mTLS: \(mtls.mode) (\(mtls.source))") }
         say("\(answer.allowed ? "ALLOWED" : "DENIED") (\(answer.code))\(answer.policy.map { " by policy \($0)" } ?? "")")
         for line in answer.explanation { say("  \(line)") }
         if !answer.wouldDeny.isEmpty { say("  audit: would be denied by \(answer.wouldDeny.joined(separator: ", "))") }
@@ -205,9 +221,16 @@ struct AuditEntryView: Decodable {
     var version: Int
 }
 
+/// The kind names the CLI accepts, singular, plural and short.
 enum ResourceKinds {
-    static func isPolicy(_ kind: String) -> Bool {
-        ["policy", "policies", "authorizationpolicy", "authorizationpolicies", "ap"].contains(kind.lowercased())
+    static let known = "known: policies (authorizationpolicies, ap), servicedefaults (sd)"
+
+    static func kind(of name: String) -> String? {
+        switch name.lowercased() {
+        case "policy", "policies", "authorizationpolicy", "authorizationpolicies", "ap": PolicyDocument.kindName
+        case "servicedefaults", "servicedefault", "service-defaults", "sd": ServiceDefaults.kindName
+        default: nil
+        }
     }
 }
 
@@ -215,7 +238,7 @@ enum ResourceKinds {
 /// an array). Every error names the file, the line when it can, and the field.
 enum ResourceFiles {
     struct Loaded {
-        var document: PolicyDocument
+        var resource: MeshResource
         var file: String
         /// The document's own text and the line it starts on, for error positions.
         var text: String = ""
@@ -246,9 +269,9 @@ enum ResourceFiles {
             let data = Data(trimmed.utf8)
             do {
                 if trimmed.hasPrefix("[") {
-                    loaded = try JSONCoding.decoder.decode([PolicyDocument].self, from: data).map { Loaded(document: $0, file: file) }
+                    loaded = try JSONCoding.decoder.decode([MeshResource].self, from: data).map { Loaded(resource: $0, file: file) }
                 } else {
-                    loaded = [Loaded(document: try JSONCoding.decoder.decode(PolicyDocument.self, from: data), file: file)]
+                    loaded = [Loaded(resource: try JSONCoding.decoder.decode(MeshResource.self, from: data), file: file)]
                 }
             } catch {
                 throw ValidationError("\(file): \(describe(error, text: text))")
@@ -261,7 +284,7 @@ enum ResourceFiles {
                       !chunk.split(separator: "\n").allSatisfy({ $0.trimmingCharacters(in: .whitespaces).hasPrefix("#") }) else { continue }
                 do {
                     let decoder = YAMLDecoder()
-                    loaded.append(Loaded(document: try decoder.decode(PolicyDocument.self, from: chunk), file: file,
+                    loaded.append(Loaded(resource: try decoder.decode(MeshResource.self, from: chunk), file: file,
                                          text: chunk, firstLine: lineOffset + 1))
                 } catch {
                     throw ValidationError("\(file): \(describe(error, text: chunk, lineOffset: lineOffset))")
@@ -270,7 +293,7 @@ enum ResourceFiles {
         }
         // Semantic validation, whole set before anything is sent.
         for item in loaded {
-            do { _ = try PolicyCompiler.compile(item.document) } catch let error as MeshError {
+            do { try ResourceValidator.validate(item.resource) } catch let error as MeshError {
                 let line = lineOf(field: error.message, in: item.text.isEmpty ? text : item.text)
                     .map { ":\($0 + item.firstLine - 1)" } ?? ""
                 throw ValidationError("\(file)\(line): \(error.message)")

@@ -30,14 +30,14 @@ struct ServicesCommand: AsyncParsableCommand {
 /// Renders the services listing as an aligned table.
 enum ServicesTable {
     static func render(_ listing: [AdminAPI.ServiceListing], now: Date) -> String {
-        var rows = [["SERVICE", "INSTANCE", "ENDPOINT", "HEALTH", "CERT EXPIRES IN", "LABELS"]]
+        var rows = [["SERVICE", "INSTANCE", "ENDPOINT", "HEALTH", "MTLS", "CERT EXPIRES IN", "LABELS"]]
         for service in listing {
-            if service.instances.isEmpty { rows.append([service.service.rawValue, "-", "-", "-", "-", "-"]) }
+            if service.instances.isEmpty { rows.append([service.service.rawValue, "-", "-", "-", "-", "-", "-"]) }
             for instance in service.instances {
                 let expiry = instance.certificateExpiry.map { format(seconds: $0.timeIntervalSince(now)) } ?? "?"
                 let labels = instance.labels.values.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
                 rows.append([service.service.rawValue, instance.id, instance.endpoint, instance.healthy ? "healthy" : "stale",
-                             expiry, labels.isEmpty ? "-" : labels])
+                             instance.mtls ?? "?", expiry, labels.isEmpty ? "-" : labels])
             }
         }
         return Table.render(rows)

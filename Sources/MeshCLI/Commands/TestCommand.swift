@@ -37,24 +37,38 @@ struct TestCommand: AsyncParsableCommand {
         let assertions = try PolicyAssertion.parse(readFile(file, flag: "FILE"), file: file)
         let set: PolicySet
         var labels: [ServiceName: [String: String]] = [:]
+        // Services known to refuse plaintext callers in the TLS handshake, before any policy.
+        var mtlsOnly: Set<ServiceName> = []
         if let policies {
-            set = PolicySet(defaultMode: defaultPolicy, policies: try ResourceFiles.load(policies).map(\.document))
+            set = PolicySet(defaultMode: defaultPolicy, resources: try ResourceFiles.load(policies).map(\.resource))
+            for defaults in set.services {
+                guard let service = try? ServiceName(defaults.metadata.name) else { continue }
+                labels[service] = defaults.spec.labels ?? [:]
+                if defaults.spec.mtls == "strict" { mtlsOnly.insert(service) }
+            }
         } else {
             let client = try adminOptions.client()
             set = try await client.get(AdminAPI.policiesPath).decode(PolicySet.self)
             for service in try await client.get(AdminAPI.servicesPath).decode([AdminAPI.ServiceListing].self) {
                 labels[service.service] = service.instances.first?.labels.values ?? [:]
+                if let mtls = service.mtls, mtls.mode != "permissive" { mtlsOnly.insert(service.service) }
             }
         }
         let evaluator: PolicyEvaluator
         do { evaluator = try PolicyCompiler.compile(set) } catch let error as MeshError { throw ValidationError(error.message) }
         var passed = 0, failed = 0
         for assertion in assertions {
-            let decision = evaluator.evaluate(try assertion.attributes(trustDomain: trustDomain, labels: labels))
-            let got = decision.allowed ? "allow" : "deny"
+            let attributes = try assertion.attributes(trustDomain: trustDomain, labels: labels)
+            let decision = evaluator.evaluate(attributes)
+            let refused = attributes.callerIdentity == nil && mtlsOnly.contains(assertion.destination)
+            let got = decision.allowed && !refused ? "allow" : "deny"
             if got == assertion.expected {
                 passed += 1
                 say("PASS  \(assertion.text)")
+            } else if refused {
+                failed += 1
+                say("FAIL  \(assertion.text)  (line \(assertion.line)): got deny, plaintext-refused")
+                say("        \(assertion.destination) accepts mTLS only; a ServiceDefaults with spec.mtls: permissive admits plaintext callers")
             } else {
                 failed += 1
                 say("FAIL  \(assertion.text)  (line \(assertion.line)): got \(got), \(decision.code.rawValue)\(decision.policy.map { " by \($0)" } ?? "")")

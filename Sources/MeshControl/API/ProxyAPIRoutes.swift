@@ -81,11 +81,14 @@ struct ProxyAPIRoutes: Sendable {
         if existing.count >= 1000 && !existing.contains(where: { $0.id == body.instanceID }) {
             throw MeshError(.forbidden, "service \(service) already has 1000 instances registered")
         }
+        if let mode = body.mtls, !["strict", "permissive"].contains(mode) {
+            throw MeshError(.invalidRequest, "mtls must be strict or permissive")
+        }
         let address = body.address.isEmpty || body.address == "0.0.0.0" || body.address == "::"
             ? (request.remoteAddress ?? "127.0.0.1") : body.address
         let instance = ServiceInstance(id: body.instanceID, service: service, address: address,
                                        inboundPort: body.inboundPort, labels: body.labels,
-                                       lastHeartbeat: Date(), certificateExpiry: body.certificateExpiry)
+                                       lastHeartbeat: Date(), certificateExpiry: body.certificateExpiry, mtls: body.mtls)
         try await registry.register(instance)
         return .json(instance)
     }

@@ -35,12 +35,16 @@ struct AdminRoutes: Sendable {
                 return .json(["status": "ok"])
             case (.GET, AdminAPI.policiesPath):
                 return .json(await registry.current.policies)
-            case (.POST, AdminAPI.policiesPath):
+            case (.POST, AdminAPI.resourcesPath):
                 return try await apply(request)
-            case (.DELETE, let path) where path.hasPrefix(AdminAPI.policiesPath + "/"):
-                let name = String(path.dropFirst(AdminAPI.policiesPath.count + 1))
-                guard let entry = try await registry.deletePolicy(name: name, actor: actor(request)) else {
-                    throw MeshError(.notFound, "no AuthorizationPolicy named '\(name)'")
+            case (.DELETE, let path) where path.hasPrefix(AdminAPI.resourcesPath + "/"):
+                let parts = path.dropFirst(AdminAPI.resourcesPath.count + 1).split(separator: "/", omittingEmptySubsequences: false)
+                guard parts.count == 2, MeshResource.kinds.contains(String(parts[0])), !parts[1].isEmpty else {
+                    throw MeshError(.invalidRequest, "delete \(AdminAPI.resourcesPath)/KIND/NAME, KIND one of \(MeshResource.kinds.joined(separator: ", "))")
+                }
+                let (kind, name) = (String(parts[0]), String(parts[1]))
+                guard let entry = try await registry.delete(kind: kind, name: name, actor: actor(request)) else {
+                    throw MeshError(.notFound, "no \(kind) named '\(name)'")
                 }
                 return .json(entry)
             case (.GET, AdminAPI.historyPath):
@@ -66,21 +70,15 @@ struct AdminRoutes: Sendable {
         "admin@\(request.remoteAddress ?? "?")"
     }
 
-    /// Validates every document first: one invalid resource refuses the whole apply.
+    /// Validates every resource first: one invalid resource refuses the whole apply.
     private func apply(_ request: APIRequest) async throws -> APIResponse {
-        let documents = try request.decode([PolicyDocument].self)
-        var names = Set<String>()
-        for document in documents {
-            _ = try PolicyCompiler.compile(document)
-            guard names.insert(document.metadata.name).inserted else {
-                throw MeshError(.invalidRequest, "AuthorizationPolicy '\(document.metadata.name)' appears twice in one apply")
-            }
-        }
-        let entries = try await registry.applyPolicies(documents, actor: actor(request))
-        let changed = Dictionary(entries.map { ($0.name, $0) }, uniquingKeysWith: { _, new in new })
-        return .json(documents.map { document in
-            let entry = changed[document.metadata.name]
-            return AdminAPI.ApplyResult(name: document.metadata.name, outcome: entry?.action.rawValue ?? "unchanged",
+        let resources = try request.decode([MeshResource].self)
+        try ResourceValidator.validate(resources)
+        let entries = try await registry.apply(resources, actor: actor(request))
+        let changed = Dictionary(entries.map { ("\($0.kind)/\($0.name)", $0) }, uniquingKeysWith: { _, new in new })
+        return .json(resources.map { resource in
+            let entry = changed["\(resource.kind)/\(resource.name)"]
+            return AdminAPI.ApplyResult(kind: resource.kind, name: resource.name, outcome: entry?.action.rawValue ?? "unchanged",
                                         version: entry?.version)
         })
     }
@@ -104,7 +102,7 @@ struct AdminRoutes: Sendable {
         }
         func labels(of service: ServiceName?) -> [String: String] {
             guard let service else { return [:] }
-            return snapshot.endpoints(of: service).first?.labels.values ?? [:]
+            return snapshot.policies.effectiveLabels(of: service, own: snapshot.endpoints(of: service).first?.labels.values ?? [:])
         }
         let callerLabels = question.fromLabels ?? labels(of: callerService)
         let decision = evaluator.evaluate(RequestAttributes(
@@ -112,10 +110,24 @@ struct AdminRoutes: Sendable {
             callerService: callerService, callerLabels: callerLabels, callerAddress: question.sourceAddress,
             port: question.port ?? 0, method: question.method?.uppercased(), path: question.path,
             headers: (question.headers ?? [:]).reduce(into: [:]) { $0[$1.key.lowercased(), default: []].append($1.value) }))
+        let mtls = snapshot.mtlsMode(of: question.to)
+        if identity == nil && mtls.mode != "permissive" {
+            // A plaintext caller never reaches the policies of a strict destination: its
+            // connection fails in the TLS handshake (the proxy sends no HTTP answer at all).
+            let policies = "with permissive mTLS the policies would \(decision.allowed ? "allow" : "deny") it (\(decision.code.rawValue))"
+            return AdminAPI.ExplainResponse(
+                allowed: false, code: "plaintext-refused", policy: nil, wouldDeny: [],
+                explanation: ["\(question.to) accepts mTLS only (mode \(mtls.mode), set by \(mtls.source)): a plaintext caller is refused in the TLS handshake, before any policy",
+                              policies] + decision.explanation.map { "  " + $0 },
+                callerIdentity: "unauthenticated", callerLabels: callerLabels,
+                suggestion: "to admit plaintext callers: mesh apply kind: ServiceDefaults, metadata: {name: \(question.to)}, spec: {mtls: permissive}; then allow them with a rule from: [{unauthenticated: true, ipBlocks: [...]}]",
+                destinationMTLS: mtls)
+        }
         return AdminAPI.ExplainResponse(allowed: decision.allowed, code: decision.code.rawValue, policy: decision.policy,
                                         wouldDeny: decision.wouldDeny, explanation: decision.explanation,
                                         callerIdentity: identity ?? "unauthenticated", callerLabels: callerLabels,
-                                        suggestion: suggestion(for: decision, question: question, callerService: callerService))
+                                        suggestion: suggestion(for: decision, question: question, callerService: callerService),
+                                        destinationMTLS: mtls)
     }
 
     /// The smallest change that flips the decision: narrow the deny that matched, or add the
@@ -146,14 +158,17 @@ struct AdminRoutes: Sendable {
         var byService: [ServiceName: [AdminAPI.ServiceListing.Instance]] = [:]
         for instance in snapshot.instances.values.sorted(by: { $0.id < $1.id }) {
             let healthy = await registry.isHealthy(instance)
+            let central = snapshot.policies.defaults(for: instance.service)?.mtls
             byService[instance.service, default: []].append(.init(
-                id: instance.id, endpoint: instance.endpoint.description, labels: instance.labels, healthy: healthy,
-                lastHeartbeat: instance.lastHeartbeat, certificateExpiry: instance.certificateExpiry))
+                id: instance.id, endpoint: instance.endpoint.description,
+                labels: Labels(snapshot.policies.effectiveLabels(of: instance.service, own: instance.labels.values)), healthy: healthy,
+                lastHeartbeat: instance.lastHeartbeat, certificateExpiry: instance.certificateExpiry,
+                mtls: central ?? instance.mtls ?? "strict"))
         }
         return try byService.keys.sorted().map { service in
             AdminAPI.ServiceListing(service: service,
                                     spiffeID: try SPIFFEID(trustDomain: trustDomain, service: service).description,
-                                    instances: byService[service] ?? [])
+                                    mtls: snapshot.mtlsMode(of: service), instances: byService[service] ?? [])
         }
     }
 

@@ -26,7 +26,7 @@ public actor Registry {
                             defaultPolicy: String = "deny",
                             clock: @escaping @Sendable () -> Date = { Date() }) async throws -> Registry {
         let version = try await store.loadRegistryVersion()
-        let policies = PolicySet(defaultMode: defaultPolicy, policies: try await store.listPolicies())
+        let policies = PolicySet(defaultMode: defaultPolicy, resources: try await store.listResources())
         var instances: [String: ServiceInstance] = [:]
         for var instance in try await store.listInstances() {
             instance.lastHeartbeat = max(instance.lastHeartbeat, clock())
@@ -145,15 +145,15 @@ public actor Registry {
         try await store.history(limit: limit)
     }
 
-    /// Stores `documents` (already validated by the caller) and pushes the new policy set.
-    public func applyPolicies(_ documents: [PolicyDocument], actor: String) async throws -> [AuditEntry] {
-        let entries = try await store.applyPolicies(documents, actor: actor, at: clock())
+    /// Stores `resources` (already validated by the caller) and pushes the new policy set.
+    public func apply(_ resources: [MeshResource], actor: String) async throws -> [AuditEntry] {
+        let entries = try await store.applyResources(resources, actor: actor, at: clock())
         try await publishPolicies(changedBy: entries)
         return entries
     }
 
-    public func deletePolicy(name: String, actor: String) async throws -> AuditEntry? {
-        let entry = try await store.deletePolicy(name: name, actor: actor, at: clock())
+    public func delete(kind: String, name: String, actor: String) async throws -> AuditEntry? {
+        let entry = try await store.deleteResource(kind: kind, name: name, actor: actor, at: clock())
         if let entry { try await publishPolicies(changedBy: [entry]) }
         return entry
     }
@@ -163,17 +163,21 @@ public actor Registry {
     /// each other with a stale read; the merge runs without suspending.
     private func publishPolicies(changedBy entries: [AuditEntry]) async throws {
         guard !entries.isEmpty else { return }
-        var byName = Dictionary(snapshot.policies.policies.map { ($0.metadata.name, $0) }, uniquingKeysWith: { _, new in new })
+        struct Key: Hashable { var kind: String; var name: String }
+        var byKey = Dictionary(snapshot.policies.resources.map { (Key(kind: $0.kind, name: $0.name), $0) },
+                               uniquingKeysWith: { _, new in new })
         for entry in entries {
-            if let after = entry.after, let document = try? JSONCoding.decoder.decode(PolicyDocument.self, from: Data(after.utf8)) {
-                byName[entry.name] = document
+            let key = Key(kind: entry.kind, name: entry.name)
+            if let after = entry.after, let resource = try? JSONCoding.decoder.decode(MeshResource.self, from: Data(after.utf8)) {
+                byKey[key] = resource
             } else {
-                byName[entry.name] = nil
+                byKey[key] = nil
             }
         }
-        let set = PolicySet(defaultMode: snapshot.policies.defaultMode, policies: byName.keys.sorted().compactMap { byName[$0] })
+        let set = PolicySet(defaultMode: snapshot.policies.defaultMode, resources: Array(byKey.values))
         try await publish(.policies(set))
-        logger.info("policies changed", metadata: ["count": "\(set.policies.count)", "version": "\(snapshot.version)"])
+        logger.info("policies changed", metadata: ["policies": "\(set.policies.count)", "service_defaults": "\(set.services.count)",
+                                                   "version": "\(snapshot.version)"])
     }
 
     /// Applies and announces a change. The in-memory part runs without suspending, so two

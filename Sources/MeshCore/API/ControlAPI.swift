@@ -48,7 +48,11 @@ public enum ControlAPI {
         public var inboundPort: Int
         public var labels: Labels
         public var certificateExpiry: Date?
-        public init(instanceID: String, address: String, inboundPort: Int, labels: Labels, certificateExpiry: Date?) {
+        /// The proxy's own `--mtls` mode (a ServiceDefaults resource may override it).
+        public var mtls: String?
+        public init(instanceID: String, address: String, inboundPort: Int, labels: Labels, certificateExpiry: Date?,
+                    mtls: String? = nil) {
+            self.mtls = mtls
             self.instanceID = instanceID
             self.address = address
             self.inboundPort = inboundPort
@@ -79,8 +83,10 @@ public enum ControlAPI {
 public enum AdminAPI {
     public static let tokensPath = "/v1/tokens"
     public static let servicesPath = "/v1/services"
-    /// `GET` the policy set, `POST` a list of documents to apply, `DELETE …/NAME`.
+    /// `GET`: the ``PolicySet`` in force (policies, service defaults, default mode).
     public static let policiesPath = "/v1/policies"
+    /// `POST` a list of ``MeshResource``s to apply (all or none), `DELETE …/KIND/NAME`.
+    public static let resourcesPath = "/v1/resources"
     /// `GET ?limit=N`: the audit log, newest first.
     public static let historyPath = "/v1/history"
     /// `POST` an ``ExplainRequest``: the decision the mesh would make, with reasons.
@@ -88,11 +94,13 @@ public enum AdminAPI {
 
     /// The result of an apply: one line per resource.
     public struct ApplyResult: Codable, Sendable {
+        public var kind: String
         public var name: String
         /// created, updated or unchanged.
         public var outcome: String
         public var version: Int?
-        public init(name: String, outcome: String, version: Int?) {
+        public init(kind: String, name: String, outcome: String, version: Int?) {
+            self.kind = kind
             self.name = name
             self.outcome = outcome
             self.version = version
@@ -124,7 +132,21 @@ public enum AdminAPI {
         }
     }
 
+    /// A service's inbound mTLS mode and where it comes from.
+    public struct MTLSModeView: Codable, Sendable, Equatable {
+        /// `strict`, `permissive`, or `mixed` when the instances' flags disagree.
+        public var mode: String
+        /// `ServiceDefaults/NAME`, `proxy flag`, or `default` (no instance, no resource).
+        public var source: String
+        public init(mode: String, source: String) {
+            self.mode = mode
+            self.source = source
+        }
+    }
+
     public struct ExplainResponse: Codable, Sendable {
+        /// The destination's inbound mTLS mode: a plaintext caller meets it before any policy.
+        public var destinationMTLS: MTLSModeView?
         public var allowed: Bool
         public var code: String
         public var policy: String?
@@ -136,7 +158,9 @@ public enum AdminAPI {
         /// The smallest change that would flip the decision, in words or as a resource.
         public var suggestion: String?
         public init(allowed: Bool, code: String, policy: String?, wouldDeny: [String], explanation: [String],
-                    callerIdentity: String? = nil, callerLabels: [String: String]? = nil, suggestion: String? = nil) {
+                    callerIdentity: String? = nil, callerLabels: [String: String]? = nil, suggestion: String? = nil,
+                    destinationMTLS: MTLSModeView? = nil) {
+            self.destinationMTLS = destinationMTLS
             self.callerIdentity = callerIdentity
             self.callerLabels = callerLabels
             self.suggestion = suggestion
@@ -169,11 +193,16 @@ public enum AdminAPI {
         public struct Instance: Codable, Sendable {
             public var id: String
             public var endpoint: String
+            /// Effective labels: the instance's own, overridden by its ServiceDefaults.
             public var labels: Labels
             public var healthy: Bool
             public var lastHeartbeat: Date
             public var certificateExpiry: Date?
-            public init(id: String, endpoint: String, labels: Labels, healthy: Bool, lastHeartbeat: Date, certificateExpiry: Date?) {
+            /// The mode the instance's proxy enforces (central setting, else its flag).
+            public var mtls: String?
+            public init(id: String, endpoint: String, labels: Labels, healthy: Bool, lastHeartbeat: Date, certificateExpiry: Date?,
+                        mtls: String? = nil) {
+                self.mtls = mtls
                 self.id = id
                 self.endpoint = endpoint
                 self.labels = labels
@@ -184,10 +213,13 @@ public enum AdminAPI {
         }
         public var service: ServiceName
         public var spiffeID: String
+        /// The inbound mTLS mode as the mesh knows it (see ``MTLSModeView``).
+        public var mtls: MTLSModeView?
         public var instances: [Instance]
-        public init(service: ServiceName, spiffeID: String, instances: [Instance]) {
+        public init(service: ServiceName, spiffeID: String, mtls: MTLSModeView? = nil, instances: [Instance]) {
             self.service = service
             self.spiffeID = spiffeID
+            self.mtls = mtls
             self.instances = instances
         }
     }

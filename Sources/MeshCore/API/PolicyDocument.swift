@@ -90,14 +90,59 @@ public struct PolicyDocument: Codable, Sendable, Equatable {
     }
 }
 
-/// Everything a proxy needs to authorize: the policies and the mesh's default for requests
-/// no policy allows.
+/// Everything a proxy needs to authorize: the policies, the per-service defaults (mTLS mode,
+/// central labels) and the mesh's default for requests no policy allows.
 public struct PolicySet: Codable, Sendable, Equatable {
     /// `deny` (the default) or `audit` (let through and record, for migrations).
     public var defaultMode: String
     public var policies: [PolicyDocument]
-    public init(defaultMode: String = "deny", policies: [PolicyDocument] = []) {
+    /// `ServiceDefaults` resources, sorted by service.
+    public var services: [ServiceDefaults]
+
+    public init(defaultMode: String = "deny", policies: [PolicyDocument] = [], services: [ServiceDefaults] = []) {
         self.defaultMode = defaultMode
         self.policies = policies
+        self.services = services
+    }
+
+    /// The set holding exactly `resources`, each kind in its list, sorted by name.
+    public init(defaultMode: String, resources: [MeshResource]) {
+        var policies: [PolicyDocument] = []
+        var services: [ServiceDefaults] = []
+        for resource in resources {
+            switch resource {
+            case .authorizationPolicy(let document): policies.append(document)
+            case .serviceDefaults(let defaults): services.append(defaults)
+            }
+        }
+        self.init(defaultMode: defaultMode, policies: policies.sorted { $0.metadata.name < $1.metadata.name },
+                  services: services.sorted { $0.metadata.name < $1.metadata.name })
+    }
+
+    /// Every resource in the set.
+    public var resources: [MeshResource] {
+        policies.map(MeshResource.authorizationPolicy) + services.map(MeshResource.serviceDefaults)
+    }
+
+    /// The central settings of `service`, if any.
+    public func defaults(for service: ServiceName) -> ServiceDefaults.Spec? {
+        services.first { $0.metadata.name == service.rawValue }?.spec
+    }
+
+    /// An instance's labels as policies see them: its own, overridden key by key by the
+    /// central labels of its service.
+    public func effectiveLabels(of service: ServiceName, own: [String: String]) -> [String: String] {
+        guard let central = defaults(for: service)?.labels, !central.isEmpty else { return own }
+        return own.merging(central) { _, central in central }
+    }
+
+    private enum Key: String, CodingKey { case defaultMode, policies, services }
+
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: Key.self)
+        defaultMode = try container.decode(String.self, forKey: .defaultMode)
+        policies = try container.decodeIfPresent([PolicyDocument].self, forKey: .policies) ?? []
+        // Absent from a control plane older than ServiceDefaults.
+        services = try container.decodeIfPresent([ServiceDefaults].self, forKey: .services) ?? []
     }
 }

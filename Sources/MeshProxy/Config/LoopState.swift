@@ -64,7 +64,14 @@ final class LoopState {
     var denialSink: DenialBuffer?
     /// This workload: the destination of every inbound request.
     var selfService: ServiceName?
-    var selfLabels: [String: String] = [:]
+    /// Labels and mTLS mode from the proxy's own flags; central ServiceDefaults override them.
+    var localLabels: [String: String] = [:] { didSet { applyServiceDefaults() } }
+    var localMTLSMode = InboundListener.MTLSMode.strict { didSet { applyServiceDefaults() } }
+    /// This workload's labels as policies see them (flags overridden by ServiceDefaults).
+    private(set) var selfLabels: [String: String] = [:]
+    /// The inbound mode in force: read when a connection is accepted, and per request so that
+    /// plaintext connections opened while permissive are refused once the mode is strict.
+    private(set) var mtlsMode = InboundListener.MTLSMode.strict
     /// `Host` header values already resolved to a service (bounded; cleared when full).
     var hostCache: [String: ServiceName] = [:]
     /// TLS contexts built from the current SVID: new connections pick up a renewed
@@ -92,6 +99,7 @@ final class LoopState {
     func setRegistry(_ snapshot: RegistrySnapshot, evaluator: PolicyEvaluator? = nil) {
         registry = snapshot
         generation &+= 1
+        applyServiceDefaults()
         if let evaluator {
             // Only the policies that select this workload are kept: with a thousand policies
             // in the mesh, a request here is checked against its own few.
@@ -111,6 +119,16 @@ final class LoopState {
             routes[service] = ServiceRoute(keys: keys)
         }
         self.routes = routes
+    }
+
+    private func applyServiceDefaults() {
+        guard let selfService else {
+            selfLabels = localLabels
+            mtlsMode = localMTLSMode
+            return
+        }
+        selfLabels = registry.policies.effectiveLabels(of: selfService, own: localLabels)
+        mtlsMode = registry.policies.defaults(for: selfService)?.mtls.flatMap(InboundListener.MTLSMode.init(rawValue:)) ?? localMTLSMode
     }
 }
 

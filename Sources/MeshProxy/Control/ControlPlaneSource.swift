@@ -11,17 +11,21 @@ struct ControlPlaneSource: SidecarSource {
     let settings: Sidecar.ControlPlaneSettings
     let service: ServiceName
     let labels: Labels
+    /// The proxy's own `--mtls` mode, reported at registration so that `mesh services` and
+    /// `mesh explain` can show it.
+    let mtlsMode: String
     let inboundHost: String
     let identity: IdentityManager
     let logger: Logger
     let trustDomain: String
     private let registration: RegistrationBox
 
-    init(settings: Sidecar.ControlPlaneSettings, service: ServiceName, labels: Labels, inboundHost: String,
+    init(settings: Sidecar.ControlPlaneSettings, service: ServiceName, labels: Labels, mtlsMode: String, inboundHost: String,
          group: EventLoopGroup, logger: Logger, install: @escaping @Sendable (SVID, TrustBundle) async -> Void) throws {
         self.settings = settings
         self.service = service
         self.labels = labels
+        self.mtlsMode = mtlsMode
         self.inboundHost = inboundHost
         self.logger = logger
         self.registration = RegistrationBox()
@@ -42,7 +46,8 @@ struct ControlPlaneSource: SidecarSource {
         let registration = Registration(
             identity: identity,
             request: ControlAPI.RegisterRequest(instanceID: Self.makeInstanceID(service), address: advertise,
-                                                inboundPort: inboundPort, labels: labels, certificateExpiry: nil),
+                                                inboundPort: inboundPort, labels: labels, certificateExpiry: nil,
+                                                mtls: mtlsMode),
             interval: settings.heartbeatInterval, logger: logger)
         try await registration.register()
         self.registration.value = registration
@@ -59,7 +64,8 @@ struct ControlPlaneSource: SidecarSource {
             tasks.addTask { await identity.renewalLoop() }
             if let registration { tasks.addTask { await registration.heartbeatLoop() } }
             tasks.addTask {
-                await RegistryWatcher(identity: identity, states: states, logger: logger, onFirstSnapshot: onFirstRegistry).run()
+                await RegistryWatcher(identity: identity, states: states, service: service, logger: logger,
+                                      onFirstSnapshot: onFirstRegistry).run()
             }
         }
     }

@@ -10,6 +10,8 @@ import MeshPolicy
 struct RegistryWatcher: Sendable {
     let identity: IdentityManager
     let states: LoopStates
+    /// This proxy's service, whose central settings are logged when they change.
+    let service: ServiceName
     let logger: Logger
     /// Called once, when the first complete view has been applied.
     let onFirstSnapshot: @Sendable () -> Void
@@ -43,6 +45,13 @@ struct RegistryWatcher: Sendable {
                         }
                     }
                     let compiled = evaluator
+                    let central = next.policies.defaults(for: service)
+                    if central != box.central || (box.first && central != nil) {
+                        box.central = central
+                        logger.notice("central settings for this service applied (ServiceDefaults); they override the proxy's flags",
+                                      metadata: ["mtls": "\(central?.mtls ?? "(flag)")",
+                                                 "labels": "\((central?.labels ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))"])
+                    }
                     await states.update { $0.setRegistry(frozen, evaluator: compiled) }
                     if box.first {
                         box.first = false
@@ -68,4 +77,5 @@ private final class SnapshotBox: @unchecked Sendable {
     var snapshot = RegistrySnapshot()
     var first = true
     var attempt = 0
+    var central: ServiceDefaults.Spec?
 }

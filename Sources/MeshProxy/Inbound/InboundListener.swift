@@ -17,12 +17,14 @@ import NIOTLS
 enum InboundListener {
     /// `strict`: mTLS only. `permissive`: also plaintext callers from outside the mesh, who
     /// are then `unauthenticated` with their source address, for CIDR rules to admit.
+    /// The mode in force is ``LoopState/mtlsMode``: the proxy's flag unless a ServiceDefaults
+    /// resource sets it.
     enum MTLSMode: String, Sendable { case strict, permissive }
 
-    static func bind(_ address: HostPort, app: HostPort, mode: MTLSMode, group: EventLoopGroup, states: LoopStates,
+    static func bind(_ address: HostPort, app: HostPort, group: EventLoopGroup, states: LoopStates,
                      limits: ProxyLimits, logger: Logger) async throws -> Channel {
         let router: Router = { head, info, state in
-            route(head, info: &info, state: state, appPort: app.port, mode: mode, logger: logger, app: app)
+            route(head, info: &info, state: state, appPort: app.port, logger: logger, app: app)
         }
         do {
             return try await ServerBootstrap.dataPath(group: group)
@@ -48,7 +50,7 @@ enum InboundListener {
                             try sync.addHandler(HTTPParseErrorResponder())
                             try sync.addHandler(ProxyHTTPHandler(role: "inbound", router: router, states: states, logger: logger))
                         }
-                        switch mode {
+                        switch state.mtlsMode {
                         case .strict:
                             try addTLS(sync)
                             try addHTTP(sync)
@@ -112,11 +114,12 @@ final class TLSSniffer: ChannelInboundHandler, RemovableChannelHandler {
 
 extension InboundListener {
     static func route(_ head: HTTPRequestHead, info: inout DownstreamInfo, state: LoopState, appPort: Int,
-                      mode: MTLSMode, logger: Logger, app: HostPort) -> RouteDecision {
+                      logger: Logger, app: HostPort) -> RouteDecision {
         let peer = info.peerHeaderValue
-        if peer == nil && mode == .strict {
-            // Unreachable with a working TLS layer; refuse rather than forward anonymously.
-            return .respond(.forbidden, code: "no-peer-identity", message: "the caller has no verified identity")
+        if peer == nil && state.mtlsMode == .strict {
+            // A plaintext connection accepted while the service was permissive: the mode is
+            // strict now, so it gets no further.
+            return .respond(.forbidden, code: "plaintext-refused", message: "this service accepts mTLS only")
         }
         // What is authorized is what is forwarded: the normalized target.
         let path: String
@@ -194,7 +197,10 @@ extension InboundListener {
     private static func callerLabels(_ info: DownstreamInfo, _ state: LoopState) -> [String: String] {
         guard let service = info.peer?.service, let address = info.remoteAddress?.ipAddress else { return [:] }
         let plain = address.hasPrefix("::ffff:") ? String(address.dropFirst(7)) : address
-        return state.registry.endpoints(of: service).first { $0.address == plain || $0.address == address }?.labels.values ?? [:]
+        guard let instance = state.registry.endpoints(of: service).first(where: { $0.address == plain || $0.address == address }) else {
+            return [:]
+        }
+        return state.registry.policies.effectiveLabels(of: service, own: instance.labels.values)
     }
 
     private static func makeRequestID() -> String {
