@@ -1,26 +1,95 @@
 import Prometheus
+import Synchronization
 
 /// The proxy's metrics, in one swift-prometheus registry exposed at `GET /metrics` on the
-/// admin port. Label values are bounded: decision codes and actions are fixed sets, and
-/// policy names are those of the mesh's own resources (capped, then `other`).
+/// admin port.
+///
+/// A registry per proxy rather than swift-metrics' process-wide `MetricsSystem`: the demo
+/// and the tests run several proxies in one process, and each must expose only its own
+/// series. Label values are bounded: directions, hops, decision codes and status codes are
+/// fixed sets, and service and policy names are those of the mesh (capped, then `other`).
 public final class ProxyMetrics: Sendable {
     public let registry = PrometheusCollectorRegistry()
-    private let knownPolicies = PolicyNameCap(limit: 1000)
+    private let knownPolicies = NameCap(limit: 1000)
+    private let knownServices = NameCap(limit: 1000)
+
+    /// Histogram buckets in seconds (Prometheus' base unit, as promtool insists), at
+    /// millisecond steps from 0.1 ms (a sidecar's own share) to 10 s.
+    public static let latencyBuckets: [Double] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                  0.5, 1, 2.5, 5, 10]
 
     public init() {}
+
+    private static func descriptor(_ name: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "mesh", metricName: name, unitName: unit, helpText: help)
+    }
 
     /// The counter for one policy decision; callers cache it (creating one takes a lock in
     /// the registry, incrementing it does not).
     public func decisionCounter(policy: String?, action: String, code: String) -> Counter {
-        registry.makeCounter(name: "mesh_policy_decisions_total",
-                             labels: [("policy", knownPolicies.label(for: policy)), ("action", action), ("code", code)],
-                             help: "Authorization decisions of the inbound proxy, by policy (none: the default), action and decision code.")
+        registry.makeCounter(
+            descriptor: Self.descriptor("policy_decisions", "total",
+                                        "Authorization decisions of the inbound proxy, by policy (none: the default), action and decision code."),
+            labels: [("policy", policy.map(knownPolicies.label(for:)) ?? "none"), ("action", action), ("code", code)])
     }
 
-    /// The counter of requests a proxy answered or forwarded, by direction and status class.
-    public func requestCounter(direction: String, statusClass: String) -> Counter {
-        registry.makeCounter(name: "mesh_requests_total", labels: [("direction", direction), ("status_class", statusClass)],
-                             help: "Requests answered by the proxy, by direction (inbound, outbound) and HTTP status class.")
+    /// A service name as a label value: bounded, and `unknown` when there is none.
+    public func serviceLabel(_ service: String?) -> String {
+        service.map(knownServices.label(for:)) ?? "unknown"
+    }
+
+    /// Every series of one edge (direction, the two services, TLS or not) but the per-status
+    /// request counters, which ``requests(_:status:)`` makes. Callers cache it per edge.
+    public func edge(_ labels: EdgeLabels) -> EdgeMetrics {
+        let base = [("direction", labels.direction.rawValue), ("source_service", labels.sourceService),
+                    ("destination_service", labels.destinationService)]
+        let hops = Hop.allCases.map { hop in
+            registry.makeValueHistogram(
+                descriptor: Self.descriptor("hop_latency", "seconds",
+                                            "Where a mesh request's time went, by hop (caller-proxy, network, peer-proxy, app), recorded by the caller's proxy up to the response head."),
+                labels: [("source_service", labels.sourceService), ("destination_service", labels.destinationService),
+                         ("hop", hop.rawValue)],
+                buckets: Self.latencyBuckets)
+        }
+        return EdgeMetrics(
+            labels: labels,
+            latency: registry.makeValueHistogram(
+                descriptor: Self.descriptor("response_latency", "seconds",
+                                            "Time from the request head to the response head as this proxy saw it."),
+                labels: base + [("tls", labels.tls ? "true" : "false")], buckets: Self.latencyBuckets),
+            requestBytes: registry.makeCounter(
+                descriptor: Self.descriptor("request_body_bytes", "total", "Request body bytes relayed."), labels: base),
+            responseBytes: registry.makeCounter(
+                descriptor: Self.descriptor("response_body_bytes", "total", "Response body bytes relayed."), labels: base),
+            hops: labels.direction == .outbound ? hops : [])
+    }
+
+    /// The request counter of one edge and status code.
+    public func requests(_ labels: EdgeLabels, status: Int) -> Counter {
+        registry.makeCounter(
+            descriptor: Self.descriptor("requests", "total",
+                                        "Requests answered (by the upstream or by the proxy itself), by direction, source and destination, status code and whether the hop was mTLS."),
+            labels: [("direction", labels.direction.rawValue),
+                     ("source_service", labels.sourceService), ("source_identity", labels.sourceIdentity),
+                     ("destination_service", labels.destinationService), ("destination_identity", labels.destinationIdentity),
+                     ("status_code", (100...599).contains(status) ? String(status) : "other"),
+                     ("tls", labels.tls ? "true" : "false")])
+    }
+
+    /// Open and total TCP connections: `peer=src` accepted from callers, `peer=dst` made
+    /// to upstreams.
+    public func connections(direction: Direction, peer: String) -> (open: Gauge, total: Counter) {
+        let labels = [("direction", direction.rawValue), ("peer", peer)]
+        return (registry.makeGauge(descriptor: Self.descriptor("tcp_connections_open", "", "TCP connections open now."), labels: labels),
+                registry.makeCounter(descriptor: Self.descriptor("tcp_connections", "total", "TCP connections opened."), labels: labels))
+    }
+
+    /// TLS handshakes that failed, by direction and reason (``TLSFailureReason``).
+    public func tlsHandshakeFailures(direction: Direction, reason: TLSFailureReason) -> Counter {
+        registry.makeCounter(
+            descriptor: Self.descriptor("tls_handshake_failures", "total",
+                                        "TLS handshakes that failed, by direction and reason."),
+            labels: [("direction", direction.rawValue), ("reason", reason.rawValue)])
     }
 
     /// Prometheus text exposition of everything registered.
@@ -29,32 +98,112 @@ public final class ProxyMetrics: Sendable {
         registry.emit(into: &buffer)
         return buffer
     }
+
+    /// Which listener a request or connection belongs to.
+    public enum Direction: String, Sendable, Hashable {
+        case inbound, outbound
+    }
+
+    /// The parts of a request's time, as the caller's proxy attributes them.
+    public enum Hop: String, CaseIterable, Sendable {
+        /// From the app's request head to the request leaving for the peer, plus relaying.
+        case callerProxy = "caller-proxy"
+        /// Both directions on the wire (and the kernels) between the two proxies.
+        case network
+        /// The peer proxy's own time: TLS, authorization, forwarding.
+        case peerProxy = "peer-proxy"
+        /// The destination app, from the request reaching it to its response head.
+        case app
+    }
 }
 
-/// Keeps the number of distinct policy label values bounded.
-final class PolicyNameCap: Sendable {
-    private let names = LockedSet()
+/// The labels of one edge of the service graph, as one proxy sees it.
+public struct EdgeLabels: Hashable, Sendable {
+    public var direction: ProxyMetrics.Direction
+    public var sourceService: String
+    public var sourceIdentity: String
+    public var destinationService: String
+    public var destinationIdentity: String
+    /// Whether the hop between the proxies was mTLS (plaintext only from non-mesh callers
+    /// of a permissive service).
+    public var tls: Bool
+
+    public init(direction: ProxyMetrics.Direction, sourceService: String, sourceIdentity: String,
+                destinationService: String, destinationIdentity: String, tls: Bool) {
+        self.direction = direction
+        self.sourceService = sourceService
+        self.sourceIdentity = sourceIdentity
+        self.destinationService = destinationService
+        self.destinationIdentity = destinationIdentity
+        self.tls = tls
+    }
+}
+
+/// The series of one edge; one lookup per request, then lock-cheap updates.
+public final class EdgeMetrics: Sendable {
+    public let labels: EdgeLabels
+    public let latency: ValueHistogram
+    public let requestBytes: Counter
+    public let responseBytes: Counter
+    /// Indexed like ``ProxyMetrics/Hop/allCases``; empty on the inbound side.
+    public let hops: [ValueHistogram]
+
+    init(labels: EdgeLabels, latency: ValueHistogram, requestBytes: Counter, responseBytes: Counter, hops: [ValueHistogram]) {
+        self.labels = labels
+        self.latency = latency
+        self.requestBytes = requestBytes
+        self.responseBytes = responseBytes
+        self.hops = hops
+    }
+}
+
+/// Why a TLS handshake failed, from the TLS library's error, in a bounded set.
+public enum TLSFailureReason: String, Sendable {
+    /// The peer's certificate was refused: not from the mesh CA, expired, wrong SPIFFE ID.
+    case certificateRejected = "certificate-rejected"
+    /// The other side refused ours (it sent an alert).
+    case peerRejected = "peer-rejected"
+    /// Not TLS at all (plaintext to a strict port).
+    case notTLS = "not-tls"
+    /// TLS older than 1.3, or no common cipher.
+    case protocolVersion = "protocol-version"
+    case timeout
+    /// The connection closed before the handshake finished.
+    case closed
+    case other
+
+    /// Classifies an error from swift-nio-ssl by the BoringSSL reason in its description.
+    public init(describing error: any Error) {
+        let text = String(describing: error).uppercased()
+        if text.contains("CERTIFICATE_VERIFY_FAILED") || text.contains("CERTIFICATE VERIFY") {
+            self = .certificateRejected
+        } else if text.contains("WRONG_VERSION_NUMBER") || text.contains("HTTP_REQUEST") || text.contains("RECORD_TOO_LARGE") {
+            self = .notTLS
+        } else if text.contains("UNSUPPORTED_PROTOCOL") || text.contains("NO_SHARED_CIPHER") || text.contains("PROTOCOL_VERSION") {
+            self = .protocolVersion
+        } else if text.contains("ALERT") {
+            self = .peerRejected
+        } else if text.contains("EOF") || text.contains("UNCLEANSHUTDOWN") || text.contains("CLOSED") {
+            self = .closed
+        } else {
+            self = .other
+        }
+    }
+}
+
+/// Keeps the number of distinct label values of one kind bounded.
+final class NameCap: Sendable {
+    private let names = Mutex<Set<String>>([])
     private let limit: Int
 
     init(limit: Int) { self.limit = limit }
 
-    func label(for policy: String?) -> String {
-        guard let policy else { return "none" }
-        return names.insertIfRoom(policy, limit: limit) ? policy : "other"
-    }
-}
-
-import Synchronization
-
-final class LockedSet: Sendable {
-    private let storage = Mutex<Set<String>>([])
-
-    func insertIfRoom(_ value: String, limit: Int) -> Bool {
-        storage.withLock { set in
-            if set.contains(value) { return true }
-            guard set.count < limit else { return false }
-            set.insert(value)
-            return true
+    func label(for name: String) -> String {
+        names.withLock { set in
+            if set.contains(name) { return name }
+            guard set.count < limit else { return "other" }
+            set.insert(name)
+            return name
         }
     }
 }

@@ -9,27 +9,59 @@ import NIOTLS
 /// handler: it must see the handshake-completed event.
 public final class HandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHandler {
     public typealias InboundIn = NIOAny
-    private let timeout: TimeAmount
-    private var scheduled: Scheduled<Void>?
 
-    public init(timeout: TimeAmount) { self.timeout = timeout }
+    /// How a handshake ended without completing.
+    public enum Failure {
+        case timeout
+        /// The connection closed first.
+        case closed
+        /// The TLS layer reported this error.
+        case error(any Error)
+    }
+
+    private let timeout: TimeAmount
+    private let onFailure: ((Failure) -> Void)?
+    private var scheduled: Scheduled<Void>?
+    private var settled = false
+
+    /// - Parameter onFailure: called at most once, when the handshake fails (for metrics).
+    public init(timeout: TimeAmount, onFailure: ((Failure) -> Void)? = nil) {
+        self.timeout = timeout
+        self.onFailure = onFailure
+    }
 
     public func handlerAdded(context: ChannelHandlerContext) {
         let channel = context.channel
-        scheduled = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+        scheduled = context.eventLoop.scheduleTask(in: timeout) { [weak self] in
+            self?.settle(.timeout)
+            channel.close(promise: nil)
+        }
     }
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted = event {
+            settled = true
             scheduled?.cancel()
             scheduled = nil
         }
         context.fireUserInboundEventTriggered(event)
     }
 
+    public func errorCaught(context: ChannelHandlerContext, error: Error) {
+        settle(.error(error))
+        context.fireErrorCaught(error)
+    }
+
     public func channelInactive(context: ChannelHandlerContext) {
         scheduled?.cancel()
+        settle(.closed)
         context.fireChannelInactive()
+    }
+
+    private func settle(_ failure: Failure) {
+        guard !settled else { return }
+        settled = true
+        onFailure?(failure)
     }
 }
 

@@ -130,8 +130,8 @@ final class PolicyTests: XCTestCase {
                            #"mesh_policy_decisions_total{policy="web-reads-orders",action="allow",code="allowed-by-policy"}"#,
                            #"mesh_policy_decisions_total{policy="no-admin",action="deny",code="denied-by-policy"}"#,
                            #"mesh_policy_decisions_total{policy="no-admin",action="audit-deny",code="would-deny"}"#,
-                           #"mesh_requests_total{direction="inbound",status_class="4xx"}"#,
-                           #"mesh_requests_total{direction="inbound",status_class="2xx"}"#] {
+                           #"mesh_requests_total{direction="inbound",source_service="web",source_identity="spiffe://mesh.local/ns/default/sa/web",destination_service="api",destination_identity="spiffe://mesh.local/ns/default/sa/api",status_code="403",tls="true"}"#,
+                           #"mesh_requests_total{direction="inbound",source_service="web",source_identity="spiffe://mesh.local/ns/default/sa/web",destination_service="api",destination_identity="spiffe://mesh.local/ns/default/sa/api",status_code="200",tls="true"}"#] {
                 XCTAssertTrue(metrics.contains(series), "\(series) missing in:\n\(metrics)")
             }
             let history = try await mesh.cli(["history"])

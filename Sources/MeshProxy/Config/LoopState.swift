@@ -29,18 +29,48 @@ final class LoopState {
     /// time-bound access lapses by itself on open connections too.
     private(set) var policiesExpire = false
     /// The proxy's metrics; counters are cached per loop so that counting is one atomic add.
-    var metrics: ProxyMetrics?
+    var metrics: ProxyMetrics? {
+        didSet {
+            pool.onConnection = { [weak self] channel in self?.connectionOpened(.outbound, peer: "dst", channel) }
+            pool.onHandshakeFailure = { [weak self] reason in self?.handshakeFailed(.outbound, reason) }
+        }
+    }
+    private struct ConnectionKey: Hashable {
+        var direction: ProxyMetrics.Direction
+        var peer: String
+    }
+    private var connectionMetrics: [ConnectionKey: (open: Gauge, total: Counter)] = [:]
+    private struct FailureKey: Hashable {
+        var direction: ProxyMetrics.Direction
+        var reason: TLSFailureReason
+    }
+    private var handshakeFailures: [FailureKey: Counter] = [:]
+
+    /// Counts a TCP connection (`peer`: `src` accepted, `dst` made) until it closes.
+    func connectionOpened(_ direction: ProxyMetrics.Direction, peer: String, _ channel: Channel) {
+        guard let metrics else { return }
+        let key = ConnectionKey(direction: direction, peer: peer)
+        let handles = connectionMetrics[key] ?? metrics.connections(direction: direction, peer: peer)
+        connectionMetrics[key] = handles
+        handles.total.increment()
+        handles.open.increment()
+        let open = handles.open
+        channel.closeFuture.whenComplete { _ in open.decrement() }
+    }
+
+    func handshakeFailed(_ direction: ProxyMetrics.Direction, _ reason: TLSFailureReason) {
+        guard let metrics else { return }
+        let key = FailureKey(direction: direction, reason: reason)
+        let counter = handshakeFailures[key] ?? metrics.tlsHandshakeFailures(direction: direction, reason: reason)
+        handshakeFailures[key] = counter
+        counter.increment()
+    }
     private struct DecisionKey: Hashable {
         var policy: String?
         var action: String
         var code: String
     }
-    private struct RequestKey: Hashable {
-        var direction: String
-        var statusClass: Int
-    }
     private var decisionCounters: [DecisionKey: Counter] = [:]
-    private var requestCounters: [RequestKey: Counter] = [:]
 
     func countDecision(policy: String?, action: String, code: String) {
         guard let metrics else { return }
@@ -51,13 +81,35 @@ final class LoopState {
         counter.increment()
     }
 
-    func countRequest(direction: String, status: Int) {
-        guard let metrics else { return }
-        let key = RequestKey(direction: direction, statusClass: status / 100)
-        if let counter = requestCounters[key] { counter.increment(); return }
-        let counter = metrics.requestCounter(direction: direction, statusClass: "\(status / 100)xx")
-        requestCounters[key] = counter
-        counter.increment()
+    /// The other end of an edge as the data path knows it: the caller (inbound) or the
+    /// destination (outbound); nil when unknown (a plaintext caller, an unroutable request).
+    struct EdgeKey: Hashable {
+        var direction: ProxyMetrics.Direction
+        var peer: ServiceName?
+        var tls: Bool
+    }
+    private var edges: [EdgeKey: EdgeHandles] = [:]
+
+    /// The metric handles of one edge, made once and then found with one lookup.
+    func edge(_ key: EdgeKey) -> EdgeHandles? {
+        if let handles = edges[key] { return handles }
+        guard let metrics else { return nil }
+        let trustDomain = bundle?.trustDomain
+        func identity(_ service: ServiceName?) -> String {
+            guard let service, let trustDomain, let id = try? SPIFFEID(trustDomain: trustDomain, service: service) else {
+                return key.tls ? "unknown" : "unauthenticated"
+            }
+            return id.description
+        }
+        let me = selfService
+        let (source, destination) = key.direction == .inbound ? (key.peer, me) : (me, key.peer)
+        let labels = EdgeLabels(direction: key.direction, sourceService: metrics.serviceLabel(source?.rawValue),
+                                sourceIdentity: source == nil ? (key.tls ? "unknown" : "unauthenticated") : identity(source),
+                                destinationService: metrics.serviceLabel(destination?.rawValue),
+                                destinationIdentity: destination == nil ? "unknown" : identity(destination), tls: key.tls)
+        let handles = EdgeHandles(metrics: metrics, edge: metrics.edge(labels))
+        edges[key] = handles
+        return handles
     }
 
     /// Where denials go to be reported to the control plane (bounded; newest kept).

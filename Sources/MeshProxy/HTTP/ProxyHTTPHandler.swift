@@ -1,5 +1,6 @@
 import Logging
 import MeshCore
+import MeshTelemetry
 import MeshTransport
 import NIOCore
 import NIOHTTP1
@@ -23,6 +24,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     }
 
     private let role: String
+    private let direction: ProxyMetrics.Direction
     private let router: Router
     private let states: LoopStates
     private let logger: Logger
@@ -38,12 +40,15 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     private var replay: [HTTPServerRequestPart]?
     private var replayBytes = 0
     private var replayed = false
+    /// Timing, sizes and edge of the current exchange, recorded when it ends.
+    private var exchange = Exchange(start: 0)
     /// Reading was paused because the pending body reached its limit.
     private var readPaused = false
     private static let maxReplayBytes = 64 * 1024
 
     init(role: String, router: @escaping Router, states: LoopStates, logger: Logger) {
         self.role = role
+        self.direction = role == "inbound" ? .inbound : .outbound
         self.router = router
         self.states = states
         self.logger = logger
@@ -62,6 +67,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
         keepForReplay(part)
+        if case .body(let chunk) = part { exchange.requestBytes += chunk.readableBytes }
         switch (state, part) {
         case (.idle, .head(let head)):
             begin(head, context: context)
@@ -127,10 +133,16 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         headerTimer?.headReceived()
         keepAlive = head.isKeepAlive
         guard let loopState else { return }
+        exchange = Exchange(start: Exchange.now())
         if !infoLoaded {
             info = DownstreamInfo(peer: PeerIdentityReader.peer(of: context), remoteAddress: context.channel.remoteAddress)
             infoLoaded = true
         }
+        // Inbound, the edge is the verified caller; outbound, the destination once routed
+        // (the hop to a peer is always mTLS).
+        exchange.edge = direction == .inbound
+            ? loopState.edge(.init(direction: .inbound, peer: info.peer?.service, tls: info.peer != nil))
+            : loopState.edge(.init(direction: .outbound, peer: nil, tls: true))
         if let problem = ProxyHeaders.exceedsLimits(head, limits: loopState.pool.limits) {
             respondLocally(.init(statusCode: 431), code: "headers-too-large", message: problem, context: context)
             return
@@ -148,6 +160,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         case .respond(let status, let code, let message):
             respondLocally(status, code: code, message: message, context: context)
         case .forward(let candidates, let forwardHead):
+            if direction == .outbound, let destination = candidates.first?.peerIdentity?.service {
+                exchange.edge = loopState.edge(.init(direction: .outbound, peer: destination, tls: true))
+            }
             state = .connecting(pending: [.head(forwardHead)], pendingBytes: 0, requestEnded: false)
             let idempotent: Bool
             switch forwardHead.method {
@@ -184,6 +199,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         switch result {
         case .success(let upstream):
             state = .forwarding(upstream, requestEnded: ended, responseStarted: false)
+            exchange.upstreamStart = Exchange.now()
             upstream.handler.responder = self
             for part in pending { upstream.channel.write(clientPart(part), promise: nil) }
             upstream.channel.flush()
@@ -215,14 +231,17 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         case .part(.head(var head)):
             let upstreamKeepAlive = head.isKeepAlive
             ProxyHeaders.stripHopByHop(&head.headers)
+            exchange.responseHead = Exchange.now()
+            exchange.status = Int(head.status.code)
+            exchangeTiming(&head.headers)
             if !keepAlive { head.headers.replaceOrAdd(name: "connection", value: "close") }
             state = .forwarding(upstream, requestEnded: requestEnded, responseStarted: true)
             replay = nil
             upstream.handler.keepAlive = upstreamKeepAlive
-            loopState?.countRequest(direction: role, status: Int(head.status.code))
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: head.status, headers: head.headers))),
                           promise: nil)
         case .part(.body(let chunk)):
+            exchange.responseBytes += chunk.readableBytes
             context.write(wrapOutboundOut(.body(.byteBuffer(chunk))), promise: nil)
         case .part(.end(let trailers)):
             let reusable = upstream.handler.keepAlive && requestEnded
@@ -232,6 +251,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             } else {
                 upstream.channel.close(promise: nil)
             }
+            exchange.record()
             finishExchange()
             state = requestEnded ? .idle : .discarding
             if requestEnded { headerTimer?.awaitNextRequest() }
@@ -251,6 +271,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             finishExchange()
             if started {
                 // Part of the response is already out: the only honest signal left is a close.
+                exchange.record()
                 state = .idle
                 context.close(promise: nil)
             } else {
@@ -311,7 +332,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     /// when the request asked for that.
     private func writeResponse(_ status: HTTPResponseStatus, body text: String, headers extra: HTTPHeaders,
                                context: ChannelHandlerContext) {
-        loopState?.countRequest(direction: role, status: Int(status.code))
+        exchange.status = Int(status.code)
+        exchange.responseHead = Exchange.now()
+        exchange.record()
         let body = ByteBuffer(string: "swiftmesh \(role): \(text)\n")
         var headers: HTTPHeaders = ["content-type": "text/plain; charset=utf-8", "content-length": "\(body.readableBytes)"]
         headers.add(contentsOf: extra)
@@ -321,6 +344,24 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         let closeAfter = !keepAlive
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
             if closeAfter { context.close(promise: nil) }
+        }
+    }
+
+    /// Inbound: replaces whatever timing header the app sent with this proxy's own report,
+    /// for mesh callers only. Outbound: takes the peer's report off the response (the app
+    /// never sees it) for the hop attribution.
+    private func exchangeTiming(_ headers: inout HTTPHeaders) {
+        switch direction {
+        case .inbound:
+            headers.remove(name: HopTiming.header)
+            guard info.peer != nil, exchange.upstreamStart > 0 else { return }
+            let timing = HopTiming(appNanos: exchange.responseHead &- exchange.upstreamStart,
+                                   proxyNanos: exchange.upstreamStart &- exchange.start)
+            headers.add(name: HopTiming.header, value: timing.headerValue)
+        case .outbound:
+            guard let value = headers.first(name: HopTiming.header) else { return }
+            exchange.peer = HopTiming(headerValue: value)
+            headers.remove(name: HopTiming.header)
         }
     }
 

@@ -1,6 +1,7 @@
 import Logging
 import MeshCore
 import MeshIdentity
+import MeshTelemetry
 import MeshTransport
 import NIOCore
 import NIOHTTP1
@@ -22,6 +23,9 @@ final class UpstreamPool {
     let eventLoop: EventLoop
     let limits: ProxyLimits
     private var idle: [UpstreamKey: [UpstreamConnection]] = [:]
+    /// Telemetry hooks, set with the proxy's metrics: a connection made, a handshake failed.
+    var onConnection: ((Channel) -> Void)?
+    var onHandshakeFailure: ((TLSFailureReason) -> Void)?
 
     init(eventLoop: EventLoop, limits: ProxyLimits) {
         self.eventLoop = eventLoop
@@ -91,6 +95,8 @@ final class UpstreamPool {
         }
         let tlsContext = clientTLS
         let handshakeTimeout = limits.tlsHandshakeTimeout
+        let onHandshakeFailure = self.onHandshakeFailure
+        let onConnection = self.onConnection
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(limits.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -104,12 +110,13 @@ final class UpstreamPool {
                     }
                     try sync.addHTTPClientHandlers()
                     try sync.addHandler(UpstreamHandler(ready: ready, expectsTLS: verifier != nil,
-                                                        handshakeTimeout: handshakeTimeout))
+                                                        handshakeTimeout: handshakeTimeout, onHandshakeFailure: onHandshakeFailure))
                 }
             }
             .connect(host: key.address.host, port: key.address.port)
             .flatMap { channel in
-                ready.futureResult.flatMapThrowing {
+                onConnection?(channel)
+                return ready.futureResult.flatMapThrowing {
                     let handler = try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self)
                     let connection = UpstreamConnection(key: key, channel: channel, handler: handler)
                     channel.closeFuture.whenComplete { [weak self] _ in self?.forget(connection) }
@@ -152,18 +159,24 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let expectsTLS: Bool
     private let handshakeTimeout: TimeAmount
     private var timeout: Scheduled<Void>?
+    private let onHandshakeFailure: ((TLSFailureReason) -> Void)?
+    /// Connected and handshaking: a failure now is a TLS handshake failure.
+    private var handshaking = false
 
-    init(ready: EventLoopPromise<Void>, expectsTLS: Bool, handshakeTimeout: TimeAmount) {
+    init(ready: EventLoopPromise<Void>, expectsTLS: Bool, handshakeTimeout: TimeAmount,
+         onHandshakeFailure: ((TLSFailureReason) -> Void)? = nil) {
         self.ready = ready
         self.expectsTLS = expectsTLS
         self.handshakeTimeout = handshakeTimeout
+        self.onHandshakeFailure = onHandshakeFailure
     }
 
     func channelActive(context: ChannelHandlerContext) {
         if expectsTLS {
+            handshaking = true
             let channel = context.channel
             timeout = context.eventLoop.scheduleTask(in: handshakeTimeout) { [weak self] in
-                self?.fail(MeshError(.unavailable, "TLS handshake with the peer timed out"))
+                self?.fail(MeshError(.unavailable, "TLS handshake with the peer timed out"), reason: .timeout)
                 channel.close(promise: nil)
             }
         } else {
@@ -179,7 +192,7 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// A connect that fails never makes the channel active: the promise is settled here so
     /// that it never leaks.
     func handlerRemoved(context: ChannelHandlerContext) {
-        fail(MeshError(.unavailable, "the upstream connection closed before it was ready"))
+        fail(MeshError(.unavailable, "the upstream connection closed before it was ready"), reason: .closed)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -199,12 +212,12 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        fail(error)
+        fail(error, reason: TLSFailureReason(describing: error))
         context.close(promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        fail(MeshError(.unavailable, "upstream closed the connection"))
+        fail(MeshError(.unavailable, "upstream closed the connection"), reason: .closed)
         if let responder {
             self.responder = nil
             responder.upstreamEvent(.closed)
@@ -213,13 +226,20 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func succeed() {
+        handshaking = false
         timeout?.cancel()
         timeout = nil
         ready?.succeed(())
         ready = nil
     }
 
-    private func fail(_ error: Error) {
+    /// Settles the ready promise with `error` if it is still open; counts a handshake
+    /// failure (with `reason`) when the connection was handshaking.
+    private func fail(_ error: Error, reason: TLSFailureReason) {
+        if handshaking, ready != nil {
+            handshaking = false
+            onHandshakeFailure?(reason)
+        }
         timeout?.cancel()
         timeout = nil
         ready?.fail(error)

@@ -3,6 +3,7 @@ import Logging
 import MeshCore
 import MeshIdentity
 import MeshPolicy
+import MeshTelemetry
 import MeshTransport
 import NIOCore
 import NIOHTTP1
@@ -34,13 +35,20 @@ enum InboundListener {
                         guard let tls = state.serverTLS, let bundle = state.bundle else {
                             throw MeshError(.unavailable, "no SVID yet")
                         }
+                        state.connectionOpened(.inbound, peer: "src", channel)
                         let sync = channel.pipeline.syncOperations
                         let addTLS: (ChannelPipeline.SynchronousOperations) throws -> Void = { sync in
                             let verifier = SPIFFEPeerVerifier(bundle: bundle, usage: .clientAuth)
                             try sync.addHandler(NIOSSLServerHandler(
                                 context: tls, customVerificationCallbackWithMetadata: SPIFFEVerification.callback(verifier, logger: logger)))
                             // After the TLS handler: it must see the handshake-completed event.
-                            try sync.addHandler(HandshakeTimeoutHandler(timeout: limits.tlsHandshakeTimeout))
+                            try sync.addHandler(HandshakeTimeoutHandler(timeout: limits.tlsHandshakeTimeout) { [weak state] failure in
+                                switch failure {
+                                case .timeout: state?.handshakeFailed(.inbound, .timeout)
+                                case .closed: state?.handshakeFailed(.inbound, .closed)
+                                case .error(let error): state?.handshakeFailed(.inbound, TLSFailureReason(describing: error))
+                                }
+                            })
                         }
                         let addHTTP: (ChannelPipeline.SynchronousOperations) throws -> Void = { sync in
                             try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))

@@ -17,6 +17,7 @@ enum OutboundListener {
             return try await ServerBootstrap.dataPath(group: group)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        states.state(on: channel.eventLoop).connectionOpened(.outbound, peer: "src", channel)
                         let sync = channel.pipeline.syncOperations
                         try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
                         try sync.addHandler(IdleCloseHandler())
