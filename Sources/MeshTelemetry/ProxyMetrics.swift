@@ -92,6 +92,21 @@ public final class ProxyMetrics: Sendable {
             labels: [("direction", direction.rawValue), ("reason", reason.rawValue)])
     }
 
+    /// The kernel's view of the TCP path to one destination (Linux TCP_INFO of the
+    /// connections to its proxies): smoothed RTT, its variance, and retransmitted segments.
+    public func tcpPath(destination: String) -> (rtt: Gauge, rttVariance: Gauge, retransmits: Counter) {
+        let labels = [("destination_service", destination)]
+        return (registry.makeGauge(descriptor: Self.descriptor("tcp_rtt", "seconds",
+                                                               "Smoothed round-trip time of the TCP connections to the destination's proxies, averaged over them (Linux TCP_INFO)."),
+                                   labels: labels),
+                registry.makeGauge(descriptor: Self.descriptor("tcp_rtt_variance", "seconds",
+                                                               "Round-trip time variance (mean deviation) of those connections (TCP_INFO rttvar)."),
+                                   labels: labels),
+                registry.makeCounter(descriptor: Self.descriptor("tcp_retransmits", "total",
+                                                                 "Segments retransmitted on connections to the destination's proxies: loss on the path, or a peer too slow to acknowledge."),
+                                     labels: labels))
+    }
+
     /// Prometheus text exposition of everything registered.
     public func exposition() -> [UInt8] {
         var buffer: [UInt8] = []

@@ -102,6 +102,18 @@ final class MetricsTests: XCTestCase {
             XCTAssertEqual(Exposition.sum(caller, "mesh_tcp_connections_total", ["direction": "outbound", "peer": "dst"]), 1,
                            "the three requests share one pooled mTLS connection\n\(caller)")
 
+            // The kernel's view of the path to api (TCP_INFO), sampled every two seconds.
+            let sampled = try await eventually(timeout: .seconds(8), interval: .milliseconds(250)) { () -> String in
+                let text = try await plainGet(web.admin, "/metrics").text
+                guard Exposition.sum(text, "mesh_tcp_rtt_seconds", ["destination_service": "api"]) > 0 else {
+                    throw TestFailure("no RTT for api yet")
+                }
+                return text
+            }
+            XCTAssertLessThan(Exposition.sum(sampled, "mesh_tcp_rtt_seconds", ["destination_service": "api"]), 1, sampled)
+            XCTAssertTrue(sampled.contains(#"mesh_tcp_retransmits_total{destination_service="api"}"#), sampled)
+            XCTAssertTrue(sampled.contains(#"mesh_tcp_rtt_variance_seconds{destination_service="api"}"#), sampled)
+
             let callee = try await plainGet(api.admin, "/metrics").text
             XCTAssertEqual(Exposition.sum(callee, "mesh_requests_total", [
                 "direction": "inbound", "source_service": "web", "source_identity": "spiffe://mesh.local/ns/default/sa/web",

@@ -33,6 +33,34 @@ final class LoopState {
         didSet {
             pool.onConnection = { [weak self] channel in self?.connectionOpened(.outbound, peer: "dst", channel) }
             pool.onHandshakeFailure = { [weak self] reason in self?.handshakeFailed(.outbound, reason) }
+            if metrics != nil && tcpSampling == nil {
+                tcpSampling = eventLoop.scheduleRepeatedTask(initialDelay: Self.tcpSampleInterval, delay: Self.tcpSampleInterval) { [weak self] _ in
+                    self?.sampleTCPPaths()
+                }
+            }
+        }
+    }
+    /// How often the kernel's TCP_INFO of connections to peers is read into the metrics.
+    static let tcpSampleInterval = TimeAmount.seconds(2)
+    private var tcpSampling: RepeatedTask?
+    private var tcpPaths: [ServiceName: (rtt: Gauge, rttVariance: Gauge, retransmits: Counter)] = [:]
+
+    /// Averages RTT and its variance over the open connections to each destination and adds
+    /// their new retransmissions.
+    private func sampleTCPPaths() {
+        guard let metrics else { return }
+        var sums: [ServiceName: (rtt: UInt64, variance: UInt64, count: UInt64)] = [:]
+        pool.sampleTCPInfo { [self] sample in
+            let handles = tcpPaths[sample.destination] ?? metrics.tcpPath(destination: metrics.serviceLabel(sample.destination.rawValue))
+            tcpPaths[sample.destination] = handles
+            if sample.retransmits > 0 { handles.retransmits.increment(by: Int64(sample.retransmits)) }
+            var sum = sums[sample.destination] ?? (0, 0, 0)
+            sum.rtt += UInt64(sample.rttMicros)
+            sum.variance += UInt64(sample.rttVarianceMicros)
+            sum.count += 1
+            sums[sample.destination] = sum
+            handles.rtt.set(Double(sum.rtt) / Double(sum.count) / 1e6)
+            handles.rttVariance.set(Double(sum.variance) / Double(sum.count) / 1e6)
         }
     }
     private struct ConnectionKey: Hashable {

@@ -26,6 +26,8 @@ final class UpstreamPool {
     /// Telemetry hooks, set with the proxy's metrics: a connection made, a handshake failed.
     var onConnection: ((Channel) -> Void)?
     var onHandshakeFailure: ((TLSFailureReason) -> Void)?
+    /// Every open connection to a peer proxy (pooled or lent out), for TCP_INFO sampling.
+    private var peers: [ObjectIdentifier: UpstreamConnection] = [:]
 
     init(eventLoop: EventLoop, limits: ProxyLimits) {
         self.eventLoop = eventLoop
@@ -78,6 +80,24 @@ final class UpstreamPool {
         idle[connection.key] = list.isEmpty ? nil : list
     }
 
+    /// What the kernel knows of each connection to a peer proxy: smoothed RTT and its
+    /// variance (microseconds) and the retransmissions since the last sample, handed to
+    /// `report` one connection at a time. Linux only; nothing elsewhere.
+    func sampleTCPInfo(_ report: @escaping (TCPPathSample) -> Void) {
+        #if os(Linux)
+        for connection in peers.values {
+            guard let service = connection.key.peerIdentity?.service,
+                  let provider = connection.channel as? SocketOptionProvider else { continue }
+            provider.getTCPInfo().whenSuccess { info in
+                let retransmits = info.tcpi_total_retrans &- connection.reportedRetransmits
+                connection.reportedRetransmits = info.tcpi_total_retrans
+                report(TCPPathSample(destination: service, rttMicros: info.tcpi_rtt, rttVarianceMicros: info.tcpi_rttvar,
+                                     retransmits: retransmits))
+            }
+        }
+        #endif
+    }
+
     /// Closes every idle connection (shutdown).
     func closeAll() {
         for connection in idle.values.joined() { connection.channel.close(promise: nil) }
@@ -119,7 +139,11 @@ final class UpstreamPool {
                 return ready.futureResult.flatMapThrowing {
                     let handler = try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self)
                     let connection = UpstreamConnection(key: key, channel: channel, handler: handler)
-                    channel.closeFuture.whenComplete { [weak self] _ in self?.forget(connection) }
+                    if key.peerIdentity != nil { self.peers[ObjectIdentifier(connection)] = connection }
+                    channel.closeFuture.whenComplete { [weak self] _ in
+                        self?.forget(connection)
+                        self?.peers[ObjectIdentifier(connection)] = nil
+                    }
                     return connection
                 }
                 .flatMapErrorThrowing { error in
@@ -130,6 +154,14 @@ final class UpstreamPool {
     }
 }
 
+/// One TCP_INFO reading of a connection to a peer proxy.
+struct TCPPathSample {
+    var destination: ServiceName
+    var rttMicros: UInt32
+    var rttVarianceMicros: UInt32
+    var retransmits: UInt32
+}
+
 /// One upstream connection with its HTTP client pipeline.
 final class UpstreamConnection {
     let key: UpstreamKey
@@ -137,6 +169,8 @@ final class UpstreamConnection {
     let handler: UpstreamHandler
     /// Exchanges this connection has carried (1 for a new one).
     var uses = 1
+    /// The kernel's retransmission total at the last TCP_INFO sample.
+    var reportedRetransmits: UInt32 = 0
 
     init(key: UpstreamKey, channel: Channel, handler: UpstreamHandler) {
         self.key = key
