@@ -87,6 +87,7 @@ let package = Package(
         ]),
         .testTarget(name: "MeshControlTests", dependencies: ["MeshControl", "MeshStore", "MeshCore", log]),
         .testTarget(name: "MeshStoreTests", dependencies: ["MeshStore", "MeshCore", log]),
+        .testTarget(name: "MeshTelemetryTests", dependencies: ["MeshTelemetry"]),
         // Depends on `mesh` so that `swift test` builds the binary the tests start.
         .testTarget(name: "IntegrationTests", dependencies: [
             "mesh", "MeshCore", "MeshIdentity", "MeshTransport", "MeshTesting",

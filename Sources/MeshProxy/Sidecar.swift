@@ -53,6 +53,8 @@ public struct Sidecar: Sendable {
         public var mtlsMode = "strict"
         public var threads = 1
         public var limits = ProxyLimits()
+        /// `stdout` or a file for one JSON line per request; nil (the default): no access log.
+        public var accessLog: String?
 
         public init(service: ServiceName, app: HostPort, inbound: HostPort, outbound: HostPort, admin: HostPort,
                     source: Source) {
@@ -109,11 +111,19 @@ public struct Sidecar: Sendable {
         let selfService = config.service
         let selfLabels = config.labels.values
         let metrics = ProxyMetrics()
+        let accessLog: AccessLog?
+        do {
+            accessLog = try config.accessLog.map { try AccessLog(destination: $0, metrics: metrics) }
+        } catch {
+            throw MeshError(.invalidRequest, "\(error)")
+        }
+        defer { accessLog?.close() }
         await states.update { state in
             state.selfService = selfService
             state.localLabels = selfLabels
             state.localMTLSMode = mode
             state.metrics = metrics
+            state.accessLog = accessLog
         }
         let source: any SidecarSource
         switch config.source {

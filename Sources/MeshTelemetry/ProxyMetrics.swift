@@ -107,6 +107,13 @@ public final class ProxyMetrics: Sendable {
                                      labels: labels))
     }
 
+    /// Access log lines dropped because the writer could not keep up.
+    public func accessLogDropped() -> Counter {
+        registry.makeCounter(descriptor: Self.descriptor("access_log_dropped_lines", "total",
+                                                         "Access log lines dropped because the log's buffer was full or the write failed."),
+                             labels: [])
+    }
+
     /// Prometheus text exposition of everything registered.
     public func exposition() -> [UInt8] {
         var buffer: [UInt8] = []

@@ -35,6 +35,7 @@ public struct APIClient: Sendable {
 
     public struct Response: Sendable {
         public var status: HTTPResponseStatus
+        public var headers: HTTPHeaders = [:]
         public var body: ByteBuffer
         public var text: String { String(buffer: body) }
 
@@ -59,16 +60,19 @@ public struct APIClient: Sendable {
         return try await withTimeout(requestTimeout) {
             try await self.exchange(method, path, body: payload) { inbound in
                 var status: HTTPResponseStatus = .ok
+                var headers: HTTPHeaders = [:]
                 var body = ByteBuffer()
                 for try await part in inbound {
                     switch part {
-                    case .head(let head): status = head.status
+                    case .head(let head):
+                        status = head.status
+                        headers = head.headers
                     case .body(var chunk):
                         guard body.readableBytes + chunk.readableBytes <= maxResponseBytes else {
                             throw MeshError(.protocolError, "response from \(target) exceeds \(maxResponseBytes) bytes")
                         }
                         body.writeBuffer(&chunk)
-                    case .end: return Response(status: status, body: body)
+                    case .end: return Response(status: status, headers: headers, body: body)
                     }
                 }
                 throw MeshError(.unavailable, "\(target) closed the connection before answering")

@@ -62,6 +62,9 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(help: "Event loop threads of the data path.")
     var threads: Int?
 
+    @Option(help: "Access log: 'stdout' or a file, one JSON line per request (off by default).")
+    var accessLog: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -92,6 +95,7 @@ struct ProxyCommand: AsyncParsableCommand {
         LoggingSetup.bootstrap(level: logLevel)
         var sidecarConfig = try config.map { try StaticConfigFile.load(path: $0) } ?? controlPlaneConfiguration()
         if let threads { sidecarConfig.threads = threads }
+        if let accessLog { sidecarConfig.accessLog = accessLog }
         if !labels.isEmpty { sidecarConfig.labels = try Labels(parsing: labels) }
         if let mtls {
             guard ["strict", "permissive"].contains(mtls) else { throw ValidationError("--mtls must be strict or permissive") }

@@ -47,6 +47,8 @@ enum StaticConfigFile {
         var defaultPolicy: String?
         /// strict (default) or permissive.
         var mtls: String?
+        /// stdout or a file: one JSON line per request.
+        var accessLog: String?
     }
 
     static func load(path: String) throws -> Sidecar.Configuration {
@@ -95,6 +97,7 @@ enum StaticConfigFile {
             service: try name(file.service, "service"), app: try address(file.app, "app"),
             inbound: try address(file.inbound, "inbound"), outbound: try address(file.outbound, "outbound"),
             admin: try address(file.admin, "admin"), source: .staticFiles(policySettings))
+        config.accessLog = file.accessLog
         if let mtls = file.mtls {
             guard ["strict", "permissive"].contains(mtls) else { throw ValidationError("\(path): field 'mtls' must be strict or permissive") }
             config.mtlsMode = mtls

@@ -142,6 +142,8 @@ final class LoopState {
 
     /// Where denials go to be reported to the control plane (bounded; newest kept).
     var denialSink: DenialBuffer?
+    /// The access log (`--access-log`); nil when off, which costs the data path nothing.
+    var accessLog: AccessLog?
     /// This workload: the destination of every inbound request.
     var selfService: ServiceName?
     /// Labels and mTLS mode from the proxy's own flags; central ServiceDefaults override them.

@@ -36,14 +36,28 @@ struct Exchange {
     var edge: EdgeHandles?
     /// The peer proxy's report (outbound only): its own time and the app's.
     var peer: HopTiming?
+    /// What the access log needs beyond the metrics; nil when access logging is off.
+    var log: LogContext?
+
+    /// Request details kept only for the access log.
+    struct LogContext {
+        var method: String
+        var path: String
+        var traceID: String?
+        var sourceAddress: String?
+        var requestID: String?
+        var decision: String?
+        var policy: String?
+    }
 
     init(start: UInt64) { self.start = start }
 
     static func now() -> UInt64 { NIODeadline.now().uptimeNanoseconds }
 
-    /// Counts and times the finished exchange.
-    func record() {
+    /// Counts and times the finished exchange, and writes its access log line.
+    func record(accessLog: AccessLog?) {
         guard let edge else { return }
+        if let accessLog, let log { accessLog.write(entry(edge.edge.labels, log).encoded()) }
         edge.requests(status: status).increment()
         let end = responseHead > 0 ? responseHead : Self.now()
         let total = end &- start
@@ -54,6 +68,43 @@ struct Exchange {
         for (index, nanos) in split.enumerated() where index < edge.edge.hops.count {
             edge.edge.hops[index].record(Double(nanos) / 1e9)
         }
+    }
+
+    private func entry(_ labels: EdgeLabels, _ log: LogContext) -> AccessLogEntry {
+        let end = responseHead > 0 ? responseHead : Self.now()
+        var entry = AccessLogEntry(direction: labels.direction.rawValue, sourceService: labels.sourceService,
+                                   sourceIdentity: labels.sourceIdentity, destinationService: labels.destinationService,
+                                   destinationIdentity: labels.destinationIdentity, method: log.method, path: log.path,
+                                   status: status, tls: labels.tls, durationNanos: end &- start)
+        entry.traceID = log.traceID
+        entry.requestID = log.requestID
+        entry.sourceAddress = log.sourceAddress
+        entry.decision = log.decision
+        entry.policy = log.policy
+        entry.requestBytes = requestBytes
+        entry.responseBytes = responseBytes
+        if let split = hopSplit() {
+            entry.hops = zip(["caller_proxy", "network", "peer_proxy", "app"], split).map { ($0, $1) }
+        } else if labels.direction == .inbound, upstreamStart > 0, responseHead >= upstreamStart {
+            entry.hops = [("proxy", upstreamStart &- start), ("app", responseHead - upstreamStart)]
+        }
+        return entry
+    }
+
+    /// The trace id of a request from its W3C `traceparent` header, or B3 (`b3`,
+    /// `x-b3-traceid`); nil when absent or malformed.
+    static func traceID(of headers: HTTPHeaders) -> String? {
+        func isHex(_ text: Substring) -> Bool {
+            text.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) } && text.contains(where: { $0 != "0" })
+        }
+        if let parent = headers.first(name: "traceparent") {
+            let parts = parent.split(separator: "-")
+            if parts.count >= 4, parts[1].count == 32, isHex(parts[1]) { return String(parts[1]) }
+            return nil
+        }
+        let b3 = headers.first(name: "x-b3-traceid").map { Substring($0) } ?? headers.first(name: "b3")?.split(separator: "-").first
+        if let b3, b3.count == 32 || b3.count == 16, isHex(b3) { return String(b3) }
+        return nil
     }
 
     /// caller-proxy, network, peer-proxy, app (as ``ProxyMetrics/Hop/allCases``), in

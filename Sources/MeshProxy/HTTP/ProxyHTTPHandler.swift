@@ -143,6 +143,13 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         exchange.edge = direction == .inbound
             ? loopState.edge(.init(direction: .inbound, peer: info.peer?.service, tls: info.peer != nil))
             : loopState.edge(.init(direction: .outbound, peer: nil, tls: true))
+        if loopState.accessLog != nil {
+            let target = head.uri.prefix { $0 != "?" }
+            exchange.log = Exchange.LogContext(
+                method: head.method.rawValue, path: String(target.prefix(1024)), traceID: Exchange.traceID(of: head.headers),
+                sourceAddress: direction == .inbound ? info.remoteAddress?.ipAddress : nil)
+            info.lastDecision = nil
+        }
         if let problem = ProxyHeaders.exceedsLimits(head, limits: loopState.pool.limits) {
             respondLocally(.init(statusCode: 431), code: "headers-too-large", message: problem, context: context)
             return
@@ -154,14 +161,24 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             respondLocally(.badRequest, code: "bad-framing", message: problem, context: context)
             return
         }
-        switch router(head, &info, loopState) {
+        let decision = router(head, &info, loopState)
+        if exchange.log != nil, let last = info.lastDecision {
+            exchange.log?.decision = last.code
+            exchange.log?.policy = last.policy
+        }
+        switch decision {
         case .deny(let code, let requestID):
+            exchange.log?.requestID = requestID
             respondDenied(code: code, requestID: requestID, context: context)
         case .respond(let status, let code, let message):
             respondLocally(status, code: code, message: message, context: context)
         case .forward(let candidates, let forwardHead):
             if direction == .outbound, let destination = candidates.first?.peerIdentity?.service {
                 exchange.edge = loopState.edge(.init(direction: .outbound, peer: destination, tls: true))
+            }
+            if exchange.log != nil, direction == .inbound {
+                // What is logged is what was authorized and forwarded: the normalized path.
+                exchange.log?.path = String(forwardHead.uri.prefix { $0 != "?" }.prefix(1024))
             }
             state = .connecting(pending: [.head(forwardHead)], pendingBytes: 0, requestEnded: false)
             let idempotent: Bool
@@ -251,7 +268,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             } else {
                 upstream.channel.close(promise: nil)
             }
-            exchange.record()
+            exchange.record(accessLog: loopState?.accessLog)
             finishExchange()
             state = requestEnded ? .idle : .discarding
             if requestEnded { headerTimer?.awaitNextRequest() }
@@ -271,7 +288,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             finishExchange()
             if started {
                 // Part of the response is already out: the only honest signal left is a close.
-                exchange.record()
+                exchange.record(accessLog: loopState?.accessLog)
                 state = .idle
                 context.close(promise: nil)
             } else {
@@ -334,7 +351,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                                context: ChannelHandlerContext) {
         exchange.status = Int(status.code)
         exchange.responseHead = Exchange.now()
-        exchange.record()
+        exchange.record(accessLog: loopState?.accessLog)
         let body = ByteBuffer(string: "swiftmesh \(role): \(text)\n")
         var headers: HTTPHeaders = ["content-type": "text/plain; charset=utf-8", "content-length": "\(body.readableBytes)"]
         headers.add(contentsOf: extra)

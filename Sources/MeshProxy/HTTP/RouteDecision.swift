@@ -32,6 +32,8 @@ struct DownstreamInfo {
     var callerLabelsVersion: UInt64?
     /// A connection-level (L4) decision, reused while the registry/policy version holds.
     var l4Decision: (version: UInt64, allowed: Bool, code: String, policy: String?)?
+    /// The authorization decision of the current request (inbound), for the access log.
+    var lastDecision: (code: String, policy: String?)?
 
     init(peer: SPIFFEID? = nil, remoteAddress: SocketAddress? = nil) {
         self.peer = peer

@@ -162,6 +162,7 @@ extension InboundListener {
         let version = state.generation
         let cacheable = !state.policiesNeedL7 && !state.policiesExpire
         if cacheable, let cached = info.l4Decision, cached.version == version {
+            info.lastDecision = (cached.code, cached.policy)
             state.countDecision(policy: cached.policy, action: cached.allowed ? "allow" : "deny", code: cached.code)
             return cached.allowed ? nil : .deny(code: cached.code, requestID: makeRequestID())
         }
@@ -179,6 +180,7 @@ extension InboundListener {
             callerService: info.peer?.service, callerLabels: info.callerLabels, callerAddress: info.remoteAddress?.ipAddress,
             port: appPort, method: l7 ? head.method.rawValue : nil, path: l7 ? path : nil, headers: headers))
         if cacheable { info.l4Decision = (version, decision.allowed, decision.code.rawValue, decision.policy) }
+        info.lastDecision = (decision.code.rawValue, decision.policy)
         state.countDecision(policy: decision.policy, action: decision.allowed ? "allow" : "deny", code: decision.code.rawValue)
         for policy in decision.wouldDeny { state.countDecision(policy: policy, action: "audit-deny", code: "would-deny") }
         if !decision.wouldDeny.isEmpty {
