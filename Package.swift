@@ -31,6 +31,10 @@ let package = Package(
         .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        // Tracing: the OTLP/HTTP exporter only (no gRPC stack in the binary).
+        .package(url: "https://github.com/swift-otel/swift-otel.git", from: "1.6.0", traits: ["OTLPHTTP"]),
+        .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         // Layer 0: pure vocabulary, no NIO.
@@ -52,11 +56,18 @@ let package = Package(
             .product(name: "X509", package: "swift-certificates"),
             .product(name: "SwiftASN1", package: "swift-asn1"),
         ]),
-        // Metrics exposition (swift-prometheus); tracing and access logs join it later.
-        .target(name: "MeshTelemetry", dependencies: [.product(name: "Prometheus", package: "swift-prometheus")]),
+        // Metrics exposition (swift-prometheus), access logs, tracing (swift-otel over OTLP/HTTP).
+        .target(name: "MeshTelemetry", dependencies: [
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "OTel", package: "swift-otel"),
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            log,
+        ]),
         // Layer 2: data plane and control plane.
         .target(name: "MeshProxy", dependencies: ["MeshCore", "MeshIdentity", "MeshPolicy", "MeshTelemetry", "MeshTransport", log] + nio + tls + [
             .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
             .product(name: "X509", package: "swift-certificates"),
         ]),
         .target(name: "MeshControl", dependencies: ["MeshCore", "MeshIdentity", "MeshPolicy", "MeshStore", "MeshTransport", log] + nio + tls + [

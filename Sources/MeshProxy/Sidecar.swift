@@ -55,6 +55,10 @@ public struct Sidecar: Sendable {
         public var limits = ProxyLimits()
         /// `stdout` or a file for one JSON line per request; nil (the default): no access log.
         public var accessLog: String?
+        /// OTLP/HTTP traces URL; nil (the default): no tracing.
+        public var traceEndpoint: String?
+        /// Share of new traces recorded when tracing is on.
+        public var traceSampling = 0.01
 
         public init(service: ServiceName, app: HostPort, inbound: HostPort, outbound: HostPort, admin: HostPort,
                     source: Source) {
@@ -118,12 +122,21 @@ public struct Sidecar: Sendable {
             throw MeshError(.invalidRequest, "\(error)")
         }
         defer { accessLog?.close() }
+        let tracer: MeshTracer?
+        do {
+            tracer = try config.traceEndpoint.map {
+                try MeshTracer(endpoint: $0, serviceName: config.service.rawValue, samplingRatio: config.traceSampling, logger: logger)
+            }
+        } catch {
+            throw MeshError(.invalidRequest, "\(error)")
+        }
         await states.update { state in
             state.selfService = selfService
             state.localLabels = selfLabels
             state.localMTLSMode = mode
             state.metrics = metrics
             state.accessLog = accessLog
+            state.tracer = tracer
         }
         let source: any SidecarSource
         switch config.source {
@@ -166,6 +179,7 @@ public struct Sidecar: Sendable {
                 }
             }
             tasks.addTask { await admin.run() }
+            if let tracer { tasks.addTask { await tracer.run() } }
             // Wait for cancellation (SIGTERM), then stop the background loops.
             while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
             tasks.cancelAll()
@@ -177,6 +191,7 @@ public struct Sidecar: Sendable {
             readiness.draining = true
             await source.stop()
             await drain(listeners: listeners, states: states)
+            await tracer?.shutdown()
             await admin.close()
             logger.info("proxy stopped")
         }.value

@@ -26,13 +26,24 @@ public final class TestApp: Sendable {
     public var address: HostPort { server.localAddress }
     public var requests: [Seen] { seen.withLockedValue { $0 } }
 
-    public static func start(_ name: String) async throws -> TestApp {
+    /// - Parameter next: a service to call for every request through this app's sidecar
+    ///   (its outbound listener), passing the trace context on as instrumented apps do.
+    public static func start(_ name: String, port: Int = 0, next: (outbound: HostPort, service: String)? = nil) async throws -> TestApp {
         let seen = NIOLockedValueBox<[Seen]>([])
-        let server = try await APIServer.bind(HostPort(host: "127.0.0.1", port: 0), group: MultiThreadedEventLoopGroup.singleton,
+        let server = try await APIServer.bind(HostPort(host: "127.0.0.1", port: port), group: MultiThreadedEventLoopGroup.singleton,
                                               logger: Logger(label: "test.app")) { request in
             seen.withLockedValue { $0.append(Seen(path: request.path, headers: request.headers.map { ($0.name, $0.value) })) }
             // `/slow` answers after a second: an in-flight request for shutdown tests.
             if request.path.hasPrefix("/slow") { try? await Task.sleep(for: .seconds(1)) }
+            if let next {
+                var client = APIClient(target: next.outbound, group: MultiThreadedEventLoopGroup.singleton, tls: nil)
+                client.hostHeader = next.service
+                client.extraHeaders = ["traceparent", "tracestate"].compactMap { name in
+                    request.headers.first(name: name).map { (name, $0) }
+                }
+                let downstream = (try? await client.get(request.path))?.text ?? "\(next.service) unreachable\n"
+                return .text("hello from \(name), then \(downstream)")
+            }
             return .text("hello from \(name)\n")
         }
         return TestApp(name: name, server: server, seen: seen)

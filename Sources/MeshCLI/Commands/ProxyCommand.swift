@@ -65,6 +65,12 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(help: "Access log: 'stdout' or a file, one JSON line per request (off by default).")
     var accessLog: String?
 
+    @Option(help: "Export a span per request over OTLP/HTTP to this URL, e.g. http://127.0.0.1:4318/v1/traces (off by default).")
+    var traceEndpoint: String?
+
+    @Option(help: "With --trace-endpoint: share of new traces recorded, 0 to 1 (a caller's sampled trace is always continued).")
+    var traceSampling: Double?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -96,6 +102,11 @@ struct ProxyCommand: AsyncParsableCommand {
         var sidecarConfig = try config.map { try StaticConfigFile.load(path: $0) } ?? controlPlaneConfiguration()
         if let threads { sidecarConfig.threads = threads }
         if let accessLog { sidecarConfig.accessLog = accessLog }
+        if let traceEndpoint { sidecarConfig.traceEndpoint = traceEndpoint }
+        if let traceSampling {
+            guard (0...1).contains(traceSampling) else { throw ValidationError("--trace-sampling must be between 0 and 1") }
+            sidecarConfig.traceSampling = traceSampling
+        }
         if !labels.isEmpty { sidecarConfig.labels = try Labels(parsing: labels) }
         if let mtls {
             guard ["strict", "permissive"].contains(mtls) else { throw ValidationError("--mtls must be strict or permissive") }

@@ -49,6 +49,12 @@ enum StaticConfigFile {
         var mtls: String?
         /// stdout or a file: one JSON line per request.
         var accessLog: String?
+        /// OTLP/HTTP traces URL and sampling ratio.
+        var tracing: Tracing?
+        struct Tracing: Decodable {
+            var endpoint: String
+            var sampling: Double?
+        }
     }
 
     static func load(path: String) throws -> Sidecar.Configuration {
@@ -98,6 +104,11 @@ enum StaticConfigFile {
             inbound: try address(file.inbound, "inbound"), outbound: try address(file.outbound, "outbound"),
             admin: try address(file.admin, "admin"), source: .staticFiles(policySettings))
         config.accessLog = file.accessLog
+        config.traceEndpoint = file.tracing?.endpoint
+        if let sampling = file.tracing?.sampling {
+            guard (0...1).contains(sampling) else { throw ValidationError("\(path): field 'tracing.sampling' must be between 0 and 1") }
+            config.traceSampling = sampling
+        }
         if let mtls = file.mtls {
             guard ["strict", "permissive"].contains(mtls) else { throw ValidationError("\(path): field 'mtls' must be strict or permissive") }
             config.mtlsMode = mtls

@@ -144,6 +144,8 @@ final class LoopState {
     var denialSink: DenialBuffer?
     /// The access log (`--access-log`); nil when off, which costs the data path nothing.
     var accessLog: AccessLog?
+    /// The tracer (`--trace-endpoint`); nil when off.
+    var tracer: MeshTracer?
     /// This workload: the destination of every inbound request.
     var selfService: ServiceName?
     /// Labels and mTLS mode from the proxy's own flags; central ServiceDefaults override them.

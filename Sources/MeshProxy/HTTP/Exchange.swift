@@ -2,6 +2,7 @@ import MeshTelemetry
 import NIOCore
 import NIOHTTP1
 import Prometheus
+import Tracing
 
 /// The metric handles of one edge on one event loop: the shared series plus the request
 /// counters per status code, cached here so that a request costs one dictionary lookup.
@@ -38,6 +39,8 @@ struct Exchange {
     var peer: HopTiming?
     /// What the access log needs beyond the metrics; nil when access logging is off.
     var log: LogContext?
+    /// This hop's span; nil when tracing is off.
+    var span: (any Span)?
 
     /// Request details kept only for the access log.
     struct LogContext {
@@ -58,6 +61,7 @@ struct Exchange {
     func record(accessLog: AccessLog?) {
         guard let edge else { return }
         if let accessLog, let log { accessLog.write(entry(edge.edge.labels, log).encoded()) }
+        if let span { end(span, edge.edge.labels) }
         edge.requests(status: status).increment()
         let end = responseHead > 0 ? responseHead : Self.now()
         let total = end &- start
@@ -68,6 +72,35 @@ struct Exchange {
         for (index, nanos) in split.enumerated() where index < edge.edge.hops.count {
             edge.edge.hops[index].record(Double(nanos) / 1e9)
         }
+    }
+
+    /// Names the span after the call (`GET api`), records who called whom and the outcome,
+    /// and ends it.
+    private func end(_ span: any Span, _ labels: EdgeLabels) {
+        span.operationName = "\(log?.method ?? "HTTP") \(labels.destinationService)"
+        let status = self.status
+        let peer = self.peer
+        span.updateAttributes { attributes in
+            attributes["mesh.direction"] = labels.direction.rawValue
+            attributes["mesh.source.service"] = labels.sourceService
+            attributes["mesh.source.identity"] = labels.sourceIdentity
+            attributes["mesh.destination.service"] = labels.destinationService
+            attributes["mesh.destination.identity"] = labels.destinationIdentity
+            attributes["mesh.tls"] = labels.tls
+            attributes["http.response.status_code"] = status
+            if let log {
+                attributes["http.request.method"] = log.method
+                attributes["url.path"] = log.path
+                if let decision = log.decision { attributes["mesh.policy.decision"] = decision }
+                if let policy = log.policy { attributes["mesh.policy.name"] = policy }
+            }
+            if let peer {
+                attributes["mesh.peer_proxy.duration_us"] = Int(peer.proxyNanos / 1000)
+                attributes["mesh.app.duration_us"] = Int(peer.appNanos / 1000)
+            }
+        }
+        if status >= 500 || status == 0 { span.setStatus(.init(code: .error, message: "HTTP \(status)")) }
+        span.end()
     }
 
     private func entry(_ labels: EdgeLabels, _ log: LogContext) -> AccessLogEntry {

@@ -4,6 +4,7 @@ import MeshTelemetry
 import MeshTransport
 import NIOCore
 import NIOHTTP1
+import Tracing
 
 /// Forwards HTTP/1.1 exchanges from a downstream connection to pooled upstream connections.
 ///
@@ -143,13 +144,14 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         exchange.edge = direction == .inbound
             ? loopState.edge(.init(direction: .inbound, peer: info.peer?.service, tls: info.peer != nil))
             : loopState.edge(.init(direction: .outbound, peer: nil, tls: true))
-        if loopState.accessLog != nil {
+        if loopState.accessLog != nil || loopState.tracer != nil {
             let target = head.uri.prefix { $0 != "?" }
             exchange.log = Exchange.LogContext(
                 method: head.method.rawValue, path: String(target.prefix(1024)), traceID: Exchange.traceID(of: head.headers),
                 sourceAddress: direction == .inbound ? info.remoteAddress?.ipAddress : nil)
             info.lastDecision = nil
         }
+        if let tracer = loopState.tracer?.tracer { startSpan(head, tracer: tracer) }
         if let problem = ProxyHeaders.exceedsLimits(head, limits: loopState.pool.limits) {
             respondLocally(.init(statusCode: 431), code: "headers-too-large", message: problem, context: context)
             return
@@ -172,7 +174,11 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             respondDenied(code: code, requestID: requestID, context: context)
         case .respond(let status, let code, let message):
             respondLocally(status, code: code, message: message, context: context)
-        case .forward(let candidates, let forwardHead):
+        case .forward(let candidates, var forwardHead):
+            if let span = exchange.span, let tracer = loopState.tracer?.tracer {
+                // The next hop (the peer proxy, or the app) continues this span's trace.
+                tracer.inject(span.context, into: &forwardHead.headers, using: HTTPHeadersInjector())
+            }
             if direction == .outbound, let destination = candidates.first?.peerIdentity?.service {
                 exchange.edge = loopState.edge(.init(direction: .outbound, peer: destination, tls: true))
             }
@@ -361,6 +367,25 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         let closeAfter = !keepAlive
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
             if closeAfter { context.close(promise: nil) }
+        }
+    }
+
+    /// Starts this hop's span as a child of the caller's trace context (W3C, or B3 turned
+    /// into W3C), or of nothing.
+    private func startSpan(_ head: HTTPRequestHead, tracer: any Tracer) {
+        var context = ServiceContext.topLevel
+        if head.headers.contains(name: "traceparent") {
+            tracer.extract(head.headers, into: &context, using: HTTPHeadersExtractor())
+        } else if let converted = B3.traceparent(from: head.headers) {
+            tracer.extract(HTTPHeaders([("traceparent", converted)]), into: &context, using: HTTPHeadersExtractor())
+        }
+        let span = tracer.startSpan(head.method.rawValue, context: context, ofKind: direction == .inbound ? .server : .client)
+        exchange.span = span
+        if exchange.log?.traceID == nil {
+            // A new trace: the access log shows its id too.
+            var scratch = HTTPHeaders()
+            tracer.inject(span.context, into: &scratch, using: HTTPHeadersInjector())
+            exchange.log?.traceID = Exchange.traceID(of: scratch)
         }
     }
 
