@@ -59,13 +59,16 @@ for svc in web api; do
 done
 
 BACKEND=18080
+OTLP_SINK=18090
 # The shared backend: nginx with one worker answering a fixed 200.
 mkdir -p nginx-backend
 cat > nginx-backend/nginx.conf <<CONF
 worker_processes 1; daemon off; pid $WORK/nginx-backend/pid; error_log $WORK/nginx-backend/error.log;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$BACKEND; location / { return 200 "hello from backend\n"; } } }
+  server { listen 127.0.0.1:$BACKEND; location / { return 200 "hello from backend\n"; } }
+  # An OTLP/HTTP sink for the tracing cases: accepts every export (an empty response message).
+  server { listen 127.0.0.1:$OTLP_SINK; location / { default_type application/x-protobuf; return 200 ""; } } }
 CONF
 
 # SwiftMesh pair, static mode (same certificates as the peers).
@@ -199,6 +202,26 @@ start "$MESH" proxy --config web.yaml --log-level warning; W=$LAST
 wait_port 18101; wait_port 18102
 measure swiftmesh 18101 api "$W" "$A"
 kill "$W" "$A"; wait "$W" "$A" 2>/dev/null || true
+
+# The cost of telemetry: the same pair without request metrics (the bare path), and with
+# tracing at 1 % and 100 % sampling (spans exported to an OTLP sink).
+variant() { # NAME PORT_OFFSET EXTRA_YAML
+  local name=$1 off=$2 extra=$3
+  sed -e "s/18102/$((18102 + off))/; s/18104/$((18104 + off))/; s/18105/$((18105 + off))/" api.yaml > "api-$name.yaml"
+  sed -e "s/18100/$((18100 + off))/; s/18101/$((18101 + off))/; s/18103/$((18103 + off))/; s/18102/$((18102 + off))/" web.yaml > "web-$name.yaml"
+  printf '%s\n' "$extra" >> "api-$name.yaml"; printf '%s\n' "$extra" >> "web-$name.yaml"
+  start "$MESH" proxy --config "api-$name.yaml" --log-level warning; A=$LAST
+  start "$MESH" proxy --config "web-$name.yaml" --log-level warning; W=$LAST
+  wait_port $((18101 + off)); wait_port $((18102 + off))
+  measure "swiftmesh-$name" $((18101 + off)) api "$W" "$A"
+  kill "$W" "$A"; wait "$W" "$A" 2>/dev/null || true
+}
+echo "== swiftmesh without metrics (bare path)"
+variant bare 20 "metrics: false"
+echo "== swiftmesh with tracing at 1 %"
+variant trace-1pct 30 "tracing: {endpoint: \"http://127.0.0.1:$OTLP_SINK/v1/traces\", sampling: 0.01}"
+echo "== swiftmesh with tracing at 100 %"
+variant trace-100pct 40 "tracing: {endpoint: \"http://127.0.0.1:$OTLP_SINK/v1/traces\", sampling: 1}"
 
 echo "== swiftmesh with 1000 policies (L7 rule evaluated per request)"
 sed -e 's/18102/18112/; s/18104/18114/; s/18105/18115/' api.yaml > api-1000.yaml

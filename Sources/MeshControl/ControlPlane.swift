@@ -68,9 +68,10 @@ public struct ControlPlane: Sendable {
 
         let group = MultiThreadedEventLoopGroup.singleton
         let denials = DenialLog()
-        let proxyRoutes = ProxyAPIRoutes(ca: ca, tokens: tokens, registry: registry, denials: denials, svidLifetime: config.svidLifetime,
+        let traffic = TrafficStore()
+        let proxyRoutes = ProxyAPIRoutes(ca: ca, tokens: tokens, registry: registry, denials: denials, traffic: traffic, svidLifetime: config.svidLifetime,
                                          watchKeepalive: config.watchKeepalive, logger: logger)
-        let adminRoutes = AdminRoutes(adminToken: adminToken, tokens: tokens, registry: registry, denials: denials,
+        let adminRoutes = AdminRoutes(adminToken: adminToken, tokens: tokens, registry: registry, denials: denials, traffic: traffic,
                                       trustDomain: ca.trustDomain, logger: logger)
         if !config.admin.isLoopback {
             logger.warning("the admin API listens beyond loopback; every call still needs the admin token",

@@ -59,6 +59,8 @@ public struct Sidecar: Sendable {
         public var traceEndpoint: String?
         /// Share of new traces recorded when tracing is on.
         public var traceSampling = 0.01
+        /// Request metrics on `/metrics` (on by default; off only to measure their cost).
+        public var metricsEnabled = true
 
         public init(service: ServiceName, app: HostPort, inbound: HostPort, outbound: HostPort, admin: HostPort,
                     source: Source) {
@@ -134,7 +136,7 @@ public struct Sidecar: Sendable {
             state.selfService = selfService
             state.localLabels = selfLabels
             state.localMTLSMode = mode
-            state.metrics = metrics
+            state.metrics = config.metricsEnabled ? metrics : nil
             state.accessLog = accessLog
             state.tracer = tracer
         }

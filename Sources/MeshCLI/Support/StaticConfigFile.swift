@@ -51,6 +51,8 @@ enum StaticConfigFile {
         var accessLog: String?
         /// OTLP/HTTP traces URL and sampling ratio.
         var tracing: Tracing?
+        /// false turns request metrics off (for measuring their cost).
+        var metrics: Bool?
         struct Tracing: Decodable {
             var endpoint: String
             var sampling: Double?
@@ -104,6 +106,7 @@ enum StaticConfigFile {
             inbound: try address(file.inbound, "inbound"), outbound: try address(file.outbound, "outbound"),
             admin: try address(file.admin, "admin"), source: .staticFiles(policySettings))
         config.accessLog = file.accessLog
+        config.metricsEnabled = file.metrics ?? true
         config.traceEndpoint = file.tracing?.endpoint
         if let sampling = file.tracing?.sampling {
             guard (0...1).contains(sampling) else { throw ValidationError("\(path): field 'tracing.sampling' must be between 0 and 1") }

@@ -14,6 +14,7 @@ struct ProxyAPIRoutes: Sendable {
     let tokens: JoinTokens
     let registry: Registry
     let denials: DenialLog
+    let traffic: TrafficStore
     let svidLifetime: TimeInterval
     let watchKeepalive: Duration
     let logger: Logger
@@ -28,6 +29,7 @@ struct ProxyAPIRoutes: Sendable {
             case (.POST, ControlAPI.deregisterPath): return try await deregister(request)
             case (.GET, ControlAPI.watchPath): return try await watch(request)
             case (.POST, ControlAPI.decisionsPath): return try await reportDenials(request)
+            case (.POST, ControlAPI.trafficPath): return try await reportTraffic(request)
             default:
                 throw MeshError(.notFound, "no such endpoint: \(request.method) \(request.path)")
             }
@@ -116,6 +118,25 @@ struct ProxyAPIRoutes: Sendable {
             throw MeshError(.forbidden, "a proxy of \(service) may only report denials of requests to \(service)")
         }
         await denials.add(batch)
+        return .json(["ok": true])
+    }
+
+    /// Traffic counters of one instance; a proxy may only report its own instance and edges
+    /// that start or end at its own service.
+    private func reportTraffic(_ request: APIRequest) async throws -> APIResponse {
+        let (_, service) = try caller(request)
+        let report = try request.decode(TrafficReport.self)
+        guard report.edges.count <= 2000 else { throw MeshError(.invalidRequest, "report at most 2000 edges at once") }
+        guard await registry.current.instances[report.instanceID]?.service == service else {
+            throw MeshError(.forbidden, "instance \(report.instanceID) is not a registered instance of \(service)")
+        }
+        guard report.edges.allSatisfy({ edge in
+            (edge.direction == "inbound" && edge.destination == service.rawValue)
+                || (edge.direction == "outbound" && edge.source == service.rawValue)
+        }), report.edges.allSatisfy({ $0.latencyBuckets.count == EdgeCounters.latencyBoundsMs.count + 1 }) else {
+            throw MeshError(.forbidden, "a proxy of \(service) may only report edges from or to \(service)")
+        }
+        await traffic.add(report)
         return .json(["ok": true])
     }
 

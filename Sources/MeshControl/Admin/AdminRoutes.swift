@@ -14,6 +14,7 @@ struct AdminRoutes: Sendable {
     let tokens: JoinTokens
     let registry: Registry
     let denials: DenialLog
+    let traffic: TrafficStore
     let trustDomain: String
     let logger: Logger
 
@@ -56,6 +57,10 @@ struct AdminRoutes: Sendable {
                     throw MeshError(.notFound, "no denial with request id '\(id)' is known (the control plane keeps the last 10,000; static-mode proxies only log them)")
                 }
                 return .json(record)
+            case (.GET, AdminAPI.statPath):
+                return .json(try await stat(window: window(request), service: request.query["service"]))
+            case (.GET, AdminAPI.edgesPath):
+                return .json(try await edges(window: window(request)))
             case (.POST, AdminAPI.explainPath):
                 return .json(try await explain(request.decode(AdminAPI.ExplainRequest.self)))
             default:
@@ -151,6 +156,75 @@ struct AdminRoutes: Sendable {
         case .allowedAuditDefault:
             return "the mesh default is audit; with --default-policy deny this call needs an allow rule"
         }
+    }
+
+    /// `?window=SECONDS`, 10 s to 5 min, 60 by default.
+    private func window(_ request: APIRequest) throws -> Double {
+        guard let text = request.query["window"] else { return 60 }
+        guard let seconds = Double(text), (10...300).contains(seconds) else {
+            throw MeshError(.invalidRequest, "window must be 10 to 300 seconds")
+        }
+        return seconds
+    }
+
+    /// Per service, its inbound traffic: what its callers got.
+    private func stat(window: Double, service: String?) async throws -> [ServiceStat] {
+        let snapshot = await registry.current
+        let edges = await traffic.window(seconds: window)
+        let names = service.map { [$0] } ?? snapshot.services.map(\.rawValue).sorted()
+        if let service, !snapshot.services.contains(where: { $0.rawValue == service }) {
+            throw MeshError(.notFound, "no service named '\(service)' is known")
+        }
+        return names.map { name in
+            var total = EdgeCounters(direction: "inbound", source: "*", destination: name, tls: true)
+            var perSecond = 0.0
+            var mtlsRequests: UInt64 = 0
+            for edge in edges where edge.counters.direction == "inbound" && edge.counters.destination == name {
+                total.merge(edge.counters)
+                perSecond += edge.perSecond
+                if edge.counters.tls { mtlsRequests += edge.counters.requests }
+            }
+            let requests = Double(total.requests)
+            let instances = (try? ServiceName(name)).map { snapshot.endpoints(of: $0).count } ?? 0
+            return ServiceStat(service: name, instances: instances,
+                               successRate: requests > 0 ? 1 - Double(total.failures) / requests : nil,
+                               requestsPerSecond: perSecond, p50Ms: total.latencyQuantileMs(0.5), p95Ms: total.latencyQuantileMs(0.95),
+                               p99Ms: total.latencyQuantileMs(0.99), mtlsShare: requests > 0 ? Double(mtlsRequests) / requests : nil,
+                               denials: total.denials, windowSeconds: window)
+        }
+    }
+
+    /// Who calls whom: mesh callers as their own proxies saw the calls (with the hop
+    /// attribution), the callee's policy denials, and plaintext callers as the callee saw them.
+    private func edges(window: Double) async throws -> [EdgeStat] {
+        let all = await traffic.window(seconds: window)
+        func identity(_ service: String) -> String {
+            (try? ServiceName(service)).flatMap { try? SPIFFEID(trustDomain: trustDomain, service: $0).description } ?? "unauthenticated"
+        }
+        var denials: [String: UInt64] = [:]
+        for edge in all where edge.counters.direction == "inbound" {
+            denials["\(edge.counters.source)>\(edge.counters.destination)", default: 0] += edge.counters.denials
+        }
+        var rows: [EdgeStat] = []
+        let hopNames = ["caller-proxy", "network", "peer-proxy", "app"]
+        for edge in all {
+            let counters = edge.counters
+            let callerSide = counters.direction == "outbound"
+            // Each mesh call is seen twice; the caller's view is the one with the whole path.
+            guard callerSide || !counters.tls else { continue }
+            let requests = Double(counters.requests)
+            let hops = counters.hopSamples > 0
+                ? Dictionary(uniqueKeysWithValues: zip(hopNames, counters.hopSumsMs.map { $0 / Double(counters.hopSamples) })) : nil
+            rows.append(EdgeStat(
+                source: callerSide ? counters.source : "unauthenticated", destination: counters.destination,
+                sourceIdentity: callerSide ? identity(counters.source) : "unauthenticated",
+                destinationIdentity: identity(counters.destination), mtls: counters.tls, requestsPerSecond: edge.perSecond,
+                failures: counters.failures, successRate: requests > 0 ? 1 - Double(counters.failures) / requests : nil,
+                p50Ms: counters.latencyQuantileMs(0.5), p99Ms: counters.latencyQuantileMs(0.99),
+                denials: callerSide ? denials["\(counters.source)>\(counters.destination)"] ?? 0 : counters.denials,
+                hopsMs: hops, windowSeconds: window))
+        }
+        return rows.sorted { ($0.source, $0.destination) < ($1.source, $1.destination) }
     }
 
     private func services() async throws -> [AdminAPI.ServiceListing] {

@@ -11,6 +11,8 @@ public enum ControlAPI {
     public static let deregisterPath = "/v1/deregister"
     /// `POST` a list of ``DenialRecord``s about the caller's own service.
     public static let decisionsPath = "/v1/decisions"
+    /// `POST` a ``TrafficReport`` (proxies, every heartbeat interval).
+    public static let trafficPath = "/v1/traffic"
     /// `GET /v1/watch?since=VERSION`: a chunked stream of ``RegistryEvent`` JSON lines.
     public static let watchPath = "/v1/watch"
 
@@ -89,6 +91,10 @@ public enum AdminAPI {
     public static let resourcesPath = "/v1/resources"
     /// `GET ?limit=N`: the audit log, newest first.
     public static let historyPath = "/v1/history"
+    /// `GET ?window=SECONDS[&service=NAME]`: ``ServiceStat`` rows (`mesh stat`).
+    public static let statPath = "/v1/stat"
+    /// `GET ?window=SECONDS`: ``EdgeStat`` rows (`mesh edges`).
+    public static let edgesPath = "/v1/edges"
     /// `POST` an ``ExplainRequest``: the decision the mesh would make, with reasons.
     public static let explainPath = "/v1/explain"
 

@@ -118,6 +118,11 @@ final class LoopState {
     }
     private var edges: [EdgeKey: EdgeHandles] = [:]
 
+    /// This loop's cumulative counters of every edge, for the traffic report.
+    func edgeCounters() -> [EdgeCounters] {
+        edges.values.map(\.counters)
+    }
+
     /// The metric handles of one edge, made once and then found with one lookup.
     func edge(_ key: EdgeKey) -> EdgeHandles? {
         if let handles = edges[key] { return handles }
@@ -258,6 +263,15 @@ final class LoopStates: Sendable {
                 }
             }
         }
+    }
+
+    /// Every loop's values of a per-loop list, concatenated.
+    func gather<T: Sendable>(_ values: @escaping @Sendable (LoopState) -> [T]) async -> [T] {
+        var all: [T] = []
+        for state in states {
+            all += (try? await state.eventLoop.submit { values(state.value) }.get()) ?? []
+        }
+        return all
     }
 
     /// Sum of a per-loop figure, e.g. requests in flight.

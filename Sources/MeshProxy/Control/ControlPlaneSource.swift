@@ -62,7 +62,12 @@ struct ControlPlaneSource: SidecarSource {
         await withTaskGroup(of: Void.self) { tasks in
             tasks.addTask { await DenialReporter(identity: identity, buffer: denials, logger: logger).run() }
             tasks.addTask { await identity.renewalLoop() }
-            if let registration { tasks.addTask { await registration.heartbeatLoop() } }
+            if let registration {
+                tasks.addTask { await registration.heartbeatLoop() }
+                let reporter = TrafficReporter(identity: identity, states: states, instanceID: registration.request.instanceID,
+                                               interval: settings.heartbeatInterval, logger: logger)
+                tasks.addTask { await reporter.run() }
+            }
             tasks.addTask {
                 await RegistryWatcher(identity: identity, states: states, service: service, logger: logger,
                                       onFirstSnapshot: onFirstRegistry).run()

@@ -1,3 +1,4 @@
+import MeshCore
 import MeshTelemetry
 import NIOCore
 import NIOHTTP1
@@ -10,10 +11,15 @@ final class EdgeHandles {
     let metrics: ProxyMetrics
     let edge: EdgeMetrics
     private var requestsByStatus: [Int: Counter] = [:]
+    /// The same traffic as plain cumulative counters, reported to the control plane for
+    /// `mesh stat` and `mesh edges` (the Prometheus types do not expose their values).
+    var counters: EdgeCounters
 
     init(metrics: ProxyMetrics, edge: EdgeMetrics) {
         self.metrics = metrics
         self.edge = edge
+        counters = EdgeCounters(direction: edge.labels.direction.rawValue, source: edge.labels.sourceService,
+                                destination: edge.labels.destinationService, tls: edge.labels.tls)
     }
 
     func requests(status: Int) -> Counter {
@@ -32,6 +38,8 @@ struct Exchange {
     var upstreamStart: UInt64 = 0
     var responseHead: UInt64 = 0
     var status = 0
+    /// Refused by the inbound policy check.
+    var denied = false
     var requestBytes = 0
     var responseBytes = 0
     var edge: EdgeHandles?
@@ -68,7 +76,9 @@ struct Exchange {
         edge.edge.latency.record(Double(total) / 1e9)
         if requestBytes > 0 { edge.edge.requestBytes.increment(by: Int64(requestBytes)) }
         if responseBytes > 0 { edge.edge.responseBytes.increment(by: Int64(responseBytes)) }
-        guard let split = hopSplit() else { return }
+        let split = hopSplit()
+        edge.counters.add(status: status, latencyMs: Double(total) / 1e6, denied: denied, hopsMs: split?.map { Double($0) / 1e6 })
+        guard let split else { return }
         for (index, nanos) in split.enumerated() where index < edge.edge.hops.count {
             edge.edge.hops[index].record(Double(nanos) / 1e9)
         }

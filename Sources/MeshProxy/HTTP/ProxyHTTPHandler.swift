@@ -171,6 +171,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         switch decision {
         case .deny(let code, let requestID):
             exchange.log?.requestID = requestID
+            exchange.denied = true
             respondDenied(code: code, requestID: requestID, context: context)
         case .respond(let status, let code, let message):
             respondLocally(status, code: code, message: message, context: context)

@@ -1,0 +1,177 @@
+import struct Foundation.Date
+
+/// What a proxy reports to the control plane every few seconds for `mesh stat` and
+/// `mesh edges`: cumulative counters per edge since the proxy started. The control plane
+/// takes differences between reports, so a lost report costs resolution, not accuracy.
+public struct TrafficReport: Codable, Sendable, Equatable {
+    public var instanceID: String
+    public var at: Date
+    public var edges: [EdgeCounters]
+    public init(instanceID: String, at: Date, edges: [EdgeCounters]) {
+        self.instanceID = instanceID
+        self.at = at
+        self.edges = edges
+    }
+}
+
+/// Cumulative counters of one edge as one proxy saw it.
+public struct EdgeCounters: Codable, Sendable, Equatable {
+    /// `inbound` (the reporting proxy is the destination) or `outbound` (it is the caller).
+    public var direction: String
+    /// Service names; `unknown` for a plaintext caller or an unroutable request.
+    public var source: String
+    public var destination: String
+    public var tls: Bool
+    public var requests: UInt64 = 0
+    /// Responses with status 5xx, or none at all.
+    public var failures: UInt64 = 0
+    /// 403 answers of the inbound proxy's policy check.
+    public var denials: UInt64 = 0
+    /// Counts per bucket of ``latencyBoundsMs`` (not cumulative), plus one overflow bucket.
+    public var latencyBuckets: [UInt64]
+    public var latencySumMs: Double = 0
+    /// Sums of the caller side's hop attribution (caller proxy, network, peer proxy, app) in
+    /// milliseconds, over `hopSamples` requests.
+    public var hopSumsMs: [Double] = [0, 0, 0, 0]
+    public var hopSamples: UInt64 = 0
+
+    /// Upper bounds of the latency buckets, in milliseconds.
+    public static let latencyBoundsMs: [Double] = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000]
+
+    public init(direction: String, source: String, destination: String, tls: Bool) {
+        self.direction = direction
+        self.source = source
+        self.destination = destination
+        self.tls = tls
+        self.latencyBuckets = Array(repeating: 0, count: Self.latencyBoundsMs.count + 1)
+    }
+
+    /// Counts one exchange.
+    public mutating func add(status: Int, latencyMs: Double, denied: Bool, hopsMs: [Double]?) {
+        requests += 1
+        if status >= 500 || status == 0 { failures += 1 }
+        if denied { denials += 1 }
+        let bucket = Self.latencyBoundsMs.firstIndex { latencyMs <= $0 } ?? Self.latencyBoundsMs.count
+        latencyBuckets[bucket] += 1
+        latencySumMs += latencyMs
+        if let hopsMs, hopsMs.count == 4 {
+            for index in 0..<4 { hopSumsMs[index] += hopsMs[index] }
+            hopSamples += 1
+        }
+    }
+
+    /// Adds another proxy's (or event loop's) counters of the same edge.
+    public mutating func merge(_ other: EdgeCounters) {
+        requests += other.requests
+        failures += other.failures
+        denials += other.denials
+        for index in latencyBuckets.indices where index < other.latencyBuckets.count { latencyBuckets[index] += other.latencyBuckets[index] }
+        latencySumMs += other.latencySumMs
+        for index in 0..<4 { hopSumsMs[index] += other.hopSumsMs[index] }
+        hopSamples += other.hopSamples
+    }
+
+    /// `self - earlier`: what happened between two reports of the same proxy (counters only
+    /// grow; a restarted proxy, whose counters went down, counts from zero).
+    public func since(_ earlier: EdgeCounters?) -> EdgeCounters {
+        guard let earlier, earlier.requests <= requests else { return self }
+        var delta = self
+        delta.requests -= earlier.requests
+        delta.failures -= min(delta.failures, earlier.failures)
+        delta.denials -= min(delta.denials, earlier.denials)
+        for index in delta.latencyBuckets.indices where index < earlier.latencyBuckets.count {
+            delta.latencyBuckets[index] -= min(delta.latencyBuckets[index], earlier.latencyBuckets[index])
+        }
+        delta.latencySumMs = max(0, latencySumMs - earlier.latencySumMs)
+        for index in 0..<4 { delta.hopSumsMs[index] = max(0, hopSumsMs[index] - earlier.hopSumsMs[index]) }
+        delta.hopSamples -= min(delta.hopSamples, earlier.hopSamples)
+        return delta
+    }
+
+    /// The latency below which `quantile` (0…1) of the requests fell, interpolated within
+    /// its bucket; nil without requests.
+    public func latencyQuantileMs(_ quantile: Double) -> Double? {
+        let total = latencyBuckets.reduce(0, +)
+        guard total > 0 else { return nil }
+        let rank = quantile * Double(total)
+        var seen: UInt64 = 0
+        for (index, count) in latencyBuckets.enumerated() {
+            if Double(seen + count) >= rank, count > 0 {
+                let lower = index == 0 ? 0 : Self.latencyBoundsMs[index - 1]
+                let upper = index < Self.latencyBoundsMs.count ? Self.latencyBoundsMs[index] : lower * 2
+                return lower + (upper - lower) * (rank - Double(seen)) / Double(count)
+            }
+            seen += count
+        }
+        return Self.latencyBoundsMs.last
+    }
+
+    /// Edges are told apart by these.
+    public var key: String { "\(direction)|\(source)|\(destination)|\(tls)" }
+}
+
+/// `mesh stat` rows: one service's inbound traffic over a window.
+public struct ServiceStat: Codable, Sendable, Equatable {
+    public var service: String
+    public var instances: Int
+    /// Successful share (not 5xx) of the requests, nil without traffic.
+    public var successRate: Double?
+    public var requestsPerSecond: Double
+    public var p50Ms: Double?
+    public var p95Ms: Double?
+    public var p99Ms: Double?
+    /// Share of requests that came over mTLS.
+    public var mtlsShare: Double?
+    public var denials: UInt64
+    public var windowSeconds: Double
+    public init(service: String, instances: Int, successRate: Double?, requestsPerSecond: Double, p50Ms: Double?, p95Ms: Double?,
+                p99Ms: Double?, mtlsShare: Double?, denials: UInt64, windowSeconds: Double) {
+        self.service = service
+        self.instances = instances
+        self.successRate = successRate
+        self.requestsPerSecond = requestsPerSecond
+        self.p50Ms = p50Ms
+        self.p95Ms = p95Ms
+        self.p99Ms = p99Ms
+        self.mtlsShare = mtlsShare
+        self.denials = denials
+        self.windowSeconds = windowSeconds
+    }
+}
+
+/// `mesh edges` rows: who calls whom, as the caller's proxy saw it, with the callee's
+/// denials and the hop attribution.
+public struct EdgeStat: Codable, Sendable, Equatable {
+    public var source: String
+    public var destination: String
+    public var sourceIdentity: String
+    public var destinationIdentity: String
+    /// `true` when every request on the edge was mTLS.
+    public var mtls: Bool
+    public var requestsPerSecond: Double
+    public var failures: UInt64
+    public var successRate: Double?
+    public var p50Ms: Double?
+    public var p99Ms: Double?
+    public var denials: UInt64
+    /// Mean milliseconds per request in each hop: caller-proxy, network, peer-proxy, app.
+    public var hopsMs: [String: Double]?
+    public var windowSeconds: Double
+    public init(source: String, destination: String, sourceIdentity: String, destinationIdentity: String, mtls: Bool,
+                requestsPerSecond: Double, failures: UInt64, successRate: Double?, p50Ms: Double?, p99Ms: Double?, denials: UInt64,
+                hopsMs: [String: Double]?, windowSeconds: Double) {
+        self.source = source
+        self.destination = destination
+        self.sourceIdentity = sourceIdentity
+        self.destinationIdentity = destinationIdentity
+        self.mtls = mtls
+        self.requestsPerSecond = requestsPerSecond
+        self.failures = failures
+        self.successRate = successRate
+        self.p50Ms = p50Ms
+        self.p99Ms = p99Ms
+        self.denials = denials
+        self.hopsMs = hopsMs
+        self.windowSeconds = windowSeconds
+    }
+}
