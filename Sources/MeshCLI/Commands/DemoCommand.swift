@@ -137,6 +137,9 @@ struct DemoRun: Sendable {
                 List services:  mesh services --admin \(addresses.admin) --data-dir \(dataDir)
                 Policies:       mesh get policies --admin \(addresses.admin) --data-dir \(dataDir)
                 Why denied?     mesh explain --from web --to store --method GET --path / --admin \(addresses.admin) --data-dir \(dataDir)
+                Golden metrics: mesh stat --admin \(addresses.admin) --data-dir \(dataDir)
+                The slow hop:   mesh edges --admin \(addresses.admin) --data-dir \(dataDir)
+                  (one request in five goes to /checkout, which store answers slowly and sometimes with 503)
                 Press Ctrl-C to stop.
                 """)
             // 5. Light traffic, and the time to the first request that crossed the whole mesh.
@@ -149,9 +152,12 @@ struct DemoRun: Sendable {
     private func traffic(entry: HostPort) async throws {
         var client = APIClient(target: entry, group: MultiThreadedEventLoopGroup.singleton, tls: nil)
         client.hostHeader = "web"
-        var ok = 0, failed = 0, reported = false
+        var ok = 0, failed = 0, reported = false, sent = 0
         while !Task.isCancelled {
-            if let response = try? await client.get("/"), response.status == .ok {
+            sent += 1
+            // One request in five takes store's slow, flaky checkout path.
+            let path = sent % 5 == 0 ? "/checkout" : "/"
+            if let response = try? await client.get(path), response.status == .ok {
                 ok += 1
                 if !reported {
                     reported = true
