@@ -65,6 +65,18 @@ final class TrafficStatsTests: XCTestCase {
             XCTAssertTrue(table.out.contains("spiffe://mesh.local/ns/default/sa/web  yes"), table.out)
             let statTable = try await mesh.cli(["stat"])
             XCTAssertTrue(statTable.out.contains("100.00%"), statTable.out)
+            // mesh top: the busiest paths of api, from the same reports.
+            let top = try await eventually(timeout: .seconds(5), interval: .milliseconds(250)) { () -> [PathStat] in
+                let result = try await mesh.cli(["top", "api", "--window", "30s", "-o", "json"])
+                let rows = try JSONCoding.decoder.decode([PathStat].self, from: Data(result.out.utf8))
+                guard rows.count >= 2 else { throw TestFailure("not reported yet: \(result.out) \(result.err)") }
+                return rows
+            }
+            XCTAssertEqual(top.map { "\($0.method) \($0.path)" }.prefix(2), ["GET /", "GET /admin"])
+            XCTAssertEqual(top.first?.successRate, 1)
+            let once = try await mesh.cli(["top", "api", "--once"])
+            XCTAssertTrue(once.out.hasPrefix("METHOD  PATH"), once.out)
+
             let unknown = try await mesh.cli(["stat", "nosuch"])
             XCTAssertNotEqual(unknown.status, 0)
             XCTAssertTrue(unknown.err.contains("no service named 'nosuch'"), unknown.err)

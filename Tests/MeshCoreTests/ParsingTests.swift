@@ -92,4 +92,19 @@ final class ParsingTests: XCTestCase {
         let old = try JSONDecoder().decode(PolicySet.self, from: Data(#"{"defaultMode":"deny","policies":[]}"#.utf8))
         XCTAssertTrue(old.services.isEmpty)
     }
+
+    func testTopPathsStayBoundedAndKeepTheHeavyHitters() {
+        var top = TopPaths(capacity: 3)
+        for index in 0..<300 {
+            top.add(method: "GET", path: "/orders", status: 200, latencyMs: 1)
+            if index % 2 == 0 { top.add(method: "GET", path: "/users/\(index)", status: 200, latencyMs: 1) }
+            if index % 10 == 0 { top.add(method: "POST", path: "/orders", status: 503, latencyMs: 30) }
+        }
+        let entries = top.take().sorted { $0.requests > $1.requests }
+        XCTAssertEqual(entries.count, 3, "ids in paths cannot grow the table")
+        XCTAssertEqual(entries.first?.path, "/orders")
+        XCTAssertEqual(entries.first?.requests, 300)
+        XCTAssertEqual(entries.first?.overcount, 0, "a path that never left the table is counted exactly")
+        XCTAssertTrue(top.take().isEmpty, "each report starts afresh")
+    }
 }

@@ -79,6 +79,55 @@ struct EdgesCommand: AsyncParsableCommand {
     }
 }
 
+/// `mesh top SERVICE`: the busiest paths, refreshed every two seconds.
+struct TopCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "top", abstract: "A live view of a service's busiest paths (requests per second, success, latency).")
+
+    @Argument(help: "The service.")
+    var service: String
+
+    @Option(help: "Time window, 10s to 5m.")
+    var window = DurationArgument(seconds: 10)
+
+    @Flag(help: "Print once and exit (no refreshing screen).")
+    var once = false
+
+    @Option(name: .shortAndLong, help: "Output format: table or json (json prints once).")
+    var output = "table"
+
+    @OptionGroup var adminOptions: AdminOptions
+
+    func validate() throws {
+        guard ["table", "json"].contains(output) else { throw ValidationError("-o must be table or json") }
+        guard (10...300).contains(window.seconds) else { throw ValidationError("--window must be 10s to 5m") }
+    }
+
+    func run() async throws {
+        let client = try adminOptions.client()
+        let path = AdminAPI.topPath + "?service=\(service)&window=\(Int(window.seconds))"
+        while true {
+            let rows = try await client.get(path).decode([PathStat].self)
+            if output == "json" {
+                say(String(decoding: try JSONCoding.encoder.encode(rows), as: UTF8.self))
+                return
+            }
+            var table = [["METHOD", "PATH", "RPS", "SUCCESS", "P50", "P99"]]
+            for row in rows {
+                table.append([row.method, row.path, TrafficFormat.rate(row.requestsPerSecond), TrafficFormat.percent(row.successRate),
+                              TrafficFormat.ms(row.p50Ms), TrafficFormat.ms(row.p99Ms)])
+            }
+            if once {
+                say(Table.render(table))
+                return
+            }
+            // Clear the screen and redraw, like top(1).
+            say("\u{1B}[H\u{1B}[2J\(service): busiest paths over the last \(window) (Ctrl-C to stop)\n\n" + Table.render(table))
+            try await Task.sleep(for: .seconds(2))
+        }
+    }
+}
+
 enum TrafficFormat {
     static func percent(_ value: Double?) -> String {
         value.map { String(format: "%.2f%%", $0 * 100) } ?? "-"

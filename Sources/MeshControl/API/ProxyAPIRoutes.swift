@@ -126,7 +126,9 @@ struct ProxyAPIRoutes: Sendable {
     private func reportTraffic(_ request: APIRequest) async throws -> APIResponse {
         let (_, service) = try caller(request)
         let report = try request.decode(TrafficReport.self)
-        guard report.edges.count <= 2000 else { throw MeshError(.invalidRequest, "report at most 2000 edges at once") }
+        guard report.edges.count <= 2000, report.paths.count <= 1000 else {
+            throw MeshError(.invalidRequest, "report at most 2000 edges and 1000 paths at once")
+        }
         guard await registry.current.instances[report.instanceID]?.service == service else {
             throw MeshError(.forbidden, "instance \(report.instanceID) is not a registered instance of \(service)")
         }

@@ -61,6 +61,8 @@ struct AdminRoutes: Sendable {
                 return .json(try await stat(window: window(request), service: request.query["service"]))
             case (.GET, AdminAPI.edgesPath):
                 return .json(try await edges(window: window(request)))
+            case (.GET, AdminAPI.topPath):
+                return .json(try await top(service: request.query["service"] ?? "", window: window(request)))
             case (.POST, AdminAPI.explainPath):
                 return .json(try await explain(request.decode(AdminAPI.ExplainRequest.self)))
             default:
@@ -191,6 +193,21 @@ struct AdminRoutes: Sendable {
                                requestsPerSecond: perSecond, p50Ms: total.latencyQuantileMs(0.5), p95Ms: total.latencyQuantileMs(0.95),
                                p99Ms: total.latencyQuantileMs(0.99), mtlsShare: requests > 0 ? Double(mtlsRequests) / requests : nil,
                                denials: total.denials, windowSeconds: window)
+        }
+    }
+
+    /// A service's busiest paths (its proxies' inbound view), at most 50.
+    private func top(service: String, window: Double) async throws -> [PathStat] {
+        let snapshot = await registry.current
+        guard let name = try? ServiceName(service), snapshot.services.contains(name) else {
+            throw MeshError(.notFound, "no service named '\(service)' is known; give ?service=NAME")
+        }
+        let instances = Set(snapshot.endpoints(of: name).map(\.id))
+        return await traffic.topPaths(instances: instances, seconds: window).prefix(50).map { entry in
+            let requests = Double(entry.counters.requests)
+            return PathStat(method: entry.counters.method, path: entry.counters.path, requestsPerSecond: entry.perSecond,
+                            successRate: requests > 0 ? 1 - Double(entry.counters.failures) / requests : nil,
+                            p50Ms: entry.counters.latencyQuantileMs(0.5), p99Ms: entry.counters.latencyQuantileMs(0.99))
         }
     }
 

@@ -10,6 +10,8 @@ public actor TrafficStore {
     private struct Sample {
         var at: Date
         var edges: [String: EdgeCounters]
+        /// The instance's busiest inbound paths during the interval before `at`.
+        var paths: [PathCounters]
     }
     private var samples: [String: [Sample]] = [:]
     /// Reports kept per instance: six minutes at the default 5 s interval.
@@ -26,9 +28,25 @@ public actor TrafficStore {
         guard samples[report.instanceID] != nil || samples.count < maxInstances else { return }
         var list = samples[report.instanceID, default: []]
         // The control plane's clock, not the proxy's: windows must not depend on clock skew.
-        list.append(Sample(at: clock(), edges: Dictionary(report.edges.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })))
+        list.append(Sample(at: clock(), edges: Dictionary(report.edges.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a }),
+                           paths: Array(report.paths.prefix(1000))))
         if list.count > perInstance { list.removeFirst(list.count - perInstance) }
         samples[report.instanceID] = list
+    }
+
+    /// The busiest inbound paths of `instances` over the last `seconds`, summed over
+    /// instances and report intervals, heaviest first.
+    func topPaths(instances: Set<String>, seconds: Double) -> [(counters: PathCounters, perSecond: Double)] {
+        let now = clock()
+        var merged: [String: PathCounters] = [:]
+        for id in instances {
+            for sample in samples[id] ?? [] where now.timeIntervalSince(sample.at) <= seconds {
+                for entry in sample.paths {
+                    merged["\(entry.method) \(entry.path)", default: PathCounters(method: entry.method, path: entry.path)].merge(entry)
+                }
+            }
+        }
+        return merged.values.sorted { $0.requests > $1.requests }.map { ($0, Double($0.requests) / seconds) }
     }
 
     /// Every edge's traffic within the last `seconds`, summed over instances, with the

@@ -95,6 +95,8 @@ public enum AdminAPI {
     public static let statPath = "/v1/stat"
     /// `GET ?window=SECONDS`: ``EdgeStat`` rows (`mesh edges`).
     public static let edgesPath = "/v1/edges"
+    /// `GET ?service=NAME&window=SECONDS`: ``PathStat`` rows, busiest first (`mesh top`).
+    public static let topPath = "/v1/top"
     /// `POST` an ``ExplainRequest``: the decision the mesh would make, with reasons.
     public static let explainPath = "/v1/explain"
 

@@ -7,10 +7,23 @@ public struct TrafficReport: Codable, Sendable, Equatable {
     public var instanceID: String
     public var at: Date
     public var edges: [EdgeCounters]
-    public init(instanceID: String, at: Date, edges: [EdgeCounters]) {
+    /// The inbound side's busiest paths since the previous report (not cumulative).
+    public var paths: [PathCounters]
+    public init(instanceID: String, at: Date, edges: [EdgeCounters], paths: [PathCounters] = []) {
         self.instanceID = instanceID
         self.at = at
         self.edges = edges
+        self.paths = paths
+    }
+
+    private enum Key: String, CodingKey { case instanceID, at, edges, paths }
+
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: Key.self)
+        instanceID = try container.decode(String.self, forKey: .instanceID)
+        at = try container.decode(Date.self, forKey: .at)
+        edges = try container.decode([EdgeCounters].self, forKey: .edges)
+        paths = try container.decodeIfPresent([PathCounters].self, forKey: .paths) ?? []
     }
 }
 
@@ -173,5 +186,102 @@ public struct EdgeStat: Codable, Sendable, Equatable {
         self.denials = denials
         self.hopsMs = hopsMs
         self.windowSeconds = windowSeconds
+    }
+}
+
+/// Requests to one method and path on the inbound side during one report interval, for
+/// `mesh top`. Unlike ``EdgeCounters`` these are per interval (the proxy starts afresh after
+/// each report), because the set of paths a proxy tracks changes as paths come and go.
+public struct PathCounters: Codable, Sendable, Equatable {
+    public var method: String
+    /// The normalized path, at most 256 characters.
+    public var path: String
+    public var requests: UInt64 = 0
+    public var failures: UInt64 = 0
+    /// Counts per bucket of ``EdgeCounters/latencyBoundsMs`` plus one overflow bucket.
+    public var latencyBuckets: [UInt64]
+    /// How many of `requests` may belong to paths this entry replaced (the space-saving
+    /// bound on its error): `requests - overcount` is certain.
+    public var overcount: UInt64 = 0
+
+    public init(method: String, path: String) {
+        self.method = method
+        self.path = path
+        self.latencyBuckets = Array(repeating: 0, count: EdgeCounters.latencyBoundsMs.count + 1)
+    }
+
+    public mutating func add(status: Int, latencyMs: Double) {
+        requests += 1
+        if status >= 500 || status == 0 { failures += 1 }
+        let bucket = EdgeCounters.latencyBoundsMs.firstIndex { latencyMs <= $0 } ?? EdgeCounters.latencyBoundsMs.count
+        latencyBuckets[bucket] += 1
+    }
+
+    public mutating func merge(_ other: PathCounters) {
+        requests += other.requests
+        failures += other.failures
+        overcount += other.overcount
+        for index in latencyBuckets.indices where index < other.latencyBuckets.count { latencyBuckets[index] += other.latencyBuckets[index] }
+    }
+
+    /// The latency quantile, as ``EdgeCounters/latencyQuantileMs(_:)``.
+    public func latencyQuantileMs(_ quantile: Double) -> Double? {
+        var edge = EdgeCounters(direction: "", source: "", destination: "", tls: true)
+        edge.latencyBuckets = latencyBuckets
+        return edge.latencyQuantileMs(quantile)
+    }
+}
+
+/// The busiest paths of one proxy's inbound side, bounded: the space-saving algorithm keeps
+/// the `capacity` heaviest paths exactly enough (a newcomer replaces the lightest entry and
+/// inherits its count as possible overcount), so paths with ids in them cannot grow it.
+public struct TopPaths: Sendable {
+    public let capacity: Int
+    private struct Key: Hashable {
+        var method: String
+        var path: Substring
+    }
+    private var entries: [Key: PathCounters] = [:]
+
+    public init(capacity: Int = 100) { self.capacity = capacity }
+
+    public mutating func add(method: String, path: Substring, status: Int, latencyMs: Double) {
+        let key = Key(method: method, path: path.prefix(256))
+        if entries[key] != nil {
+            entries[key]?.add(status: status, latencyMs: latencyMs)
+            return
+        }
+        var entry = PathCounters(method: method, path: String(key.path))
+        if entries.count >= capacity, let lightest = entries.min(by: { $0.value.requests < $1.value.requests }) {
+            entries[lightest.key] = nil
+            entry.requests = lightest.value.requests
+            entry.overcount = lightest.value.requests
+        }
+        entry.add(status: status, latencyMs: latencyMs)
+        entries[key] = entry
+    }
+
+    /// Everything counted since the last call, and a fresh start.
+    public mutating func take() -> [PathCounters] {
+        defer { entries.removeAll(keepingCapacity: true) }
+        return Array(entries.values)
+    }
+}
+
+/// `mesh top` rows: a service's busiest paths over a window.
+public struct PathStat: Codable, Sendable, Equatable {
+    public var method: String
+    public var path: String
+    public var requestsPerSecond: Double
+    public var successRate: Double?
+    public var p50Ms: Double?
+    public var p99Ms: Double?
+    public init(method: String, path: String, requestsPerSecond: Double, successRate: Double?, p50Ms: Double?, p99Ms: Double?) {
+        self.method = method
+        self.path = path
+        self.requestsPerSecond = requestsPerSecond
+        self.successRate = successRate
+        self.p50Ms = p50Ms
+        self.p99Ms = p99Ms
     }
 }

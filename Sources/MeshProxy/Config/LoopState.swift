@@ -118,6 +118,9 @@ final class LoopState {
     }
     private var edges: [EdgeKey: EdgeHandles] = [:]
 
+    /// The inbound side's busiest paths since the last traffic report (`mesh top`).
+    var topPaths = TopPaths(capacity: 100)
+
     /// This loop's cumulative counters of every edge, for the traffic report.
     func edgeCounters() -> [EdgeCounters] {
         edges.values.map(\.counters)

@@ -26,8 +26,13 @@ struct TrafficReporter: Sendable {
                     merged[counters.key] = counters
                 }
             }
+            var paths: [String: PathCounters] = [:]
+            for entry in await states.gather({ state -> [PathCounters] in state.topPaths.take() }) {
+                paths["\(entry.method) \(entry.path)", default: PathCounters(method: entry.method, path: entry.path)].merge(entry)
+            }
             // Sent even when empty: the first report is the zero every later one is compared with.
-            let report = TrafficReport(instanceID: instanceID, at: Date(), edges: merged.values.sorted { $0.key < $1.key })
+            let report = TrafficReport(instanceID: instanceID, at: Date(), edges: merged.values.sorted { $0.key < $1.key },
+                                       paths: Array(paths.values))
             do {
                 _ = try await identity.controlClient().send(.POST, ControlAPI.trafficPath, json: report).decode([String: Bool].self)
             } catch {

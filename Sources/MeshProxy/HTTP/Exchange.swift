@@ -49,6 +49,8 @@ struct Exchange {
     var log: LogContext?
     /// This hop's span; nil when tracing is off.
     var span: (any Span)?
+    /// Inbound: method and path for `mesh top` (the normalized path once routed).
+    var topPath: (method: String, path: Substring)?
 
     /// Request details kept only for the access log.
     struct LogContext {

@@ -152,6 +152,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             info.lastDecision = nil
         }
         if let tracer = loopState.tracer?.tracer { startSpan(head, tracer: tracer) }
+        if direction == .inbound, loopState.metrics != nil {
+            exchange.topPath = (head.method.rawValue, head.uri.prefix { $0 != "?" })
+        }
         if let problem = ProxyHeaders.exceedsLimits(head, limits: loopState.pool.limits) {
             respondLocally(.init(statusCode: 431), code: "headers-too-large", message: problem, context: context)
             return
@@ -182,6 +185,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             }
             if direction == .outbound, let destination = candidates.first?.peerIdentity?.service {
                 exchange.edge = loopState.edge(.init(direction: .outbound, peer: destination, tls: true))
+            }
+            if direction == .inbound, exchange.topPath != nil {
+                exchange.topPath?.path = forwardHead.uri.prefix { $0 != "?" }
             }
             if exchange.log != nil, direction == .inbound {
                 // What is logged is what was authorized and forwarded: the normalized path.
@@ -275,7 +281,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             } else {
                 upstream.channel.close(promise: nil)
             }
-            exchange.record(accessLog: loopState?.accessLog)
+            recordExchange()
             finishExchange()
             state = requestEnded ? .idle : .discarding
             if requestEnded { headerTimer?.awaitNextRequest() }
@@ -295,7 +301,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             finishExchange()
             if started {
                 // Part of the response is already out: the only honest signal left is a close.
-                exchange.record(accessLog: loopState?.accessLog)
+                recordExchange()
                 state = .idle
                 context.close(promise: nil)
             } else {
@@ -358,7 +364,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                                context: ChannelHandlerContext) {
         exchange.status = Int(status.code)
         exchange.responseHead = Exchange.now()
-        exchange.record(accessLog: loopState?.accessLog)
+        recordExchange()
         let body = ByteBuffer(string: "swiftmesh \(role): \(text)\n")
         var headers: HTTPHeaders = ["content-type": "text/plain; charset=utf-8", "content-length": "\(body.readableBytes)"]
         headers.add(contentsOf: extra)
@@ -368,6 +374,16 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         let closeAfter = !keepAlive
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
             if closeAfter { context.close(promise: nil) }
+        }
+    }
+
+    /// Counts, times, logs and traces the finished exchange.
+    private func recordExchange() {
+        exchange.record(accessLog: loopState?.accessLog)
+        if let top = exchange.topPath, let loopState {
+            let end = exchange.responseHead > 0 ? exchange.responseHead : Exchange.now()
+            loopState.topPaths.add(method: top.method, path: top.path, status: exchange.status,
+                                   latencyMs: Double(end &- exchange.start) / 1e6)
         }
     }
 
