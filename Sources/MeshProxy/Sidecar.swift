@@ -171,6 +171,9 @@ public struct Sidecar: Sendable {
                                   outbound: HostPort(host: config.outbound.host, port: outbound.localAddress?.port ?? config.outbound.port),
                                   admin: admin.localAddress)
 
+        // The exporter runs outside the task group that SIGTERM cancels: spans of requests that
+        // finish while draining are still exported by the graceful shutdown below.
+        let exporter = tracer.map { tracer in Task { await tracer.run() } }
         await withTaskGroup(of: Void.self) { tasks in
             tasks.addTask {
                 await source.run(states: states) {
@@ -181,7 +184,7 @@ public struct Sidecar: Sendable {
                 }
             }
             tasks.addTask { await admin.run() }
-            if let tracer { tasks.addTask { await tracer.run() } }
+
             // Wait for cancellation (SIGTERM), then stop the background loops.
             while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
             tasks.cancelAll()
@@ -194,6 +197,7 @@ public struct Sidecar: Sendable {
             await source.stop()
             await drain(listeners: listeners, states: states)
             await tracer?.shutdown()
+            await exporter?.value
             await admin.close()
             logger.info("proxy stopped")
         }.value

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Dispatch
 import Prometheus
 import Synchronization
 
@@ -22,6 +23,8 @@ public final class AccessLog: Sendable {
         var closed = false
     }
     private let pending = Mutex(Pending())
+    /// Signalled by the writer thread once it has written the last lines and closed the file.
+    private let finished = DispatchSemaphore(value: 0)
     private let descriptor: Int32
     private let ownsDescriptor: Bool
     /// Where the lines go, as given.
@@ -65,22 +68,37 @@ public final class AccessLog: Sendable {
     /// Lines dropped because the buffer was full.
     public var dropped: Int { pending.withLock { $0.dropped } }
 
-    /// Writes what is buffered and stops accepting lines (shutdown).
+    /// Stops accepting lines, lets the writer thread write what is buffered and close the
+    /// file, and waits for it (at most a second), so that no line is lost and no write can
+    /// reach a descriptor that was closed (and perhaps reused).
     public func close() {
-        flush()
-        pending.withLock { $0.closed = true }
-        if ownsDescriptor { _ = systemClose(descriptor) }
+        let first = pending.withLock { state -> Bool in
+            defer { state.closed = true }
+            return !state.closed
+        }
+        guard first else { return }
+        _ = finished.wait(timeout: .now() + .seconds(1))
     }
 
-    /// Writes out everything buffered; returns false once closed.
+    /// Writes out everything buffered; returns false once the log is closed (after writing
+    /// the last lines and closing the file).
     @discardableResult
     func flush() -> Bool {
-        let (bytes, closed) = pending.withLock { state -> ([UInt8], Bool) in
-            let taken = state.bytes
-            state.bytes.removeAll(keepingCapacity: true)
-            return (taken, state.closed)
+        var bytes: [UInt8] = []
+        let closed = pending.withLock { state -> Bool in
+            swap(&bytes, &state.bytes)
+            return state.closed
         }
-        guard !closed else { return false }
+        writeOut(bytes)
+        if closed {
+            if ownsDescriptor { _ = systemClose(descriptor) }
+            finished.signal()
+            return false
+        }
+        return true
+    }
+
+    private func writeOut(_ bytes: [UInt8]) {
         var offset = 0
         while offset < bytes.count {
             let written = bytes.withUnsafeBytes { raw -> Int in
@@ -96,7 +114,6 @@ public final class AccessLog: Sendable {
             }
             offset += written
         }
-        return true
     }
 }
 

@@ -43,7 +43,8 @@ public final class ProxyMetrics: Sendable {
     public func edge(_ labels: EdgeLabels) -> EdgeMetrics {
         let base = [("direction", labels.direction.rawValue), ("source_service", labels.sourceService),
                     ("destination_service", labels.destinationService)]
-        let hops = Hop.allCases.map { hop in
+        // Only the caller's proxy attributes hops; inbound edges get no (empty) series.
+        let hops = labels.direction == .inbound ? [] : Hop.allCases.map { hop in
             registry.makeValueHistogram(
                 descriptor: Self.descriptor("hop_latency", "seconds",
                                             "Where a mesh request's time went, by hop (caller-proxy, network, peer-proxy, app), recorded by the caller's proxy up to the response head."),
@@ -61,7 +62,7 @@ public final class ProxyMetrics: Sendable {
                 descriptor: Self.descriptor("request_body_bytes", "total", "Request body bytes relayed."), labels: base),
             responseBytes: registry.makeCounter(
                 descriptor: Self.descriptor("response_body_bytes", "total", "Response body bytes relayed."), labels: base),
-            hops: labels.direction == .outbound ? hops : [])
+            hops: hops)
     }
 
     /// The request counter of one edge and status code.

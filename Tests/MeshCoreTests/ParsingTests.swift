@@ -107,4 +107,41 @@ final class ParsingTests: XCTestCase {
         XCTAssertEqual(entries.first?.overcount, 0, "a path that never left the table is counted exactly")
         XCTAssertTrue(top.take().isEmpty, "each report starts afresh")
     }
+
+    func testTrafficReportsThatCouldTrapOrMisleadAreImplausible() {
+        var good = EdgeCounters(direction: "outbound", source: "web", destination: "api", tls: true)
+        good.add(status: 200, latencyMs: 0.7, denied: false, hopsMs: [0.1, 0.1, 0.1, 0.4])
+        good.add(status: 503, latencyMs: 12, denied: false, hopsMs: nil)
+        XCTAssertTrue(good.isPlausible)
+        XCTAssertEqual(good.failures, 1)
+        var noHops = good
+        noHops.hopSumsMs = []
+        XCTAssertFalse(noHops.isPlausible, "merge and since index four hop sums")
+        var huge = good
+        huge.latencyBuckets[0] = UInt64.max
+        XCTAssertFalse(huge.isPlausible, "sums of reported counters must not overflow")
+        var inconsistent = good
+        inconsistent.failures = 5
+        XCTAssertFalse(inconsistent.isPlausible)
+        var forged = good
+        forged.source = "\u{1B}[2Jevil"
+        XCTAssertFalse(forged.isPlausible, "names end up on an operator's terminal")
+        var notANumber = good
+        notANumber.latencySumMs = .nan
+        XCTAssertFalse(notANumber.isPlausible)
+        // Merging never traps, even on counters that would overflow.
+        var sum = huge
+        sum.merge(huge)
+        XCTAssertNotNil(sum.latencyQuantileMs(0.5))
+
+        var path = PathCounters(method: "GET", path: "/orders")
+        path.add(status: 200, latencyMs: 1)
+        XCTAssertTrue(path.isPlausible)
+        var hostile = path
+        hostile.path = "/\u{1B}]0;owned\u{7}"
+        XCTAssertFalse(hostile.isPlausible)
+        hostile = path
+        hostile.method = "get everything"
+        XCTAssertFalse(hostile.isPlausible)
+    }
 }

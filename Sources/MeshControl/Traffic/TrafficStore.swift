@@ -25,10 +25,17 @@ public actor TrafficStore {
 
     /// Stores one report (already checked to be the reporting proxy's own).
     func add(_ report: TrafficReport) {
-        guard samples[report.instanceID] != nil || samples.count < maxInstances else { return }
+        let now = clock()
+        if samples[report.instanceID] == nil, samples.count >= maxInstances {
+            // Instance ids are new at every proxy start: forget the ones gone quiet first.
+            samples = samples.filter { now.timeIntervalSince($0.value.last?.at ?? .distantPast) < 600 }
+            guard samples.count < maxInstances else { return }
+        }
         var list = samples[report.instanceID, default: []]
+        // A proxy reporting faster than five times a second gains nothing but memory here.
+        if let last = list.last, now.timeIntervalSince(last.at) < 0.2 { return }
         // The control plane's clock, not the proxy's: windows must not depend on clock skew.
-        list.append(Sample(at: clock(), edges: Dictionary(report.edges.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a }),
+        list.append(Sample(at: now, edges: Dictionary(report.edges.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a }),
                            paths: Array(report.paths.prefix(1000))))
         if list.count > perInstance { list.removeFirst(list.count - perInstance) }
         samples[report.instanceID] = list
@@ -36,17 +43,33 @@ public actor TrafficStore {
 
     /// The busiest inbound paths of `instances` over the last `seconds`, summed over
     /// instances and report intervals, heaviest first.
+    ///
+    /// Each sample covers the interval since the one before it, so an instance's rate is its
+    /// requests over the time from the last sample before the window to its newest one. A
+    /// path that entered a proxy's table by replacing another counts only what is certain
+    /// (`requests - overcount`).
     func topPaths(instances: Set<String>, seconds: Double) -> [(counters: PathCounters, perSecond: Double)] {
         let now = clock()
-        var merged: [String: PathCounters] = [:]
+        var merged: [String: (counters: PathCounters, perSecond: Double)] = [:]
         for id in instances {
-            for sample in samples[id] ?? [] where now.timeIntervalSince(sample.at) <= seconds {
-                for entry in sample.paths {
-                    merged["\(entry.method) \(entry.path)", default: PathCounters(method: entry.method, path: entry.path)].merge(entry)
+            let list = samples[id] ?? []
+            guard let firstIn = list.firstIndex(where: { now.timeIntervalSince($0.at) <= seconds }), let newest = list.last else { continue }
+            let start = firstIn > 0 ? list[firstIn - 1].at : list[firstIn].at
+            let covered = max(newest.at.timeIntervalSince(start), 1)
+            for sample in list[firstIn...] {
+                for var entry in sample.paths {
+                    entry.requests -= min(entry.overcount, entry.requests)
+                    entry.overcount = 0
+                    guard entry.requests > 0 else { continue }
+                    let key = "\(entry.method) \(entry.path)"
+                    var row = merged[key] ?? (PathCounters(method: entry.method, path: entry.path), 0)
+                    row.counters.merge(entry)
+                    row.perSecond += Double(entry.requests) / covered
+                    merged[key] = row
                 }
             }
         }
-        return merged.values.sorted { $0.requests > $1.requests }.map { ($0, Double($0.requests) / seconds) }
+        return merged.values.sorted { $0.counters.requests > $1.counters.requests }
     }
 
     /// Every edge's traffic within the last `seconds`, summed over instances, with the

@@ -73,15 +73,33 @@ public struct EdgeCounters: Codable, Sendable, Equatable {
         }
     }
 
-    /// Adds another proxy's (or event loop's) counters of the same edge.
+    /// Adds another proxy's (or event loop's) counters of the same edge. Wrapping adds: the
+    /// control plane validates reports (``isPlausible``), so they never wrap in practice, and a
+    /// report must never be able to trap the process that sums it.
     public mutating func merge(_ other: EdgeCounters) {
-        requests += other.requests
-        failures += other.failures
-        denials += other.denials
-        for index in latencyBuckets.indices where index < other.latencyBuckets.count { latencyBuckets[index] += other.latencyBuckets[index] }
+        requests &+= other.requests
+        failures &+= other.failures
+        denials &+= other.denials
+        for index in latencyBuckets.indices where index < other.latencyBuckets.count { latencyBuckets[index] &+= other.latencyBuckets[index] }
         latencySumMs += other.latencySumMs
-        for index in 0..<4 { hopSumsMs[index] += other.hopSumsMs[index] }
-        hopSamples += other.hopSamples
+        for index in hopSumsMs.indices where index < other.hopSumsMs.count { hopSumsMs[index] += other.hopSumsMs[index] }
+        hopSamples &+= other.hopSamples
+    }
+
+    /// Whether a report's counters are internally consistent and within bounds: the shape
+    /// the proxy sends, counts below 2^53, sub-counts not above the total, finite sums, and
+    /// service names (or `unknown`/`other`) as the ends.
+    public var isPlausible: Bool {
+        let limit: UInt64 = 1 << 53
+        func isName(_ text: String) -> Bool {
+            text == "unknown" || text == "other" || (try? ServiceName(text)) != nil
+        }
+        return ["inbound", "outbound"].contains(direction) && isName(source) && isName(destination)
+            && latencyBuckets.count == Self.latencyBoundsMs.count + 1 && hopSumsMs.count == 4
+            && requests < limit && latencyBuckets.allSatisfy({ $0 < limit })
+            && latencyBuckets.reduce(0, { $0 &+ $1 }) == requests
+            && failures <= requests && denials <= requests && hopSamples <= requests
+            && latencySumMs.isFinite && latencySumMs >= 0 && hopSumsMs.allSatisfy({ $0.isFinite && $0 >= 0 })
     }
 
     /// `self - earlier`: what happened between two reports of the same proxy (counters only
@@ -96,7 +114,9 @@ public struct EdgeCounters: Codable, Sendable, Equatable {
             delta.latencyBuckets[index] -= min(delta.latencyBuckets[index], earlier.latencyBuckets[index])
         }
         delta.latencySumMs = max(0, latencySumMs - earlier.latencySumMs)
-        for index in 0..<4 { delta.hopSumsMs[index] = max(0, hopSumsMs[index] - earlier.hopSumsMs[index]) }
+        for index in delta.hopSumsMs.indices where index < earlier.hopSumsMs.count {
+            delta.hopSumsMs[index] = max(0, hopSumsMs[index] - earlier.hopSumsMs[index])
+        }
         delta.hopSamples -= min(delta.hopSamples, earlier.hopSamples)
         return delta
     }
@@ -104,15 +124,16 @@ public struct EdgeCounters: Codable, Sendable, Equatable {
     /// The latency below which `quantile` (0…1) of the requests fell, interpolated within
     /// its bucket; nil without requests.
     public func latencyQuantileMs(_ quantile: Double) -> Double? {
-        let total = latencyBuckets.reduce(0, +)
+        let total = latencyBuckets.reduce(0.0) { $0 + Double($1) }
         guard total > 0 else { return nil }
-        let rank = quantile * Double(total)
-        var seen: UInt64 = 0
-        for (index, count) in latencyBuckets.enumerated() {
-            if Double(seen + count) >= rank, count > 0 {
+        let rank = quantile * total
+        var seen = 0.0
+        for (index, bucket) in latencyBuckets.enumerated() {
+            let count = Double(bucket)
+            if seen + count >= rank, count > 0 {
                 let lower = index == 0 ? 0 : Self.latencyBoundsMs[index - 1]
                 let upper = index < Self.latencyBoundsMs.count ? Self.latencyBoundsMs[index] : lower * 2
-                return lower + (upper - lower) * (rank - Double(seen)) / Double(count)
+                return lower + (upper - lower) * (rank - seen) / count
             }
             seen += count
         }
@@ -218,10 +239,21 @@ public struct PathCounters: Codable, Sendable, Equatable {
     }
 
     public mutating func merge(_ other: PathCounters) {
-        requests += other.requests
-        failures += other.failures
-        overcount += other.overcount
-        for index in latencyBuckets.indices where index < other.latencyBuckets.count { latencyBuckets[index] += other.latencyBuckets[index] }
+        requests &+= other.requests
+        failures &+= other.failures
+        overcount &+= other.overcount
+        for index in latencyBuckets.indices where index < other.latencyBuckets.count { latencyBuckets[index] &+= other.latencyBuckets[index] }
+    }
+
+    /// As ``EdgeCounters/isPlausible``, plus a short printable method and path (they end up
+    /// on an operator's terminal).
+    public var isPlausible: Bool {
+        let limit: UInt64 = 1 << 53
+        return !method.isEmpty && method.utf8.count <= 16 && method.utf8.allSatisfy({ (65...90).contains($0) || $0 == 45 })
+            && path.utf8.count <= 256 && path.hasPrefix("/") && path.unicodeScalars.allSatisfy({ $0.value >= 0x20 && !(0x7f...0x9f).contains($0.value) })
+            && latencyBuckets.count == EdgeCounters.latencyBoundsMs.count + 1 && requests < limit
+            && latencyBuckets.allSatisfy({ $0 < limit }) && latencyBuckets.reduce(0, { $0 &+ $1 }) <= requests
+            && failures <= requests && overcount <= requests
     }
 
     /// The latency quantile, as ``EdgeCounters/latencyQuantileMs(_:)``.

@@ -49,6 +49,11 @@ final class LoopState {
     /// their new retransmissions.
     private func sampleTCPPaths() {
         guard let metrics else { return }
+        // A destination with no open connection left reads 0, not its last RTT forever.
+        for handles in tcpPaths.values {
+            handles.rtt.set(Double(0))
+            handles.rttVariance.set(Double(0))
+        }
         var sums: [ServiceName: (rtt: UInt64, variance: UInt64, count: UInt64)] = [:]
         pool.sampleTCPInfo { [self] sample in
             let handles = tcpPaths[sample.destination] ?? metrics.tcpPath(destination: metrics.serviceLabel(sample.destination.rawValue))
@@ -127,9 +132,10 @@ final class LoopState {
     }
 
     /// The metric handles of one edge, made once and then found with one lookup.
-    func edge(_ key: EdgeKey) -> EdgeHandles? {
+    func edge(_ key: EdgeKey) -> EdgeHandles {
         if let handles = edges[key] { return handles }
-        guard let metrics else { return nil }
+        // Peers are the mesh's services, but the table stays bounded whatever happens.
+        if edges.count >= 4096 { return edge(EdgeKey(direction: key.direction, peer: nil, tls: key.tls)) }
         let trustDomain = bundle?.trustDomain
         func identity(_ service: ServiceName?) -> String {
             guard let service, let trustDomain, let id = try? SPIFFEID(trustDomain: trustDomain, service: service) else {
@@ -139,11 +145,14 @@ final class LoopState {
         }
         let me = selfService
         let (source, destination) = key.direction == .inbound ? (key.peer, me) : (me, key.peer)
-        let labels = EdgeLabels(direction: key.direction, sourceService: metrics.serviceLabel(source?.rawValue),
+        func name(_ service: ServiceName?) -> String {
+            metrics?.serviceLabel(service?.rawValue) ?? service?.rawValue ?? "unknown"
+        }
+        let labels = EdgeLabels(direction: key.direction, sourceService: name(source),
                                 sourceIdentity: source == nil ? (key.tls ? "unknown" : "unauthenticated") : identity(source),
-                                destinationService: metrics.serviceLabel(destination?.rawValue),
+                                destinationService: name(destination),
                                 destinationIdentity: destination == nil ? "unknown" : identity(destination), tls: key.tls)
-        let handles = EdgeHandles(metrics: metrics, edge: metrics.edge(labels))
+        let handles = EdgeHandles(labels: labels, metrics: metrics)
         edges[key] = handles
         return handles
     }

@@ -8,23 +8,27 @@ import Tracing
 /// The metric handles of one edge on one event loop: the shared series plus the request
 /// counters per status code, cached here so that a request costs one dictionary lookup.
 final class EdgeHandles {
-    let metrics: ProxyMetrics
-    let edge: EdgeMetrics
+    let labels: EdgeLabels
+    /// The Prometheus series; nil when request metrics are off (`metrics: false`).
+    let metrics: ProxyMetrics?
+    let edge: EdgeMetrics?
     private var requestsByStatus: [Int: Counter] = [:]
     /// The same traffic as plain cumulative counters, reported to the control plane for
     /// `mesh stat` and `mesh edges` (the Prometheus types do not expose their values).
     var counters: EdgeCounters
 
-    init(metrics: ProxyMetrics, edge: EdgeMetrics) {
+    init(labels: EdgeLabels, metrics: ProxyMetrics?) {
+        self.labels = labels
         self.metrics = metrics
-        self.edge = edge
-        counters = EdgeCounters(direction: edge.labels.direction.rawValue, source: edge.labels.sourceService,
-                                destination: edge.labels.destinationService, tls: edge.labels.tls)
+        self.edge = metrics?.edge(labels)
+        counters = EdgeCounters(direction: labels.direction.rawValue, source: labels.sourceService,
+                                destination: labels.destinationService, tls: labels.tls)
     }
 
-    func requests(status: Int) -> Counter {
+    func requests(status: Int) -> Counter? {
         if let counter = requestsByStatus[status] { return counter }
-        let counter = metrics.requests(edge.labels, status: status)
+        guard let metrics else { return nil }
+        let counter = metrics.requests(labels, status: status)
         requestsByStatus[status] = counter
         return counter
     }
@@ -70,19 +74,20 @@ struct Exchange {
     /// Counts and times the finished exchange, and writes its access log line.
     func record(accessLog: AccessLog?) {
         guard let edge else { return }
-        if let accessLog, let log { accessLog.write(entry(edge.edge.labels, log).encoded()) }
-        if let span { end(span, edge.edge.labels) }
-        edge.requests(status: status).increment()
+        if let accessLog, let log { accessLog.write(entry(edge.labels, log).encoded()) }
+        if let span { end(span, edge.labels) }
         let end = responseHead > 0 ? responseHead : Self.now()
         let total = end &- start
-        edge.edge.latency.record(Double(total) / 1e9)
-        if requestBytes > 0 { edge.edge.requestBytes.increment(by: Int64(requestBytes)) }
-        if responseBytes > 0 { edge.edge.responseBytes.increment(by: Int64(responseBytes)) }
         let split = hopSplit()
         edge.counters.add(status: status, latencyMs: Double(total) / 1e6, denied: denied, hopsMs: split?.map { Double($0) / 1e6 })
+        guard let series = edge.edge else { return }
+        edge.requests(status: status)?.increment()
+        series.latency.record(Double(total) / 1e9)
+        if requestBytes > 0 { series.requestBytes.increment(by: Int64(requestBytes)) }
+        if responseBytes > 0 { series.responseBytes.increment(by: Int64(responseBytes)) }
         guard let split else { return }
-        for (index, nanos) in split.enumerated() where index < edge.edge.hops.count {
-            edge.edge.hops[index].record(Double(nanos) / 1e9)
+        for (index, nanos) in split.enumerated() where index < series.hops.count {
+            series.hops[index].record(Double(nanos) / 1e9)
         }
     }
 

@@ -105,8 +105,13 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         case .forwarding(let upstream, _, _):
             upstream.handler.responder = nil
             upstream.channel.close(promise: nil)
+            // The caller gave up (or timed out): recorded with status 0, a failure.
+            exchange.status = 0
+            recordExchange()
             finishExchange()
         case .connecting:
+            exchange.status = 0
+            recordExchange()
             finishExchange()
         case .idle, .discarding:
             break
@@ -300,7 +305,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             }
             finishExchange()
             if started {
-                // Part of the response is already out: the only honest signal left is a close.
+                // Part of the response is already out: the only honest signal left is a close,
+                // and the exchange counts as failed (status 0), whatever its head said.
+                exchange.status = 0
                 recordExchange()
                 state = .idle
                 context.close(promise: nil)
@@ -391,7 +398,12 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     /// into W3C), or of nothing.
     private func startSpan(_ head: HTTPRequestHead, tracer: any Tracer) {
         var context = ServiceContext.topLevel
-        if head.headers.contains(name: "traceparent") {
+        // A plaintext caller from outside the mesh may not decide what is sampled (a forced
+        // sampled flag would make the proxy trace everything): its context is ignored.
+        let trusted = direction == .outbound || info.peer != nil
+        if !trusted {
+            // Start a root span of our own.
+        } else if head.headers.contains(name: "traceparent") {
             tracer.extract(head.headers, into: &context, using: HTTPHeadersExtractor())
         } else if let converted = B3.traceparent(from: head.headers) {
             tracer.extract(HTTPHeaders([("traceparent", converted)]), into: &context, using: HTTPHeadersExtractor())
