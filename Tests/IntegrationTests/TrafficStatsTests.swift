@@ -49,9 +49,15 @@ final class TrafficStatsTests: XCTestCase {
             XCTAssertNotNil(stat.p50Ms)
             XCTAssertLessThanOrEqual(stat.p50Ms ?? 0, stat.p99Ms ?? 0)
 
-            let edges = try await mesh.cli(["edges", "--window", "30s", "-o", "json"])
-            let rows = try JSONCoding.decoder.decode([EdgeStat].self, from: Data(edges.out.utf8))
-            let edge = try XCTUnwrap(rows.first { $0.source == "web" && $0.destination == "api" }, edges.out)
+            // The caller's proxy reports on its own schedule: wait for its view too.
+            let (rows, edge) = try await eventually(timeout: .seconds(10), interval: .milliseconds(250)) { () -> ([EdgeStat], EdgeStat) in
+                let result = try await mesh.cli(["edges", "--window", "30s", "-o", "json"])
+                let rows = try JSONCoding.decoder.decode([EdgeStat].self, from: Data(result.out.utf8))
+                guard let edge = rows.first(where: { $0.source == "web" && $0.destination == "api" }), edge.denials == 5 else {
+                    throw TestFailure("web → api not reported yet: \(result.out) \(result.err)")
+                }
+                return (rows, edge)
+            }
             XCTAssertEqual(edge.sourceIdentity, "spiffe://mesh.local/ns/default/sa/web")
             XCTAssertEqual(edge.destinationIdentity, "spiffe://mesh.local/ns/default/sa/api")
             XCTAssertTrue(edge.mtls)
