@@ -64,8 +64,7 @@ public struct EdgeCounters: Codable, Sendable, Equatable {
         requests += 1
         if status >= 500 || status == 0 { failures += 1 }
         if denied { denials += 1 }
-        let bucket = Self.latencyBoundsMs.firstIndex { latencyMs <= $0 } ?? Self.latencyBoundsMs.count
-        latencyBuckets[bucket] += 1
+        latencyBuckets[Self.bucket(forLatencyMs: latencyMs)] += 1
         latencySumMs += latencyMs
         if let hopsMs, hopsMs.count == 4 {
             for index in 0..<4 { hopSumsMs[index] += hopsMs[index] }
@@ -124,6 +123,17 @@ public struct EdgeCounters: Codable, Sendable, Equatable {
     /// The latency below which `quantile` (0…1) of the requests fell, interpolated within
     /// its bucket; nil without requests.
     public func latencyQuantileMs(_ quantile: Double) -> Double? {
+        Self.quantileMs(quantile, of: latencyBuckets)
+    }
+
+    /// The index in ``latencyBoundsMs`` (or the overflow bucket) a latency falls into.
+    public static func bucket(forLatencyMs latencyMs: Double) -> Int {
+        latencyBoundsMs.firstIndex { latencyMs <= $0 } ?? latencyBoundsMs.count
+    }
+
+    /// The quantile of a latency histogram laid out on ``latencyBoundsMs``, interpolated
+    /// within its bucket; nil without requests.
+    public static func quantileMs(_ quantile: Double, of latencyBuckets: [UInt64]) -> Double? {
         let total = latencyBuckets.reduce(0.0) { $0 + Double($1) }
         guard total > 0 else { return nil }
         let rank = quantile * total
@@ -234,8 +244,7 @@ public struct PathCounters: Codable, Sendable, Equatable {
     public mutating func add(status: Int, latencyMs: Double) {
         requests += 1
         if status >= 500 || status == 0 { failures += 1 }
-        let bucket = EdgeCounters.latencyBoundsMs.firstIndex { latencyMs <= $0 } ?? EdgeCounters.latencyBoundsMs.count
-        latencyBuckets[bucket] += 1
+        latencyBuckets[EdgeCounters.bucket(forLatencyMs: latencyMs)] += 1
     }
 
     public mutating func merge(_ other: PathCounters) {
@@ -258,9 +267,7 @@ public struct PathCounters: Codable, Sendable, Equatable {
 
     /// The latency quantile, as ``EdgeCounters/latencyQuantileMs(_:)``.
     public func latencyQuantileMs(_ quantile: Double) -> Double? {
-        var edge = EdgeCounters(direction: "", source: "", destination: "", tls: true)
-        edge.latencyBuckets = latencyBuckets
-        return edge.latencyQuantileMs(quantile)
+        EdgeCounters.quantileMs(quantile, of: latencyBuckets)
     }
 }
 

@@ -71,13 +71,15 @@ struct Exchange {
 
     static func now() -> UInt64 { NIODeadline.now().uptimeNanoseconds }
 
+    /// The exchange's duration up to the response head (or now, without one), in nanoseconds.
+    var duration: UInt64 { (responseHead > 0 ? responseHead : Self.now()) &- start }
+
     /// Counts and times the finished exchange, and writes its access log line.
     func record(accessLog: AccessLog?) {
         guard let edge else { return }
         if let accessLog, let log { accessLog.write(entry(edge.labels, log).encoded()) }
         if let span { end(span, edge.labels) }
-        let end = responseHead > 0 ? responseHead : Self.now()
-        let total = end &- start
+        let total = duration
         let split = hopSplit()
         edge.counters.add(status: status, latencyMs: Double(total) / 1e6, denied: denied, hopsMs: split?.map { Double($0) / 1e6 })
         guard let series = edge.edge else { return }
@@ -121,11 +123,10 @@ struct Exchange {
     }
 
     private func entry(_ labels: EdgeLabels, _ log: LogContext) -> AccessLogEntry {
-        let end = responseHead > 0 ? responseHead : Self.now()
         var entry = AccessLogEntry(direction: labels.direction.rawValue, sourceService: labels.sourceService,
                                    sourceIdentity: labels.sourceIdentity, destinationService: labels.destinationService,
                                    destinationIdentity: labels.destinationIdentity, method: log.method, path: log.path,
-                                   status: status, tls: labels.tls, durationNanos: end &- start)
+                                   status: status, tls: labels.tls, durationNanos: duration)
         entry.traceID = log.traceID
         entry.requestID = log.requestID
         entry.sourceAddress = log.sourceAddress
@@ -141,20 +142,16 @@ struct Exchange {
         return entry
     }
 
-    /// The trace id of a request from its W3C `traceparent` header, or B3 (`b3`,
-    /// `x-b3-traceid`); nil when absent or malformed.
+    /// The trace id of a request from its W3C `traceparent` header, or from B3 as the
+    /// tracer sees it (``B3/traceparent(from:)``: 16-digit ids padded to 32); nil when absent
+    /// or malformed.
     static func traceID(of headers: HTTPHeaders) -> String? {
-        func isHex(_ text: Substring) -> Bool {
-            text.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) } && text.contains(where: { $0 != "0" })
-        }
-        if let parent = headers.first(name: "traceparent") {
-            let parts = parent.split(separator: "-")
-            if parts.count >= 4, parts[1].count == 32, isHex(parts[1]) { return String(parts[1]) }
-            return nil
-        }
-        let b3 = headers.first(name: "x-b3-traceid").map { Substring($0) } ?? headers.first(name: "b3")?.split(separator: "-").first
-        if let b3, b3.count == 32 || b3.count == 16, isHex(b3) { return String(b3) }
-        return nil
+        guard let parent = headers.first(name: "traceparent") ?? B3.traceparent(from: headers) else { return nil }
+        let parts = parent.split(separator: "-")
+        guard parts.count >= 4, parts[1].count == 32,
+              parts[1].utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }),
+              parts[1].contains(where: { $0 != "0" }) else { return nil }
+        return String(parts[1])
     }
 
     /// caller-proxy, network, peer-proxy, app (as ``ProxyMetrics/Hop/allCases``), in

@@ -388,9 +388,8 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     private func recordExchange() {
         exchange.record(accessLog: loopState?.accessLog)
         if let top = exchange.topPath, let loopState {
-            let end = exchange.responseHead > 0 ? exchange.responseHead : Exchange.now()
             loopState.topPaths.add(method: top.method, path: top.path, status: exchange.status,
-                                   latencyMs: Double(end &- exchange.start) / 1e6)
+                                   latencyMs: Double(exchange.duration) / 1e6)
         }
     }
 
