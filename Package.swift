@@ -73,6 +73,11 @@ let package = Package(
         .target(name: "MeshControl", dependencies: ["MeshCore", "MeshIdentity", "MeshPolicy", "MeshStore", "MeshTransport", log] + nio + tls + [
             .product(name: "X509", package: "swift-certificates"),
             .product(name: "Crypto", package: "swift-crypto"),
+        ], resources: [
+            // The dashboard, compiled into the binary (PackageResources.index_html, …).
+            .embedInCode("Dashboard/index.html"),
+            .embedInCode("Dashboard/dashboard.css"),
+            .embedInCode("Dashboard/dashboard.js"),
         ]),
         // Layer 3: the command line.
         .target(name: "MeshCLI", dependencies: [

@@ -19,6 +19,8 @@ public struct ControlPlane: Sendable {
         public var svidLifetime: TimeInterval = 24 * 3600
         public var heartbeatTTL: TimeInterval = 15
         public var watchKeepalive: Duration = .seconds(10)
+        /// Step of the per-service history behind the dashboard's charts (360 steps kept).
+        public var historyStep: Duration = .seconds(10)
         /// What happens to a request no policy allows: `deny` (default) or `audit`.
         public var defaultPolicy = "deny"
 
@@ -93,6 +95,14 @@ public struct ControlPlane: Sendable {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: .seconds(interval))
                     await registry.sweep()
+                }
+            }
+            tasks.addTask {
+                let step = config.historyStep
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: step)
+                    let services = await registry.current.services.map(\.rawValue)
+                    await traffic.recordHistory(services: services)
                 }
             }
             tasks.addTask {

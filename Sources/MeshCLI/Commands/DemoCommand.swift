@@ -55,6 +55,8 @@ struct DemoRun: Sendable {
         config.listen = HostPort(host: "127.0.0.1", port: 0)
         config.admin = HostPort(host: "127.0.0.1", port: 0)
         config.heartbeatTTL = 6
+        // Charts fill faster than in production (10 s): a newcomer looks within minutes.
+        config.historyStep = .seconds(5)
         let control = Ready<ControlPlane.Addresses>()
         let controlTask = Task {
             do {
@@ -139,7 +141,9 @@ struct DemoRun: Sendable {
                 Why denied?     mesh explain --from web --to store --method GET --path / --admin \(addresses.admin) --data-dir \(dataDir)
                 Golden metrics: mesh stat --admin \(addresses.admin) --data-dir \(dataDir)
                 The slow hop:   mesh edges --admin \(addresses.admin) --data-dir \(dataDir)
-                  (one request in five goes to /checkout, which store answers slowly and sometimes with 503)
+                  (one request in five goes to /checkout, which store answers slowly and sometimes with 503;
+                   one in ten is loadgen calling store directly, which no policy allows)
+                Dashboard:      \(DashboardURL.make(admin: addresses.admin, token: adminToken))
                 Press Ctrl-C to stop.
                 """)
             // 5. Light traffic, and the time to the first request that crossed the whole mesh.
@@ -152,9 +156,15 @@ struct DemoRun: Sendable {
     private func traffic(entry: HostPort) async throws {
         var client = APIClient(target: entry, group: MultiThreadedEventLoopGroup.singleton, tls: nil)
         client.hostHeader = "web"
+        // A caller going where no policy lets it: the dashboard and `mesh explain` show why.
+        var intruder = client
+        intruder.hostHeader = "store"
         var ok = 0, failed = 0, reported = false, sent = 0
         while !Task.isCancelled {
             sent += 1
+            if sent % 10 == 0 {
+                _ = try? await intruder.get("/inventory")
+            }
             // One request in five takes store's slow, flaky checkout path.
             let path = sent % 5 == 0 ? "/checkout" : "/"
             if let response = try? await client.get(path), response.status == .ok {

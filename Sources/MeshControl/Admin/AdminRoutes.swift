@@ -19,6 +19,11 @@ struct AdminRoutes: Sendable {
     let logger: Logger
 
     func handle(_ request: APIRequest) async -> APIResponse {
+        // The dashboard's page, style sheet and script hold no data: they load without the
+        // token, and every call they make presents it like any other client.
+        if request.method == .GET, let asset = DashboardAssets.response(for: request.path) {
+            return asset
+        }
         guard authorized(request) else {
             logger.notice("admin API call without a valid token", metadata: ["from": "\(request.remoteAddress ?? "?")"])
             return .error(MeshError(.unauthenticated, "send the admin token (DATA_DIR/admin.token) as 'Authorization: Bearer TOKEN'"))
@@ -51,6 +56,10 @@ struct AdminRoutes: Sendable {
             case (.GET, AdminAPI.historyPath):
                 let limit = request.query["limit"].flatMap(Int.init) ?? 50
                 return .json(try await registry.history(limit: limit))
+            case (.GET, AdminAPI.denialsPath):
+                let limit = min(max(request.query["limit"].flatMap(Int.init) ?? 50, 1), 1000)
+                let destination = try request.query["service"].map { try ServiceName($0) }
+                return .json(await denials.recent(limit: limit, destination: destination))
             case (.GET, let path) where path.hasPrefix(ControlAPI.decisionsPath + "/"):
                 let id = String(path.dropFirst(ControlAPI.decisionsPath.count + 1))
                 guard let record = await denials.find(id) else {
@@ -63,6 +72,8 @@ struct AdminRoutes: Sendable {
                 return .json(try await edges(window: window(request)))
             case (.GET, AdminAPI.topPath):
                 return .json(try await top(service: request.query["service"] ?? "", window: window(request)))
+            case (.GET, AdminAPI.seriesPath):
+                return .json(try await series(service: request.query["service"] ?? "", window: window(request, default: 900, limit: 3600)))
             case (.POST, AdminAPI.explainPath):
                 return .json(try await explain(request.decode(AdminAPI.ExplainRequest.self)))
             default:
@@ -158,90 +169,6 @@ struct AdminRoutes: Sendable {
         case .allowedAuditDefault:
             return "the mesh default is audit; with --default-policy deny this call needs an allow rule"
         }
-    }
-
-    /// `?window=SECONDS`, 10 s to 5 min, 60 by default.
-    private func window(_ request: APIRequest) throws -> Double {
-        guard let text = request.query["window"] else { return 60 }
-        guard let seconds = Double(text), (10...300).contains(seconds) else {
-            throw MeshError(.invalidRequest, "window must be 10 to 300 seconds")
-        }
-        return seconds
-    }
-
-    /// Per service, its inbound traffic: what its callers got.
-    private func stat(window: Double, service: String?) async throws -> [ServiceStat] {
-        let snapshot = await registry.current
-        let edges = await traffic.window(seconds: window)
-        let names = service.map { [$0] } ?? snapshot.services.map(\.rawValue).sorted()
-        if let service, !snapshot.services.contains(where: { $0.rawValue == service }) {
-            throw MeshError(.notFound, "no service named '\(service)' is known")
-        }
-        return names.map { name in
-            var total = EdgeCounters(direction: "inbound", source: "*", destination: name, tls: true)
-            var perSecond = 0.0
-            var mtlsRequests: UInt64 = 0
-            for edge in edges where edge.counters.direction == "inbound" && edge.counters.destination == name {
-                total.merge(edge.counters)
-                perSecond += edge.perSecond
-                if edge.counters.tls { mtlsRequests += edge.counters.requests }
-            }
-            let requests = Double(total.requests)
-            let instances = (try? ServiceName(name)).map { snapshot.endpoints(of: $0).count } ?? 0
-            return ServiceStat(service: name, instances: instances,
-                               successRate: requests > 0 ? 1 - Double(total.failures) / requests : nil,
-                               requestsPerSecond: perSecond, p50Ms: total.latencyQuantileMs(0.5), p95Ms: total.latencyQuantileMs(0.95),
-                               p99Ms: total.latencyQuantileMs(0.99), mtlsShare: requests > 0 ? Double(mtlsRequests) / requests : nil,
-                               denials: total.denials, windowSeconds: window)
-        }
-    }
-
-    /// A service's busiest paths (its proxies' inbound view), at most 50.
-    private func top(service: String, window: Double) async throws -> [PathStat] {
-        let snapshot = await registry.current
-        guard let name = try? ServiceName(service), snapshot.services.contains(name) else {
-            throw MeshError(.notFound, "no service named '\(service)' is known; give ?service=NAME")
-        }
-        let instances = Set(snapshot.endpoints(of: name).map(\.id))
-        return await traffic.topPaths(instances: instances, seconds: window).prefix(50).map { entry in
-            let requests = Double(entry.counters.requests)
-            return PathStat(method: entry.counters.method, path: entry.counters.path, requestsPerSecond: entry.perSecond,
-                            successRate: requests > 0 ? 1 - Double(entry.counters.failures) / requests : nil,
-                            p50Ms: entry.counters.latencyQuantileMs(0.5), p99Ms: entry.counters.latencyQuantileMs(0.99))
-        }
-    }
-
-    /// Who calls whom: mesh callers as their own proxies saw the calls (with the hop
-    /// attribution), the callee's policy denials, and plaintext callers as the callee saw them.
-    private func edges(window: Double) async throws -> [EdgeStat] {
-        let all = await traffic.window(seconds: window)
-        func identity(_ service: String) -> String {
-            (try? ServiceName(service)).flatMap { try? SPIFFEID(trustDomain: trustDomain, service: $0).description } ?? "unauthenticated"
-        }
-        var denials: [String: UInt64] = [:]
-        for edge in all where edge.counters.direction == "inbound" {
-            denials["\(edge.counters.source)>\(edge.counters.destination)", default: 0] += edge.counters.denials
-        }
-        var rows: [EdgeStat] = []
-        let hopNames = ["caller-proxy", "network", "peer-proxy", "app"]
-        for edge in all {
-            let counters = edge.counters
-            let callerSide = counters.direction == "outbound"
-            // Each mesh call is seen twice; the caller's view is the one with the whole path.
-            guard callerSide || !counters.tls else { continue }
-            let requests = Double(counters.requests)
-            let hops = counters.hopSamples > 0
-                ? Dictionary(uniqueKeysWithValues: zip(hopNames, counters.hopSumsMs.map { $0 / Double(counters.hopSamples) })) : nil
-            rows.append(EdgeStat(
-                source: callerSide ? counters.source : "unauthenticated", destination: counters.destination,
-                sourceIdentity: callerSide ? identity(counters.source) : "unauthenticated",
-                destinationIdentity: identity(counters.destination), mtls: counters.tls, requestsPerSecond: edge.perSecond,
-                failures: counters.failures, successRate: requests > 0 ? 1 - Double(counters.failures) / requests : nil,
-                p50Ms: counters.latencyQuantileMs(0.5), p99Ms: counters.latencyQuantileMs(0.99),
-                denials: callerSide ? denials["\(counters.source)>\(counters.destination)"] ?? 0 : counters.denials,
-                hopsMs: hops, windowSeconds: window))
-        }
-        return rows.sorted { ($0.source, $0.destination) < ($1.source, $1.destination) }
     }
 
     private func services() async throws -> [AdminAPI.ServiceListing] {

@@ -197,26 +197,3 @@ public actor Registry {
         try await store.saveRegistryVersion(event.version)
     }
 }
-
-/// The most recent denials reported by proxies, by request id, for
-/// `mesh explain --request-id`. Bounded: the oldest are forgotten first.
-public actor DenialLog {
-    private var records: [String: DenialRecord] = [:]
-    private var order: [String] = []
-    private let capacity: Int
-
-    public init(capacity: Int = 10_000) { self.capacity = capacity }
-
-    public func add(_ batch: [DenialRecord]) {
-        for record in batch where records[record.requestID] == nil {
-            records[record.requestID] = record
-            order.append(record.requestID)
-        }
-        if order.count > capacity {
-            for id in order.prefix(order.count - capacity) { records[id] = nil }
-            order.removeFirst(order.count - capacity)
-        }
-    }
-
-    public func find(_ requestID: String) -> DenialRecord? { records[requestID] }
-}

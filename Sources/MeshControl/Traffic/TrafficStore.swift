@@ -14,6 +14,14 @@ public actor TrafficStore {
         var paths: [PathCounters]
     }
     private var samples: [String: [Sample]] = [:]
+    /// Per service, its inbound traffic per history step, oldest first (the dashboard's charts).
+    private var history: [String: [SeriesPoint]] = [:]
+    /// Per instance, the edges as of the last history step: the next step counts from here.
+    private var historyCursor: [String: (at: Date, edges: [String: EdgeCounters])] = [:]
+    private var lastHistoryStep: Date?
+    /// An hour at the default 10 s step; 1000 services at most (about 70 MB at worst).
+    private let historyPoints = 360
+    private let maxHistoryServices = 1000
     /// Reports kept per instance: six minutes at the default 5 s interval.
     private let perInstance = 72
     private let maxInstances = 10_000
@@ -95,5 +103,60 @@ public actor TrafficStore {
             }
         }
         return merged.values.sorted { $0.counters.key < $1.counters.key }
+    }
+
+    /// Closes one history step: each instance's inbound traffic since the previous step,
+    /// summed per service. `services` (the registry's) get a point even when idle, so that a
+    /// chart shows traffic stopping rather than a gap.
+    func recordHistory(services: [String]) {
+        let now = clock()
+        defer { lastHistoryStep = now }
+        guard let previous = lastHistoryStep else {
+            historyCursor = samples.compactMapValues { list in list.last.map { ($0.at, $0.edges) } }
+            return
+        }
+        let seconds = now.timeIntervalSince(previous)
+        guard seconds > 0 else { return }
+        var perService: [String: (counters: EdgeCounters, perSecond: Double)] = [:]
+        func empty(_ service: String) -> (counters: EdgeCounters, perSecond: Double) {
+            (EdgeCounters(direction: "inbound", source: "*", destination: service, tls: true), 0)
+        }
+        for service in services.prefix(maxHistoryServices) { perService[service] = empty(service) }
+        var cursors: [String: (at: Date, edges: [String: EdgeCounters])] = [:]
+        for (id, list) in samples {
+            guard let newest = list.last else { continue }
+            cursors[id] = (newest.at, newest.edges)
+            // An instance first seen in this step counts from its first report: what it did
+            // before that is not known to have happened in this step.
+            guard let base = historyCursor[id] ?? list.first.map({ ($0.at, $0.edges) }) else { continue }
+            // Rates over the time the reports cover, not the step: a step holding two reports
+            // of a proxy and the next holding three must not read as a rate going up and down.
+            let covered = newest.at.timeIntervalSince(base.at)
+            guard covered > 0 else { continue }
+            for (key, counters) in newest.edges where counters.direction == "inbound" {
+                guard perService[counters.destination] != nil || perService.count < maxHistoryServices else { continue }
+                let delta = counters.since(base.edges[key])
+                guard delta.requests > 0 else { continue }
+                var entry = perService[counters.destination] ?? empty(counters.destination)
+                entry.counters.merge(delta)
+                entry.perSecond += Double(delta.requests) / covered
+                perService[counters.destination] = entry
+            }
+        }
+        historyCursor = cursors
+        for (service, entry) in perService {
+            var points = history[service, default: []]
+            points.append(SeriesPoint(at: now, seconds: seconds, counters: entry.counters, requestsPerSecond: entry.perSecond))
+            if points.count > historyPoints { points.removeFirst(points.count - historyPoints) }
+            history[service] = points
+        }
+        // Services gone from the registry keep their points until those are an hour old.
+        history = history.filter { perService[$0.key] != nil || ($0.value.last.map { now.timeIntervalSince($0.at) < 3600 } ?? false) }
+    }
+
+    /// A service's history steps that ended within the last `seconds`, oldest first.
+    func series(service: String, seconds: Double) -> [SeriesPoint] {
+        let now = clock()
+        return (history[service] ?? []).filter { now.timeIntervalSince($0.at) <= seconds }
     }
 }

@@ -97,6 +97,11 @@ public enum AdminAPI {
     public static let edgesPath = "/v1/edges"
     /// `GET ?service=NAME&window=SECONDS`: ``PathStat`` rows, busiest first (`mesh top`).
     public static let topPath = "/v1/top"
+    /// `GET ?service=NAME&window=SECONDS`: ``SeriesPoint``s, oldest first (the dashboard's charts).
+    public static let seriesPath = "/v1/stat/series"
+    /// `GET ?limit=N[&service=NAME]`: the latest ``DenialRecord``s, newest first
+    /// (`GET …/ID` answers one of them, for `mesh explain --request-id`).
+    public static let denialsPath = ControlAPI.decisionsPath
     /// `POST` an ``ExplainRequest``: the decision the mesh would make, with reasons.
     public static let explainPath = "/v1/explain"
 
