@@ -6,7 +6,7 @@ public struct MeshCommand: AsyncParsableCommand {
         commandName: "mesh",
         abstract: "SwiftMesh: a zero-trust service mesh (mTLS, discovery, policy, observability).",
         subcommands: [ControlCommand.self, ProxyCommand.self, TokenCommand.self, ServicesCommand.self, ApplyCommand.self,
-                      GetCommand.self, DeleteCommand.self, HistoryCommand.self, ExplainCommand.self, TestCommand.self, StatCommand.self, EdgesCommand.self, TopCommand.self, DashboardCommand.self,
+                      GetCommand.self, DeleteCommand.self, HistoryCommand.self, ExplainCommand.self, TestCommand.self, StatCommand.self, EdgesCommand.self, TopCommand.self, TapCommand.self, DashboardCommand.self,
                       DemoCommand.self])
 
     public init() {}

@@ -71,10 +71,11 @@ public struct ControlPlane: Sendable {
         let group = MultiThreadedEventLoopGroup.singleton
         let denials = DenialLog()
         let traffic = TrafficStore()
-        let proxyRoutes = ProxyAPIRoutes(ca: ca, tokens: tokens, registry: registry, denials: denials, traffic: traffic, svidLifetime: config.svidLifetime,
+        let taps = TapHub()
+        let proxyRoutes = ProxyAPIRoutes(ca: ca, tokens: tokens, registry: registry, denials: denials, traffic: traffic, taps: taps, svidLifetime: config.svidLifetime,
                                          watchKeepalive: config.watchKeepalive, logger: logger)
         let adminRoutes = AdminRoutes(adminToken: adminToken, tokens: tokens, registry: registry, denials: denials, traffic: traffic,
-                                      trustDomain: ca.trustDomain, logger: logger)
+                                      taps: taps, trustDomain: ca.trustDomain, logger: logger)
         if !config.admin.isLoopback {
             logger.warning("the admin API listens beyond loopback; every call still needs the admin token",
                            metadata: ["admin": "\(config.admin)"])
@@ -103,6 +104,15 @@ public struct ControlPlane: Sendable {
                     try? await Task.sleep(for: step)
                     let services = await registry.current.services.map(\.rawValue)
                     await traffic.recordHistory(services: services)
+                }
+            }
+            tasks.addTask {
+                // Tap status lines every 2 s; orders renewed every 10 s (proxies keep them 30 s).
+                var ticks = 0
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(2))
+                    ticks += 1
+                    await taps.tick(renew: ticks % 5 == 0)
                 }
             }
             tasks.addTask {

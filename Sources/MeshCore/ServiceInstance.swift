@@ -78,6 +78,9 @@ public struct RegistrySnapshot: Sendable, Equatable, Codable {
             guard event.version > version else { return }
             instances[id] = nil
             version = event.version
+        case .tap:
+            // Not part of the registry.
+            return
         }
     }
 }
@@ -94,6 +97,10 @@ public struct RegistryEvent: Sendable, Equatable, Codable {
         case policies(PolicySet)
         case upsert(ServiceInstance)
         case remove(id: String)
+        /// The taps (`mesh tap`) of the watching proxy's service, all of them: not a registry
+        /// change (version 0, never replayed), sent on the same stream so that a tap reaches
+        /// proxies as fast as a policy does.
+        case tap([TapOrder])
     }
 
     public var version: UInt64
@@ -104,7 +111,7 @@ public struct RegistryEvent: Sendable, Equatable, Codable {
         self.kind = kind
     }
 
-    private enum Key: String, CodingKey { case version, type, instances, services, instance, id, policies }
+    private enum Key: String, CodingKey { case version, type, instances, services, instance, id, policies, taps }
 
     public init(from decoder: Decoder) throws {
         let container = try decoder.container(keyedBy: Key.self)
@@ -120,6 +127,8 @@ public struct RegistryEvent: Sendable, Equatable, Codable {
             kind = .upsert(try container.decode(ServiceInstance.self, forKey: .instance))
         case "remove":
             kind = .remove(id: try container.decode(String.self, forKey: .id))
+        case "tap":
+            kind = .tap(try container.decode([TapOrder].self, forKey: .taps))
         case let other:
             throw DecodingError.dataCorruptedError(forKey: .type, in: container,
                                                    debugDescription: "unknown registry event type '\(other)'")
@@ -144,6 +153,9 @@ public struct RegistryEvent: Sendable, Equatable, Codable {
         case .remove(let id):
             try container.encode("remove", forKey: .type)
             try container.encode(id, forKey: .id)
+        case .tap(let orders):
+            try container.encode("tap", forKey: .type)
+            try container.encode(orders, forKey: .taps)
         }
     }
 }

@@ -92,12 +92,19 @@ public struct APIClient: Sendable {
                             onLine: @Sendable (Substring) async throws -> Void) async throws {
         try await exchange(.GET, path, body: nil, readTimeout: readTimeout) { inbound in
             var pending = ByteBuffer()
+            var refused: HTTPResponseStatus?
             for try await part in inbound {
                 switch part {
                 case .head(let head):
-                    guard head.status == .ok else {
-                        throw MeshError(.unavailable, "\(target) refused the stream with \(head.status.code)")
-                    }
+                    if head.status != .ok { refused = head.status }
+                case .body(var chunk) where refused != nil:
+                    // The error body says why; keep what a message needs, no more.
+                    if pending.readableBytes < 64 << 10 { pending.writeBuffer(&chunk) }
+                case .end where refused != nil:
+                    let status = refused ?? .internalServerError
+                    let body = try? JSONDecoder().decode(ControlAPI.ErrorBody.self, from: Data(pending.readableBytesView))
+                    throw MeshError(body.map { MeshError.Code(rawValue: $0.code) } ?? .unavailable,
+                                    "\(target) refused the stream: \(body?.message ?? "status \(status.code)")")
                 case .body(var chunk):
                     pending.writeBuffer(&chunk)
                     while let newline = pending.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {

@@ -15,6 +15,7 @@ struct ProxyAPIRoutes: Sendable {
     let registry: Registry
     let denials: DenialLog
     let traffic: TrafficStore
+    let taps: TapHub
     let svidLifetime: TimeInterval
     let watchKeepalive: Duration
     let logger: Logger
@@ -30,6 +31,7 @@ struct ProxyAPIRoutes: Sendable {
             case (.GET, ControlAPI.watchPath): return try await watch(request)
             case (.POST, ControlAPI.decisionsPath): return try await reportDenials(request)
             case (.POST, ControlAPI.trafficPath): return try await reportTraffic(request)
+            case (.POST, ControlAPI.tapPath): return try await reportTap(request)
             default:
                 throw MeshError(.notFound, "no such endpoint: \(request.method) \(request.path)")
             }
@@ -145,10 +147,32 @@ struct ProxyAPIRoutes: Sendable {
         return .json(["ok": true])
     }
 
-    /// A chunked stream of JSON lines, one ``RegistryEvent`` each, with an empty line as a
-    /// keepalive so that dead connections are noticed on both sides.
+    /// Requests a tapped proxy sampled; only its own service's, only while a tap is open.
+    private func reportTap(_ request: APIRequest) async throws -> APIResponse {
+        let (_, service) = try caller(request)
+        let batch = try request.decode(TapBatch.self)
+        guard batch.events.count <= 1000 else { throw MeshError(.invalidRequest, "send at most 1000 tapped requests at once") }
+        guard batch.events.allSatisfy(\.isPlausible) else {
+            throw MeshError(.invalidRequest, "a tapped request is out of bounds (names, sizes or characters)")
+        }
+        guard batch.events.allSatisfy({ event in
+            (event.direction == "inbound" && event.destination == service.rawValue)
+                || (event.direction == "outbound" && event.source == service.rawValue)
+        }) else {
+            throw MeshError(.forbidden, "a proxy of \(service) may only send requests from or to \(service)")
+        }
+        guard await registry.current.instances[batch.instanceID]?.service == service else {
+            throw MeshError(.forbidden, "instance \(batch.instanceID) is not a registered instance of \(service)")
+        }
+        await taps.publish(batch, from: service)
+        return .json(["ok": true])
+    }
+
+    /// A chunked stream of JSON lines, one ``RegistryEvent`` each (and the taps of the
+    /// caller's service, see ``TapHub``), with an empty line as a keepalive so that dead
+    /// connections are noticed on both sides.
     private func watch(_ request: APIRequest) async throws -> APIResponse {
-        _ = try caller(request)
+        let (_, service) = try caller(request)
         let since = request.query["since"].flatMap { UInt64($0) }
         let events = await registry.watch(since: since)
         let keepalive = watchKeepalive
@@ -162,6 +186,15 @@ struct ProxyAPIRoutes: Sendable {
             }
             continuation.finish()
         }
+        let orders = await taps.orders(for: service)
+        let tapPump = Task {
+            let encoder = JSONCoding.encoder
+            for await current in orders {
+                guard var data = try? encoder.encode(RegistryEvent(version: 0, kind: .tap(current))) else { continue }
+                data.append(UInt8(ascii: "\n"))
+                if case .dropped = continuation.yield(ByteBuffer(bytes: data)) { break }
+            }
+        }
         let ticker = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: keepalive)
@@ -170,6 +203,7 @@ struct ProxyAPIRoutes: Sendable {
         }
         continuation.onTermination = { _ in
             pump.cancel()
+            tapPump.cancel()
             ticker.cancel()
         }
         return APIResponse(status: .ok, headers: ["content-type": "application/x-ndjson"], body: .stream(stream))

@@ -15,6 +15,7 @@ struct AdminRoutes: Sendable {
     let registry: Registry
     let denials: DenialLog
     let traffic: TrafficStore
+    let taps: TapHub
     let trustDomain: String
     let logger: Logger
 
@@ -72,6 +73,8 @@ struct AdminRoutes: Sendable {
                 return .json(try await edges(window: window(request)))
             case (.GET, AdminAPI.topPath):
                 return .json(try await top(service: request.query["service"] ?? "", window: window(request)))
+            case (.GET, AdminAPI.tapPath):
+                return try await tap(request)
             case (.GET, AdminAPI.seriesPath):
                 return .json(try await series(service: request.query["service"] ?? "", window: window(request, default: 900, limit: 3600)))
             case (.POST, AdminAPI.explainPath):
@@ -82,6 +85,45 @@ struct AdminRoutes: Sendable {
         } catch {
             return .error(error)
         }
+    }
+
+    /// `mesh tap`: a stream of the requests the service's proxies sample, until the client
+    /// goes or `limit` requests have been sent.
+    private func tap(_ request: APIRequest) async throws -> APIResponse {
+        let query = request.query
+        guard let name = try? ServiceName(query["service"] ?? ""), await registry.current.services.contains(name) else {
+            throw MeshError(.notFound, "no service named '\(query["service"] ?? "")' is known; give ?service=NAME (see mesh services)")
+        }
+        func peer(_ key: String) throws -> String? {
+            guard let value = query[key], !value.isEmpty else { return nil }
+            guard value == "unauthenticated" || (try? ServiceName(value)) != nil else {
+                throw MeshError(.invalidRequest, "\(key) must be a service name or 'unauthenticated', not '\(value)'")
+            }
+            return value
+        }
+        let rate = try query["rate"].map { text -> Int in
+            guard let rate = Int(text), (1...TapOrder.maxRate).contains(rate) else {
+                throw MeshError(.invalidRequest, "rate must be 1 to \(TapOrder.maxRate) requests per second per proxy")
+            }
+            return rate
+        } ?? 20
+        let limit = try query["limit"].map { text -> Int in
+            guard let limit = Int(text), limit > 0 else { throw MeshError(.invalidRequest, "limit must be a positive number of requests") }
+            return limit
+        }
+        let method = query["method"].map { $0.uppercased() }
+        if let method, method.isEmpty || method.count > 16 || !method.allSatisfy({ $0.isLetter }) {
+            throw MeshError(.invalidRequest, "method must be an HTTP method such as GET")
+        }
+        let path = query["path"].flatMap { $0.isEmpty ? nil : $0 }
+        if let path, !path.hasPrefix("/") || path.utf8.count > 512 {
+            throw MeshError(.invalidRequest, "path must be a path prefix starting with '/' (at most 512 bytes)")
+        }
+        let order = TapOrder(id: UUID().uuidString.lowercased(), to: try peer("to"), from: try peer("from"), method: method,
+                             pathPrefix: path, maxPerSecond: rate, ttlSeconds: TapHub.orderTTL)
+        let stream = try await taps.open(service: name, order: order, limit: limit)
+        logger.info("tap opened", metadata: ["service": "\(name)", "from": "\(request.remoteAddress ?? "?")", "rate": "\(rate)"])
+        return APIResponse(status: .ok, headers: ["content-type": "application/x-ndjson", "cache-control": "no-store"], body: .stream(stream))
     }
 
     private func actor(_ request: APIRequest) -> String {

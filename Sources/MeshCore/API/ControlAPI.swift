@@ -15,6 +15,8 @@ public enum ControlAPI {
     public static let trafficPath = "/v1/traffic"
     /// `GET /v1/watch?since=VERSION`: a chunked stream of ``RegistryEvent`` JSON lines.
     public static let watchPath = "/v1/watch"
+    /// `POST` a ``TapBatch``: the requests a tapped proxy sampled (`mesh tap`).
+    public static let tapPath = "/v1/tap"
 
     /// First certificate: a single-use join token plus a CSR (PEM).
     public struct JoinRequest: Codable, Sendable {
@@ -99,6 +101,9 @@ public enum AdminAPI {
     public static let topPath = "/v1/top"
     /// `GET ?service=NAME&window=SECONDS`: ``SeriesPoint``s, oldest first (the dashboard's charts).
     public static let seriesPath = "/v1/stat/series"
+    /// `GET ?service=NAME[&to=&from=&method=&path=&rate=N&limit=N]`: a stream of JSON lines,
+    /// ``TapEvent``s and a ``TapStatus`` every 2 s (`mesh tap`).
+    public static let tapPath = "/v1/tap"
     /// `GET ?limit=N[&service=NAME]`: the latest ``DenialRecord``s, newest first
     /// (`GET …/ID` answers one of them, for `mesh explain --request-id`).
     public static let denialsPath = ControlAPI.decisionsPath

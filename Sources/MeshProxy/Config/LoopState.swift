@@ -163,6 +163,20 @@ final class LoopState {
     var accessLog: AccessLog?
     /// The tracer (`--trace-endpoint`); nil when off.
     var tracer: MeshTracer?
+    /// Sampling for `mesh tap`; nil while no tap of this service is open.
+    private(set) var tap: TapSampler?
+
+    /// Installs the taps the control plane sent (all of them; none ends tapping).
+    func setTaps(_ orders: [TapOrder], loops: Int) {
+        let now = Exchange.now()
+        if orders.isEmpty {
+            tap = nil
+        } else if let tap {
+            tap.update(orders: orders, loops: loops, now: now)
+        } else {
+            tap = TapSampler(orders: orders, loops: loops, now: now)
+        }
+    }
     /// This workload: the destination of every inbound request.
     var selfService: ServiceName?
     /// Labels and mTLS mode from the proxy's own flags; central ServiceDefaults override them.
@@ -255,6 +269,8 @@ final class LoopStates: Sendable {
         }
     }
     private let states: [Entry]
+    /// Number of event loops (a tap's rate is shared among them).
+    var count: Int { states.count }
 
     init(group: EventLoopGroup, limits: ProxyLimits) {
         states = group.makeIterator().map { Entry(eventLoop: $0, state: LoopState(eventLoop: $0, limits: limits)) }

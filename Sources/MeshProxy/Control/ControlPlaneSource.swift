@@ -58,6 +58,7 @@ struct ControlPlaneSource: SidecarSource {
         let registration = self.registration.value
         let logger = self.logger
         let denials = DenialBuffer()
+        let tapping = TapSwitch()
         await states.update { $0.denialSink = denials }
         await withTaskGroup(of: Void.self) { tasks in
             tasks.addTask { await DenialReporter(identity: identity, buffer: denials, logger: logger).run() }
@@ -67,9 +68,12 @@ struct ControlPlaneSource: SidecarSource {
                 let reporter = TrafficReporter(identity: identity, states: states, instanceID: registration.request.instanceID,
                                                interval: settings.heartbeatInterval, logger: logger)
                 tasks.addTask { await reporter.run() }
+                let tap = TapReporter(identity: identity, states: states, instanceID: registration.request.instanceID,
+                                      tapping: tapping, logger: logger)
+                tasks.addTask { await tap.run() }
             }
             tasks.addTask {
-                await RegistryWatcher(identity: identity, states: states, service: service, logger: logger,
+                await RegistryWatcher(identity: identity, states: states, service: service, tapping: tapping, logger: logger,
                                       onFirstSnapshot: onFirstRegistry).run()
             }
         }

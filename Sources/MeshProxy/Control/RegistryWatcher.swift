@@ -12,6 +12,8 @@ struct RegistryWatcher: Sendable {
     let states: LoopStates
     /// This proxy's service, whose central settings are logged when they change.
     let service: ServiceName
+    /// Set while a tap of this service is open, for the ``TapReporter``.
+    let tapping: TapSwitch
     let logger: Logger
     /// Called once, when the first complete view has been applied.
     let onFirstSnapshot: @Sendable () -> Void
@@ -27,6 +29,13 @@ struct RegistryWatcher: Sendable {
                 // the connection is dead even if TCP has not noticed.
                 try await client.streamLines(path, readTimeout: .seconds(35)) { line in
                     let event = try JSONCoding.decoder.decode(RegistryEvent.self, from: Data(line.utf8))
+                    if case .tap(let orders) = event.kind {
+                        let loops = states.count
+                        await states.update { $0.setTaps(orders, loops: loops) }
+                        tapping.set(!orders.isEmpty)
+                        logger.info(orders.isEmpty ? "tap ended" : "tapped (mesh tap)", metadata: ["taps": "\(orders.count)"])
+                        return
+                    }
                     var next = box.snapshot
                     next.apply(event)
                     guard next != box.snapshot || box.first else { return }

@@ -149,7 +149,8 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         exchange.edge = direction == .inbound
             ? loopState.edge(.init(direction: .inbound, peer: info.peer?.service, tls: info.peer != nil))
             : loopState.edge(.init(direction: .outbound, peer: nil, tls: true))
-        if loopState.accessLog != nil || loopState.tracer != nil {
+        // The request's details are kept only when something will use them.
+        if loopState.accessLog != nil || loopState.tracer != nil || loopState.tap?.isOn(exchange.start) == true {
             let target = head.uri.prefix { $0 != "?" }
             exchange.log = Exchange.LogContext(
                 method: head.method.rawValue, path: String(target.prefix(1024)), traceID: Exchange.traceID(of: head.headers),
@@ -390,6 +391,13 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         if let top = exchange.topPath, let loopState {
             loopState.topPaths.add(method: top.method, path: top.path, status: exchange.status,
                                    latencyMs: Double(exchange.duration) / 1e6)
+        }
+        if let tap = loopState?.tap, let log = exchange.log, let labels = exchange.edge?.labels {
+            let now = Exchange.now()
+            let source = labels.direction == .inbound && !labels.tls ? "unauthenticated" : labels.sourceService
+            if tap.isOn(now), tap.wants(source: source, destination: labels.destinationService, method: log.method, path: log.path) {
+                tap.offer(now: now) { exchange.tapEvent(labels, log) }
+            }
         }
     }
 
