@@ -138,7 +138,7 @@ struct DemoRun: Sendable {
 
                 List services:  mesh services --admin \(addresses.admin) --data-dir \(dataDir)
                 Policies:       mesh get policies --admin \(addresses.admin) --data-dir \(dataDir)
-                Why denied?     mesh explain --from web --to store --method GET --path / --admin \(addresses.admin) --data-dir \(dataDir)
+                Why denied?     mesh explain --from loadgen --to store --method GET --path /inventory --admin \(addresses.admin) --data-dir \(dataDir)
                 Golden metrics: mesh stat --admin \(addresses.admin) --data-dir \(dataDir)
                 The slow hop:   mesh edges --admin \(addresses.admin) --data-dir \(dataDir)
                   (one request in five goes to /checkout, which store answers slowly and sometimes with 503;
