@@ -10,6 +10,10 @@ import Tracing
 /// is propagated (`traceparent`, `tracestate`); the proxy turns B3 input into it.
 public final class MeshTracer: Sendable {
     public let tracer: any Tracer
+    /// Share of new traces recorded. The proxy rolls this dice itself and asks the tracer for a
+    /// span only when a trace is sampled (by it or by a trusted caller): an unsampled request
+    /// costs a header, not a span.
+    public let samplingRatio: Double
     private let services: ServiceGroup
 
     /// - Parameters:
@@ -21,10 +25,10 @@ public final class MeshTracer: Sendable {
         guard endpoint.hasPrefix("http://") || endpoint.hasPrefix("https://") else {
             throw TracingSetupError(message: "trace endpoint '\(endpoint)' must be an http:// or https:// URL, e.g. http://127.0.0.1:4318/v1/traces")
         }
-        guard let sampler = OTel.Configuration.TracesConfiguration.SamplerConfiguration.parentBasedTraceIDRatio(ratio: samplingRatio),
-              (0...1).contains(samplingRatio) else {
+        guard (0...1).contains(samplingRatio) else {
             throw TracingSetupError(message: "trace sampling ratio \(samplingRatio) must be between 0 and 1")
         }
+        self.samplingRatio = samplingRatio
         let afterScheme = endpoint.split(separator: "/", omittingEmptySubsequences: true).dropFirst(2)
         var configuration = OTel.Configuration.default
         configuration.serviceName = serviceName
@@ -32,7 +36,8 @@ public final class MeshTracer: Sendable {
         configuration.metrics.enabled = false
         configuration.logs.enabled = false
         configuration.traces.enabled = true
-        configuration.traces.sampler = sampler
+        // Spans are only started for sampled traces (see `samplingRatio`): keep them all.
+        configuration.traces.sampler = .parentBasedAlwaysOn
         configuration.traces.exporter = .otlp
         configuration.traces.otlpExporter.protocol = .httpProtobuf
         configuration.traces.otlpExporter.endpoint = afterScheme.isEmpty

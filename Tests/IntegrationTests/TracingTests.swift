@@ -105,6 +105,39 @@ final class TracingTests: XCTestCase {
             }
             XCTAssertEqual(joined.trace_id, "000000000000000080f198ee56343ba8")
             XCTAssertEqual(joined.parent_span_id, "e457b5a2e4d86bd1")
+
+            // Not sampled: a proxy with ratio 0 starts unsampled traces without a span; the
+            // next hops keep that decision (no spans either) and the chain carries one trace
+            // id with the unsampled flag. A caller's explicit "not sampled" is kept the same way.
+            let quietTracing = ["--trace-endpoint", "http://127.0.0.1:\(port)/v1/traces", "--trace-sampling", "0"]
+            let d = try await mesh.proxy("d", app: HostPort(host: "127.0.0.1", port: 9), extra: quietTracing)
+            let quiet = try await eventually(timeout: .seconds(5), interval: .milliseconds(50)) { () -> String in
+                let text = try await callThroughMesh(d.outbound, service: "b", path: "/quiet").text
+                guard text == "hello from b, then hello from c\n" else { throw TestFailure("got \(text)") }
+                return text
+            }
+            XCTAssertEqual(quiet, "hello from b, then hello from c\n")
+            func parents(_ path: String) -> [String] {
+                apps.flatMap { app in app.requests.filter { $0.path == path }.flatMap { $0.header("traceparent") } }
+            }
+            let started = parents("/quiet")
+            XCTAssertEqual(started.count, 2, "b's and c's apps each got one traceparent: \(started)")
+            XCTAssertEqual(Set(started.map { $0.split(separator: "-")[1] }).count, 1, "one trace id along the chain: \(started)")
+            XCTAssertTrue(started.allSatisfy { $0.hasSuffix("-00") && TraceParentShape.isValid($0) }, "\(started)")
+            var declined = APIClientFactory.outbound(a.outbound, service: "b")
+            declined.extraHeaders = [("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")]
+            _ = try await declined.get("/declined")
+            let kept = parents("/declined")
+            XCTAssertEqual(kept.count, 2, "\(kept)")
+            XCTAssertTrue(kept.allSatisfy { $0 == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00" },
+                          "an unsampled caller's context goes on unchanged: \(kept)")
+            // The exporters send within a second; nothing of these traces may arrive.
+            try await Task.sleep(for: .seconds(3))
+            let quietIDs = Set(started.map { String($0.split(separator: "-")[1]) } + ["4bf92f3577b34da6a3ce929d0e0e4736"])
+            let exported = ((try? String(contentsOf: spansFile, encoding: .utf8)) ?? "").split(separator: "\n")
+                .compactMap { try? JSONDecoder().decode(ExportedSpan.self, from: Data($0.utf8)) }
+            XCTAssertTrue(exported.allSatisfy { !quietIDs.contains($0.trace_id) }, "unsampled traces export no span")
+            XCTAssertFalse(exported.contains { $0.attributes["url.path"]?.text == "/quiet" || $0.attributes["url.path"]?.text == "/declined" })
         } catch {
             XCTFail("\(error)\n\(mesh.logs)")
         }
@@ -114,6 +147,12 @@ final class TracingTests: XCTestCase {
         }
         for app in apps { await app.stop() }
         await mesh.shutdown()
+    }
+
+    private enum TraceParentShape {
+        static func isValid(_ value: String) -> Bool {
+            value.wholeMatch(of: #/00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]/#) != nil && !value.contains("-00000000000000000000000000000000-")
+        }
     }
 
     /// The Python interpreter itself (not a wrapper such as a pyenv shim, which would not

@@ -163,6 +163,8 @@ final class LoopState {
     var accessLog: AccessLog?
     /// The tracer (`--trace-endpoint`); nil when off.
     var tracer: MeshTracer?
+    /// Sampling dice and ids of unsampled traces.
+    var traceRandom = TraceRandom()
     /// Sampling for `mesh tap`; nil while no tap of this service is open.
     private(set) var tap: TapSampler?
 

@@ -28,7 +28,15 @@ struct RegistryWatcher: Sendable {
                 // The control plane sends a keepalive line every 10 s; three missed ones mean
                 // the connection is dead even if TCP has not noticed.
                 try await client.streamLines(path, readTimeout: .seconds(35)) { line in
-                    let event = try JSONCoding.decoder.decode(RegistryEvent.self, from: Data(line.utf8))
+                    let event: RegistryEvent
+                    do {
+                        event = try JSONCoding.decoder.decode(RegistryEvent.self, from: Data(line.utf8))
+                    } catch DecodingError.dataCorrupted(let context) where context.debugDescription.hasPrefix("unknown registry event type") {
+                        // A newer control plane's message this proxy does not know: not a
+                        // reason to drop the stream (and with it every registry update).
+                        logger.debug("skipped a watch message of an unknown type", metadata: ["detail": "\(context.debugDescription)"])
+                        return
+                    }
                     if case .tap(let orders) = event.kind {
                         let loops = states.count
                         await states.update { $0.setTaps(orders, loops: loops) }

@@ -51,8 +51,10 @@ struct Exchange {
     var peer: HopTiming?
     /// What the access log needs beyond the metrics; nil when access logging is off.
     var log: LogContext?
-    /// This hop's span; nil when tracing is off.
+    /// This hop's span; nil when tracing is off or the request is not sampled.
     var span: (any Span)?
+    /// A new unsampled trace's `traceparent`, sent on instead of the caller's (if any).
+    var unsampledParent: String?
     /// Inbound: method and path for `mesh top` (the normalized path once routed).
     var topPath: (method: String, path: Substring)?
 

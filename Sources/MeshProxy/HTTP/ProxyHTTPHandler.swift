@@ -149,15 +149,12 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         exchange.edge = direction == .inbound
             ? loopState.edge(.init(direction: .inbound, peer: info.peer?.service, tls: info.peer != nil))
             : loopState.edge(.init(direction: .outbound, peer: nil, tls: true))
-        // The request's details are kept only when something will use them.
-        if loopState.accessLog != nil || loopState.tracer != nil || loopState.tap?.isOn(exchange.start) == true {
-            let target = head.uri.prefix { $0 != "?" }
-            exchange.log = Exchange.LogContext(
-                method: head.method.rawValue, path: String(target.prefix(1024)), traceID: Exchange.traceID(of: head.headers),
-                sourceAddress: direction == .inbound ? info.remoteAddress?.ipAddress : nil)
-            info.lastDecision = nil
+        // The request's details are kept only when something will use them (a sampled span
+        // asks for them in `trace`).
+        if loopState.accessLog != nil || loopState.tap?.isOn(exchange.start) == true {
+            keepDetails(head)
         }
-        if let tracer = loopState.tracer?.tracer { startSpan(head, tracer: tracer) }
+        if let tracer = loopState.tracer { trace(head, tracer: tracer, loopState: loopState) }
         if direction == .inbound, loopState.metrics != nil {
             exchange.topPath = (head.method.rawValue, head.uri.prefix { $0 != "?" })
         }
@@ -188,6 +185,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             if let span = exchange.span, let tracer = loopState.tracer?.tracer {
                 // The next hop (the peer proxy, or the app) continues this span's trace.
                 tracer.inject(span.context, into: &forwardHead.headers, using: HTTPHeadersInjector())
+            } else if let parent = exchange.unsampledParent {
+                forwardHead.headers.replaceOrAdd(name: "traceparent", value: parent)
+                forwardHead.headers.remove(name: "tracestate")
             }
             if direction == .outbound, let destination = candidates.first?.peerIdentity?.service {
                 exchange.edge = loopState.edge(.init(direction: .outbound, peer: destination, tls: true))
@@ -401,24 +401,44 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         }
     }
 
-    /// Starts this hop's span as a child of the caller's trace context (W3C, or B3 turned
-    /// into W3C), or of nothing.
-    private func startSpan(_ head: HTTPRequestHead, tracer: any Tracer) {
-        var context = ServiceContext.topLevel
+    private func keepDetails(_ head: HTTPRequestHead) {
+        let target = head.uri.prefix { $0 != "?" }
+        exchange.log = Exchange.LogContext(
+            method: head.method.rawValue, path: String(target.prefix(1024)), traceID: Exchange.traceID(of: head.headers),
+            sourceAddress: direction == .inbound ? info.remoteAddress?.ipAddress : nil)
+        info.lastDecision = nil
+    }
+
+    /// Decides whether this request is traced here, and starts this hop's span if so: a
+    /// trusted caller's decision (W3C, or B3 turned into W3C) is kept; a new trace is sampled
+    /// with the configured ratio. An unsampled request gets no span: its caller's context
+    /// goes on unchanged, or a new unsampled one is sent on, so that the next hops agree.
+    private func trace(_ head: HTTPRequestHead, tracer meshTracer: MeshTracer, loopState: LoopState) {
         // A plaintext caller from outside the mesh may not decide what is sampled (a forced
         // sampled flag would make the proxy trace everything): its context is ignored.
         let trusted = direction == .outbound || info.peer != nil
-        if !trusted {
-            // Start a root span of our own.
-        } else if head.headers.contains(name: "traceparent") {
-            tracer.extract(head.headers, into: &context, using: HTTPHeadersExtractor())
-        } else if let converted = B3.traceparent(from: head.headers) {
-            tracer.extract(HTTPHeaders([("traceparent", converted)]), into: &context, using: HTTPHeadersExtractor())
+        var parent: String?
+        if trusted {
+            parent = head.headers.first(name: "traceparent").flatMap { TraceParent.sampled($0) == nil ? nil : $0 }
+                ?? B3.traceparent(from: head.headers)
         }
+        let tracer = meshTracer.tracer
+        var context = ServiceContext.topLevel
+        if let parent, let sampled = TraceParent.sampled(parent) {
+            guard sampled else { return }
+            tracer.extract(HTTPHeaders([("traceparent", parent)] + head.headers["tracestate"].prefix(1).map { ("tracestate", $0) }),
+                           into: &context, using: HTTPHeadersExtractor())
+        } else if !loopState.traceRandom.chance(meshTracer.samplingRatio) {
+            let fresh = loopState.traceRandom.unsampledParent()
+            exchange.unsampledParent = fresh.header
+            exchange.log?.traceID = fresh.traceID
+            return
+        }
+        if exchange.log == nil { keepDetails(head) }
         let span = tracer.startSpan(head.method.rawValue, context: context, ofKind: direction == .inbound ? .server : .client)
         exchange.span = span
-        if exchange.log?.traceID == nil {
-            // A new trace: the access log shows its id too.
+        if parent == nil {
+            // A new trace: the access log shows its id, not the untrusted caller's.
             var scratch = HTTPHeaders()
             tracer.inject(span.context, into: &scratch, using: HTTPHeadersInjector())
             exchange.log?.traceID = Exchange.traceID(of: scratch)

@@ -41,3 +41,69 @@ enum B3 {
             && text.contains { $0 != "0" }
     }
 }
+
+/// W3C `traceparent` values (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`) read and
+/// made without the tracer, for requests that are not sampled: they cost no span.
+enum TraceParent {
+    /// The sampled flag of a well-formed `traceparent`; nil when malformed (then the caller's
+    /// context is ignored, as the W3C specification asks).
+    static func sampled(_ value: String) -> Bool? {
+        let bytes = Array(value.utf8)
+        guard bytes.count >= 55, bytes[2] == UInt8(ascii: "-"), bytes[35] == UInt8(ascii: "-"), bytes[52] == UInt8(ascii: "-"),
+              !(bytes[0] == UInt8(ascii: "f") && bytes[1] == UInt8(ascii: "f")),
+              bytes[0..<2].allSatisfy(isLowerHex), bytes[3..<35].allSatisfy(isLowerHex), bytes[36..<52].allSatisfy(isLowerHex),
+              bytes[53..<55].allSatisfy(isLowerHex),
+              bytes[3..<35].contains(where: { $0 != UInt8(ascii: "0") }), bytes[36..<52].contains(where: { $0 != UInt8(ascii: "0") }),
+              let flags = UInt8(String(decoding: bytes[53..<55], as: UTF8.self), radix: 16) else { return nil }
+        // Version 00 is exactly 55 bytes; later versions may append fields.
+        if bytes[0] == UInt8(ascii: "0") && bytes[1] == UInt8(ascii: "0") && bytes.count != 55 { return nil }
+        return flags & 1 == 1
+    }
+
+    private static func isLowerHex(_ byte: UInt8) -> Bool {
+        (48...57).contains(byte) || (97...102).contains(byte)
+    }
+}
+
+/// A fast random source for sampling decisions and the ids of unsampled traces (SplitMix64,
+/// seeded from the system's generator; one per event loop). Trace ids need to be unique and
+/// unpredictable enough to spread, not secret: they travel in clear headers anyway.
+struct TraceRandom {
+    private var state: UInt64
+
+    init() { state = UInt64.random(in: 1...UInt64.max) }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// True with probability `ratio`.
+    mutating func chance(_ ratio: Double) -> Bool {
+        ratio >= 1 || (ratio > 0 && Double(next() >> 11) * 0x1p-53 < ratio)
+    }
+
+    /// A new trace's context, not sampled: `(traceparent, trace id)`. The next hops keep the
+    /// decision (parent-based), so one trace is sampled everywhere or nowhere.
+    mutating func unsampledParent() -> (header: String, traceID: String) {
+        var bytes = [UInt8]()
+        bytes.reserveCapacity(55)
+        func hex(_ word: UInt64) {
+            for shift in stride(from: 60, through: 0, by: -4) {
+                let nibble = UInt8((word >> UInt64(shift)) & 0xF)
+                bytes.append(nibble < 10 ? 48 + nibble : 87 + nibble)
+            }
+        }
+        bytes.append(contentsOf: "00-".utf8)
+        hex(next() | 1)
+        hex(next())
+        bytes.append(UInt8(ascii: "-"))
+        hex(next() | 1)
+        bytes.append(contentsOf: "-00".utf8)
+        let header = String(decoding: bytes, as: UTF8.self)
+        return (header, String(decoding: bytes[3..<35], as: UTF8.self))
+    }
+}
