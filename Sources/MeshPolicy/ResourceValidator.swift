@@ -7,6 +7,7 @@ public enum ResourceValidator {
         switch resource {
         case .authorizationPolicy(let document): _ = try PolicyCompiler.compile(document)
         case .serviceDefaults(let defaults): try validate(defaults)
+        case .trafficPolicy(let policy): try validate(policy)
         }
     }
 
@@ -39,6 +40,36 @@ public enum ResourceValidator {
         }
         guard defaults.spec.mtls != nil || !labels.isEmpty else {
             throw fail("spec", "sets nothing; give mtls, labels or both")
+        }
+    }
+
+    public static func validate(_ policy: TrafficPolicy) throws {
+        let name = policy.metadata.name
+        func fail(_ field: String, _ why: String) -> MeshError {
+            MeshError(.invalidRequest, "TrafficPolicy '\(name)': field '\(field)' \(why)")
+        }
+        do { _ = try ServiceName(name) } catch let error as MeshError {
+            throw fail("metadata.name", "must be the destination service's name: \(error.message)")
+        }
+        if let balancer = policy.spec.loadBalancer, !TrafficPolicy.loadBalancers.contains(balancer) {
+            throw fail("spec.loadBalancer", "must be one of \(TrafficPolicy.loadBalancers.joined(separator: ", ")), not '\(balancer)'")
+        }
+        if let outlier = policy.spec.outlierDetection {
+            if let count = outlier.consecutiveFailures, !(0...1000).contains(count) {
+                throw fail("spec.outlierDetection.consecutiveFailures", "must be 0 (off) to 1000, not \(count)")
+            }
+            if let text = outlier.baseEjection {
+                let seconds: Double
+                do { seconds = try DurationParser.seconds(text) } catch let error as MeshError {
+                    throw fail("spec.outlierDetection.baseEjection", error.message)
+                }
+                guard seconds >= 0.1, seconds <= 3600 else {
+                    throw fail("spec.outlierDetection.baseEjection", "must be 100ms to 1h, not \(text)")
+                }
+            }
+            if let percent = outlier.maxEjectedPercent, !(0...100).contains(percent) {
+                throw fail("spec.outlierDetection.maxEjectedPercent", "must be 0 to 100, not \(percent)")
+            }
         }
     }
 }

@@ -18,6 +18,23 @@ public final class TestApp: Sendable {
         }
     }
 
+    /// How the app answers, changeable while it runs: a delay before every answer and the
+    /// status it answers with (a slow or failing backend).
+    public final class Behaviour: Sendable {
+        private let state: NIOLockedValueBox<(delay: Duration, status: HTTPResponseStatus)>
+        public init(delay: Duration = .zero, status: HTTPResponseStatus = .ok) {
+            state = NIOLockedValueBox((delay, status))
+        }
+        public var delay: Duration {
+            get { state.withLockedValue { $0.delay } }
+            set { state.withLockedValue { $0.delay = newValue } }
+        }
+        public var status: HTTPResponseStatus {
+            get { state.withLockedValue { $0.status } }
+            set { state.withLockedValue { $0.status = newValue } }
+        }
+    }
+
     public let name: String
     private let server: APIServer
     private let task: Task<Void, Never>
@@ -28,13 +45,18 @@ public final class TestApp: Sendable {
 
     /// - Parameter next: a service to call for every request through this app's sidecar
     ///   (its outbound listener), passing the trace context on as instrumented apps do.
-    public static func start(_ name: String, port: Int = 0, next: (outbound: HostPort, service: String)? = nil) async throws -> TestApp {
+    public static func start(_ name: String, port: Int = 0, next: (outbound: HostPort, service: String)? = nil,
+                             behaviour: Behaviour? = nil) async throws -> TestApp {
         let seen = NIOLockedValueBox<[Seen]>([])
         let server = try await APIServer.bind(HostPort(host: "127.0.0.1", port: port), group: MultiThreadedEventLoopGroup.singleton,
                                               logger: Logger(label: "test.app")) { request in
             seen.withLockedValue { $0.append(Seen(path: request.path, headers: request.headers.map { ($0.name, $0.value) })) }
             // `/slow` answers after a second: an in-flight request for shutdown tests.
             if request.path.hasPrefix("/slow") { try? await Task.sleep(for: .seconds(1)) }
+            if let behaviour {
+                if behaviour.delay > .zero { try? await Task.sleep(for: behaviour.delay) }
+                if behaviour.status != .ok { return .text("\(name) fails with \(behaviour.status.code)\n", status: behaviour.status) }
+            }
             if let next {
                 var client = APIClient(target: next.outbound, group: MultiThreadedEventLoopGroup.singleton, tls: nil)
                 client.hostHeader = next.service

@@ -9,7 +9,7 @@ import Yams
 /// `mesh apply -f FILE|DIR|-`: validates every resource, then applies them all or none.
 struct ApplyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "apply", abstract: "Create or update resources (AuthorizationPolicy, ServiceDefaults) from YAML or JSON.")
+        commandName: "apply", abstract: "Create or update resources (AuthorizationPolicy, ServiceDefaults, TrafficPolicy) from YAML or JSON.")
 
     @Option(name: .shortAndLong, help: "A file, a directory of .yaml/.yml/.json files, or - for standard input.")
     var filename: String
@@ -28,11 +28,11 @@ struct ApplyCommand: AsyncParsableCommand {
     }
 }
 
-/// `mesh get policies|servicedefaults [NAME] [-o yaml|json]`.
+/// `mesh get policies|servicedefaults|trafficpolicies [NAME] [-o yaml|json]`.
 struct GetCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "get", abstract: "Show resources.")
 
-    @Argument(help: "Resource kind: policies (authorizationpolicies, ap) or servicedefaults (sd).")
+    @Argument(help: "Resource kind: policies (authorizationpolicies, ap), servicedefaults (sd) or trafficpolicies (tp).")
     var kind: String
 
     @Argument(help: "A resource name (all when omitted).")
@@ -68,6 +68,7 @@ struct GetCommand: AsyncParsableCommand {
     private func table(_ resources: [MeshResource]) -> [[String]] {
         var policyRows = [["NAME", "SELECTOR", "ACTION", "MODE", "RULES", "EXPIRES"]]
         var defaultsRows = [["SERVICE", "MTLS", "LABELS"]]
+        var trafficRows = [["SERVICE", "BALANCER", "EJECT AFTER", "BASE EJECTION", "MAX EJECTED"]]
         for resource in resources {
             switch resource {
             case .authorizationPolicy(let document):
@@ -78,17 +79,26 @@ struct GetCommand: AsyncParsableCommand {
                 let labels = (defaults.spec.labels ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
                 defaultsRows.append([defaults.metadata.name, defaults.spec.mtls ?? "(proxy flag)",
                                      labels.isEmpty ? "-" : labels.joined(separator: ",")])
+            case .trafficPolicy(let policy):
+                let effective = policy.effective
+                trafficRows.append([policy.metadata.name, effective.balancer.rawValue,
+                                    effective.consecutiveFailures == 0 ? "off" : "\(effective.consecutiveFailures) failures",
+                                    "\(effective.baseEjectionSeconds)s", "\(effective.maxEjectedPercent)%"])
             }
         }
-        return ResourceKinds.kind(of: kind) == ServiceDefaults.kindName ? defaultsRows : policyRows
+        switch ResourceKinds.kind(of: kind) {
+        case ServiceDefaults.kindName: return defaultsRows
+        case TrafficPolicy.kindName: return trafficRows
+        default: return policyRows
+        }
     }
 }
 
-/// `mesh delete policy|servicedefaults NAME`.
+/// `mesh delete policy|servicedefaults|trafficpolicy NAME`.
 struct DeleteCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "delete", abstract: "Delete a resource.")
 
-    @Argument(help: "Resource kind: policy (authorizationpolicy, ap) or servicedefaults (sd).")
+    @Argument(help: "Resource kind: policy (authorizationpolicy, ap), servicedefaults (sd) or trafficpolicy (tp).")
     var kind: String
 
     @Argument(help: "Resource name.")
@@ -223,12 +233,13 @@ struct AuditEntryView: Decodable {
 
 /// The kind names the CLI accepts, singular, plural and short.
 enum ResourceKinds {
-    static let known = "known: policies (authorizationpolicies, ap), servicedefaults (sd)"
+    static let known = "known: policies (authorizationpolicies, ap), servicedefaults (sd), trafficpolicies (tp)"
 
     static func kind(of name: String) -> String? {
         switch name.lowercased() {
         case "policy", "policies", "authorizationpolicy", "authorizationpolicies", "ap": PolicyDocument.kindName
         case "servicedefaults", "servicedefault", "service-defaults", "sd": ServiceDefaults.kindName
+        case "trafficpolicy", "trafficpolicies", "traffic-policy", "tp": TrafficPolicy.kindName
         default: nil
         }
     }

@@ -98,30 +98,43 @@ public struct PolicySet: Codable, Sendable, Equatable {
     public var policies: [PolicyDocument]
     /// `ServiceDefaults` resources, sorted by service.
     public var services: [ServiceDefaults]
+    /// `TrafficPolicy` resources, sorted by service.
+    public var traffic: [TrafficPolicy]
 
-    public init(defaultMode: String = "deny", policies: [PolicyDocument] = [], services: [ServiceDefaults] = []) {
+    public init(defaultMode: String = "deny", policies: [PolicyDocument] = [], services: [ServiceDefaults] = [],
+                traffic: [TrafficPolicy] = []) {
         self.defaultMode = defaultMode
         self.policies = policies
         self.services = services
+        self.traffic = traffic
     }
 
     /// The set holding exactly `resources`, each kind in its list, sorted by name.
     public init(defaultMode: String, resources: [MeshResource]) {
         var policies: [PolicyDocument] = []
         var services: [ServiceDefaults] = []
+        var traffic: [TrafficPolicy] = []
         for resource in resources {
             switch resource {
             case .authorizationPolicy(let document): policies.append(document)
             case .serviceDefaults(let defaults): services.append(defaults)
+            case .trafficPolicy(let policy): traffic.append(policy)
             }
         }
         self.init(defaultMode: defaultMode, policies: policies.sorted { $0.metadata.name < $1.metadata.name },
-                  services: services.sorted { $0.metadata.name < $1.metadata.name })
+                  services: services.sorted { $0.metadata.name < $1.metadata.name },
+                  traffic: traffic.sorted { $0.metadata.name < $1.metadata.name })
     }
 
     /// Every resource in the set.
     public var resources: [MeshResource] {
         policies.map(MeshResource.authorizationPolicy) + services.map(MeshResource.serviceDefaults)
+            + traffic.map(MeshResource.trafficPolicy)
+    }
+
+    /// How callers reach `service`: its `TrafficPolicy` with defaults filled in.
+    public func traffic(for service: ServiceName) -> TrafficPolicy.Effective {
+        traffic.first { $0.metadata.name == service.rawValue }?.effective ?? TrafficPolicy.Effective()
     }
 
     /// The central settings of `service`, if any.
@@ -136,7 +149,7 @@ public struct PolicySet: Codable, Sendable, Equatable {
         return own.merging(central) { _, central in central }
     }
 
-    private enum Key: String, CodingKey { case defaultMode, policies, services }
+    private enum Key: String, CodingKey { case defaultMode, policies, services, traffic }
 
     public init(from decoder: Decoder) throws {
         let container = try decoder.container(keyedBy: Key.self)
@@ -144,5 +157,6 @@ public struct PolicySet: Codable, Sendable, Equatable {
         policies = try container.decodeIfPresent([PolicyDocument].self, forKey: .policies) ?? []
         // Absent from a control plane older than ServiceDefaults.
         services = try container.decodeIfPresent([ServiceDefaults].self, forKey: .services) ?? []
+        traffic = try container.decodeIfPresent([TrafficPolicy].self, forKey: .traffic) ?? []
     }
 }

@@ -45,14 +45,16 @@ public struct ServiceDefaults: Codable, Sendable, Equatable {
 public enum MeshResource: Codable, Sendable, Equatable {
     case authorizationPolicy(PolicyDocument)
     case serviceDefaults(ServiceDefaults)
+    case trafficPolicy(TrafficPolicy)
 
     /// Every kind, as written in `kind:`.
-    public static let kinds = [PolicyDocument.kindName, ServiceDefaults.kindName]
+    public static let kinds = [PolicyDocument.kindName, ServiceDefaults.kindName, TrafficPolicy.kindName]
 
     public var kind: String {
         switch self {
         case .authorizationPolicy: PolicyDocument.kindName
         case .serviceDefaults: ServiceDefaults.kindName
+        case .trafficPolicy: TrafficPolicy.kindName
         }
     }
 
@@ -60,6 +62,7 @@ public enum MeshResource: Codable, Sendable, Equatable {
         switch self {
         case .authorizationPolicy(let document): document.metadata.name
         case .serviceDefaults(let defaults): defaults.metadata.name
+        case .trafficPolicy(let policy): policy.metadata.name
         }
     }
 
@@ -71,6 +74,7 @@ public enum MeshResource: Codable, Sendable, Equatable {
         switch kind {
         case PolicyDocument.kindName: self = .authorizationPolicy(try PolicyDocument(from: decoder))
         case ServiceDefaults.kindName: self = .serviceDefaults(try ServiceDefaults(from: decoder))
+        case TrafficPolicy.kindName: self = .trafficPolicy(try TrafficPolicy(from: decoder))
         default:
             throw DecodingError.dataCorruptedError(
                 forKey: .kind, in: container,
@@ -82,6 +86,7 @@ public enum MeshResource: Codable, Sendable, Equatable {
         switch self {
         case .authorizationPolicy(let document): try document.encode(to: encoder)
         case .serviceDefaults(let defaults): try defaults.encode(to: encoder)
+        case .trafficPolicy(let policy): try policy.encode(to: encoder)
         }
     }
 }

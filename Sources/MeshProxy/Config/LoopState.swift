@@ -163,8 +163,8 @@ final class LoopState {
     var accessLog: AccessLog?
     /// The tracer (`--trace-endpoint`); nil when off.
     var tracer: MeshTracer?
-    /// Sampling dice and ids of unsampled traces.
-    var traceRandom = TraceRandom()
+    /// Sampling dice, ids of unsampled traces, the balancer's choices.
+    var random = FastRandom()
     /// Sampling for `mesh tap`; nil while no tap of this service is open.
     private(set) var tap: TapSampler?
 
@@ -197,8 +197,9 @@ final class LoopState {
     var clientTLS: NIOSSLContext?
     var bundle: TrustBundle?
     let pool: UpstreamPool
-    /// Round-robin position per service.
-    var nextEndpoint: [ServiceName: Int] = [:]
+    /// What this loop learnt about each endpoint (latency, failures), kept across registry
+    /// updates while the endpoint stays.
+    private var endpointStats: [UpstreamKey: EndpointStats] = [:]
     /// Requests being forwarded right now, for graceful shutdown.
     var inFlight = 0
 
@@ -229,12 +230,19 @@ final class LoopState {
             policiesUseHeaders = mine.contains { $0.rules.contains { $0.to.contains { !$0.headers.isEmpty } } }
         }
         var routes: [ServiceName: ServiceRoute] = [:]
+        var kept: [UpstreamKey: EndpointStats] = [:]
         let trustDomain = bundle?.trustDomain
         for service in snapshot.services {
             guard let trustDomain, let identity = try? SPIFFEID(trustDomain: trustDomain, service: service) else { continue }
             let keys = snapshot.endpoints(of: service).map { UpstreamKey(address: $0.endpoint, peerIdentity: identity) }
-            routes[service] = ServiceRoute(keys: keys)
+            let stats = keys.map { key in
+                let stats = kept[key] ?? endpointStats[key] ?? EndpointStats()
+                kept[key] = stats
+                return stats
+            }
+            routes[service] = ServiceRoute(service: service, keys: keys, stats: stats, policy: snapshot.policies.traffic(for: service))
         }
+        endpointStats = kept
         self.routes = routes
     }
 
@@ -247,12 +255,6 @@ final class LoopState {
         selfLabels = registry.policies.effectiveLabels(of: selfService, own: localLabels)
         mtlsMode = registry.policies.defaults(for: selfService)?.mtls.flatMap(InboundListener.MTLSMode.init(rawValue:)) ?? localMTLSMode
     }
-}
-
-/// Where requests for one service go.
-struct ServiceRoute {
-    /// One per endpoint, each naming the SPIFFE ID the peer must prove.
-    let keys: [UpstreamKey]
 }
 
 /// One ``LoopState`` per event loop of the proxy's group.

@@ -55,6 +55,10 @@ struct Exchange {
     var span: (any Span)?
     /// A new unsampled trace's `traceparent`, sent on instead of the caller's (if any).
     var unsampledParent: String?
+    /// Outbound: the destination's route and the endpoint serving the request, told how it
+    /// went for the balancer's latency estimate and outlier detection.
+    var route: ServiceRoute?
+    var endpoint: EndpointStats?
     /// Inbound: method and path for `mesh top` (the normalized path once routed).
     var topPath: (method: String, path: Substring)?
 

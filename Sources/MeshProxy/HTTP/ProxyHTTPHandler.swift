@@ -191,6 +191,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             }
             if direction == .outbound, let destination = candidates.first?.peerIdentity?.service {
                 exchange.edge = loopState.edge(.init(direction: .outbound, peer: destination, tls: true))
+                exchange.route = loopState.routes[destination]
             }
             if direction == .inbound, exchange.topPath != nil {
                 exchange.topPath?.path = forwardHead.uri.prefix { $0 != "?" }
@@ -234,6 +235,11 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         }
         switch result {
         case .success(let upstream):
+            if let stats = exchange.route?.stats(for: key), exchange.endpoint !== stats {
+                exchange.endpoint?.inFlight -= 1
+                stats.inFlight += 1
+                exchange.endpoint = stats
+            }
             state = .forwarding(upstream, requestEnded: ended, responseStarted: false)
             exchange.upstreamStart = Exchange.now()
             upstream.handler.responder = self
@@ -241,6 +247,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             upstream.channel.flush()
             resumeReading(context)
         case .failure(let error):
+            if let route = exchange.route, let stats = route.stats(for: key) {
+                route.finished(stats, failed: true, latencyNanos: nil, now: Exchange.now(), logger: logger)
+            }
             if candidates.count > 1 {
                 logger.info("upstream connect failed, trying the next endpoint",
                             metadata: ["role": "\(role)", "upstream": "\(key.address)", "error": "\(error)"])
@@ -349,6 +358,18 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
 
     private func finishExchange() {
         loopState?.inFlight -= 1
+        // Still open here: the upstream closed before the exchange was recorded.
+        settleEndpoint(failed: true)
+    }
+
+    /// Tells the balancer how the endpoint did (once per exchange).
+    private func settleEndpoint(failed: Bool) {
+        guard let endpoint = exchange.endpoint, let route = exchange.route else { return }
+        endpoint.inFlight -= 1
+        exchange.endpoint = nil
+        let latency = exchange.upstreamStart > 0 && exchange.responseHead > exchange.upstreamStart
+            ? exchange.responseHead - exchange.upstreamStart : nil
+        route.finished(endpoint, failed: failed, latencyNanos: latency, now: Exchange.now(), logger: logger)
     }
 
     private func respondDenied(code: String, requestID: String, context: ChannelHandlerContext) {
@@ -388,6 +409,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     /// Counts, times, logs and traces the finished exchange.
     private func recordExchange() {
         exchange.record(accessLog: loopState?.accessLog)
+        settleEndpoint(failed: exchange.status >= 500 || exchange.status == 0)
         if let top = exchange.topPath, let loopState {
             loopState.topPaths.add(method: top.method, path: top.path, status: exchange.status,
                                    latencyMs: Double(exchange.duration) / 1e6)
@@ -428,8 +450,8 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             guard sampled else { return }
             tracer.extract(HTTPHeaders([("traceparent", parent)] + head.headers["tracestate"].prefix(1).map { ("tracestate", $0) }),
                            into: &context, using: HTTPHeadersExtractor())
-        } else if !loopState.traceRandom.chance(meshTracer.samplingRatio) {
-            let fresh = loopState.traceRandom.unsampledParent()
+        } else if !loopState.random.chance(meshTracer.samplingRatio) {
+            let fresh = loopState.random.unsampledParent()
             exchange.unsampledParent = fresh.header
             exchange.log?.traceID = fresh.traceID
             return

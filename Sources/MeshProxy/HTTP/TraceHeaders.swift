@@ -65,27 +65,7 @@ enum TraceParent {
     }
 }
 
-/// A fast random source for sampling decisions and the ids of unsampled traces (SplitMix64,
-/// seeded from the system's generator; one per event loop). Trace ids need to be unique and
-/// unpredictable enough to spread, not secret: they travel in clear headers anyway.
-struct TraceRandom {
-    private var state: UInt64
-
-    init() { state = UInt64.random(in: 1...UInt64.max) }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// True with probability `ratio`.
-    mutating func chance(_ ratio: Double) -> Bool {
-        ratio >= 1 || (ratio > 0 && Double(next() >> 11) * 0x1p-53 < ratio)
-    }
-
+extension FastRandom {
     /// A new trace's context, not sampled: `(traceparent, trace id)`. The next hops keep the
     /// decision (parent-based), so one trace is sampled everywhere or nowhere.
     mutating func unsampledParent() -> (header: String, traceID: String) {

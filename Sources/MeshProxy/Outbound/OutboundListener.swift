@@ -7,7 +7,8 @@ import NIOPosix
 import MeshTransport
 
 /// The outbound stack, whole: plain HTTP/1.1 from the local app (loopback) → resolve the
-/// `Host` as a service in the pushed registry → round robin over its endpoints → pooled mTLS
+/// `Host` as a service in the pushed registry → an endpoint chosen by the service's balancer
+/// (`Balance/ServiceRoute.swift`) → pooled mTLS
 /// connection to the peer's inbound listener, which must prove that service's SPIFFE ID.
 enum OutboundListener {
     static func bind(_ address: HostPort, trustDomain: String, group: EventLoopGroup, states: LoopStates,
@@ -58,13 +59,7 @@ enum OutboundListener {
                             message: known ? "service '\(service)' has no endpoints: no healthy instance is registered right now"
                                 : "unknown service '\(service)': no such service is registered in the mesh")
         }
-        let keys = route.keys
-        let start = state.nextEndpoint[service, default: 0] % keys.count
-        state.nextEndpoint[service] = start + 1
-        // Up to three candidates, starting at the round-robin position.
-        var candidates: [UpstreamKey] = []
-        candidates.reserveCapacity(min(3, keys.count))
-        for offset in 0..<min(3, keys.count) { candidates.append(keys[(start + offset) % keys.count]) }
+        let candidates = route.pick(now: Exchange.now(), random: &state.random)
         var head = head
         ProxyHeaders.stripHopByHop(&head.headers)
         ProxyHeaders.removePeerIdentity(&head.headers)
