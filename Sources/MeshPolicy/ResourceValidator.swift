@@ -71,5 +71,32 @@ public enum ResourceValidator {
                 throw fail("spec.outlierDetection.maxEjectedPercent", "must be 0 to 100, not \(percent)")
             }
         }
+        func duration(_ text: String?, _ field: String, within range: ClosedRange<Double>) throws {
+            guard let text else { return }
+            let seconds: Double
+            do { seconds = try DurationParser.seconds(text) } catch let error as MeshError { throw fail(field, error.message) }
+            guard range.contains(seconds) else { throw fail(field, "must be \(range.lowerBound)s to \(range.upperBound)s, not \(text)") }
+        }
+        try duration(policy.spec.timeouts?.request, "spec.timeouts.request", within: 0.001...3600)
+        try duration(policy.spec.timeouts?.perTry, "spec.timeouts.perTry", within: 0.001...3600)
+        if let retries = policy.spec.retries {
+            if let attempts = retries.attempts, !(0...10).contains(attempts) {
+                throw fail("spec.retries.attempts", "must be 0 (none) to 10, not \(attempts)")
+            }
+            for condition in retries.on ?? [] {
+                let status = Int(condition).map { (500...599).contains($0) } ?? false
+                guard status || TrafficPolicy.retryConditions.contains(condition) else {
+                    throw fail("spec.retries.on", "holds '\(condition)'; use 5xx status codes, connect-failure or reset")
+                }
+            }
+            if let percent = retries.budget?.percent, !(0...1000).contains(percent) {
+                throw fail("spec.retries.budget.percent", "must be 0 to 1000, not \(percent)")
+            }
+            if let minimum = retries.budget?.minPerSecond, !(0...100_000).contains(minimum) {
+                throw fail("spec.retries.budget.minPerSecond", "must be 0 to 100000, not \(minimum)")
+            }
+            try duration(retries.backoff?.base, "spec.retries.backoff.base", within: 0.001...60)
+            try duration(retries.backoff?.max, "spec.retries.backoff.max", within: 0.001...60)
+        }
     }
 }

@@ -93,6 +93,23 @@ public final class ProxyMetrics: Sendable {
             labels: [("direction", direction.rawValue), ("reason", reason.rawValue)])
     }
 
+    /// Requests sent again by the caller's proxy, by destination and reason (`connect-failure`,
+    /// `reset`, `status-503`, `per-try-timeout`), and retries refused by the budget.
+    public func retries(destination: String, reason: String) -> Counter {
+        registry.makeCounter(
+            descriptor: Self.descriptor("retries", "total",
+                                        "Requests sent again by the caller's proxy (reason budget-exhausted: a retry the budget refused)."),
+            labels: [("destination_service", destination), ("reason", reason)])
+    }
+
+    /// Requests that ran out of time in the caller's proxy, by destination and kind
+    /// (`request-timeout`, `per-try-timeout`).
+    public func timeouts(destination: String, kind: String) -> Counter {
+        registry.makeCounter(
+            descriptor: Self.descriptor("timeouts", "total", "Requests or attempts that ran out of time in the caller's proxy."),
+            labels: [("destination_service", destination), ("kind", kind)])
+    }
+
     /// The kernel's view of the TCP path to one destination (Linux TCP_INFO of the
     /// connections to its proxies): smoothed RTT, its variance, and retransmitted segments.
     public func tcpPath(destination: String) -> (rtt: Gauge, rttVariance: Gauge, retransmits: Counter) {

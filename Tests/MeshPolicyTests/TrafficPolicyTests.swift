@@ -16,6 +16,13 @@ final class TrafficPolicyTests: XCTestCase {
             (policy(.init(outlierDetection: .init(baseEjection: "2h"))), "spec.outlierDetection.baseEjection"),
             (policy(.init(outlierDetection: .init(maxEjectedPercent: 101))), "spec.outlierDetection.maxEjectedPercent"),
             (policy(.init(), name: "Not_A_Service"), "metadata.name"),
+            (policy(.init(timeouts: .init(request: "0s"))), "spec.timeouts.request"),
+            (policy(.init(timeouts: .init(perTry: "fast"))), "spec.timeouts.perTry"),
+            (policy(.init(retries: .init(attempts: 11))), "spec.retries.attempts"),
+            (policy(.init(retries: .init(on: ["404"]))), "spec.retries.on"),
+            (policy(.init(retries: .init(on: ["gateway-error"]))), "spec.retries.on"),
+            (policy(.init(retries: .init(budget: .init(percent: -1)))), "spec.retries.budget.percent"),
+            (policy(.init(retries: .init(backoff: .init(max: "2m")))), "spec.retries.backoff.max"),
         ]
         for (resource, field) in cases {
             XCTAssertThrowsError(try ResourceValidator.validate(resource), field) { error in
@@ -32,6 +39,23 @@ final class TrafficPolicyTests: XCTestCase {
         XCTAssertEqual(defaults.consecutiveFailures, 5)
         XCTAssertEqual(defaults.baseEjectionSeconds, 30)
         XCTAssertEqual(defaults.maxEjectedPercent, 50)
+        XCTAssertEqual(defaults.requestTimeoutSeconds, 0, "no timeout unless set")
+        XCTAssertEqual(defaults.retryAttempts, 2)
+        XCTAssertTrue(defaults.retryOnConnectFailure && defaults.retryOnReset)
+        XCTAssertEqual(defaults.retryStatuses, [], "a 5xx is retried only when asked")
+        XCTAssertFalse(defaults.retryNonIdempotent)
+        XCTAssertEqual(defaults.budgetPercent, 20)
+        XCTAssertEqual(defaults.budgetMinPerSecond, 10)
+
+        let retrying = TrafficPolicy(service: "api", spec: .init(timeouts: .init(request: "1s", perTry: "250ms"),
+                                                                 retries: .init(attempts: 3, on: ["503", "reset"])))
+        let effectiveRetries = retrying.effective
+        XCTAssertEqual(effectiveRetries.requestTimeoutSeconds, 1)
+        XCTAssertEqual(effectiveRetries.perTryTimeoutSeconds, 0.25)
+        XCTAssertEqual(effectiveRetries.retryAttempts, 3)
+        XCTAssertEqual(effectiveRetries.retryStatuses, [503])
+        XCTAssertTrue(effectiveRetries.retryOnReset)
+        XCTAssertFalse(effectiveRetries.retryOnConnectFailure, "a list given replaces the default conditions")
 
         let json = #"{"kind":"TrafficPolicy","metadata":{"name":"api"},"spec":{"loadBalancer":"round-robin","outlierDetection":{"baseEjection":"2s"}}}"#
         let resource = try JSONDecoder().decode(MeshResource.self, from: Data(json.utf8))

@@ -21,9 +21,14 @@ public final class TestApp: Sendable {
     /// How the app answers, changeable while it runs: a delay before every answer and the
     /// status it answers with (a slow or failing backend).
     public final class Behaviour: Sendable {
-        private let state: NIOLockedValueBox<(delay: Duration, status: HTTPResponseStatus)>
-        public init(delay: Duration = .zero, status: HTTPResponseStatus = .ok) {
-            state = NIOLockedValueBox((delay, status))
+        private let state: NIOLockedValueBox<(delay: Duration, status: HTTPResponseStatus, failureRatio: Double)>
+        /// - Parameter failureRatio: share of requests answered with `status` (the rest 200).
+        public init(delay: Duration = .zero, status: HTTPResponseStatus = .ok, failureRatio: Double = 1) {
+            state = NIOLockedValueBox((delay, status, failureRatio))
+        }
+        /// The status of the next answer.
+        func nextStatus() -> HTTPResponseStatus {
+            state.withLockedValue { $0.status == .ok || Double.random(in: 0..<1) >= $0.failureRatio ? .ok : $0.status }
         }
         public var delay: Duration {
             get { state.withLockedValue { $0.delay } }
@@ -55,7 +60,8 @@ public final class TestApp: Sendable {
             if request.path.hasPrefix("/slow") { try? await Task.sleep(for: .seconds(1)) }
             if let behaviour {
                 if behaviour.delay > .zero { try? await Task.sleep(for: behaviour.delay) }
-                if behaviour.status != .ok { return .text("\(name) fails with \(behaviour.status.code)\n", status: behaviour.status) }
+                let status = behaviour.nextStatus()
+                if status != .ok { return .text("\(name) fails with \(status.code)\n", status: status) }
             }
             if let next {
                 var client = APIClient(target: next.outbound, group: MultiThreadedEventLoopGroup.singleton, tls: nil)

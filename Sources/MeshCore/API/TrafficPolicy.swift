@@ -11,6 +11,15 @@
 ///     consecutiveFailures: 5         # 5xx answers or failed connects in a row; 0: off
 ///     baseEjection: 30s              # the first ejection; the n-th lasts n times as long (≤ 5 min)
 ///     maxEjectedPercent: 50          # never eject more of the service's endpoints than this
+///   timeouts:
+///     request: 10s                   # until the response head, retries included: 504 request-timeout
+///     perTry: 2s                     # one attempt: retried if allowed, else 504 per-try-timeout
+///   retries:
+///     attempts: 2                    # further attempts after the first; 0: none
+///     on: [connect-failure, reset, 503]   # conditions and 5xx statuses (default: the first two)
+///     nonIdempotent: false           # also POST/PATCH (bodies up to 64 KiB are kept for it)
+///     budget: {percent: 20, minPerSecond: 10}   # retries allowed on top of requests, over 10 s
+///     backoff: {base: 25ms, max: 250ms}         # exponential, with full jitter
 /// ```
 public struct TrafficPolicy: Codable, Sendable, Equatable {
     public struct Metadata: Codable, Sendable, Equatable {
@@ -29,14 +38,62 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
         }
     }
 
+    public struct Timeouts: Codable, Sendable, Equatable {
+        public var request: String?
+        public var perTry: String?
+        public init(request: String? = nil, perTry: String? = nil) {
+            self.request = request
+            self.perTry = perTry
+        }
+    }
+
+    public struct Retries: Codable, Sendable, Equatable {
+        public struct Budget: Codable, Sendable, Equatable {
+            public var percent: Int?
+            public var minPerSecond: Int?
+            public init(percent: Int? = nil, minPerSecond: Int? = nil) {
+                self.percent = percent
+                self.minPerSecond = minPerSecond
+            }
+        }
+        public struct Backoff: Codable, Sendable, Equatable {
+            public var base: String?
+            public var max: String?
+            public init(base: String? = nil, max: String? = nil) {
+                self.base = base
+                self.max = max
+            }
+        }
+        public var attempts: Int?
+        public var on: [String]?
+        public var nonIdempotent: Bool?
+        public var budget: Budget?
+        public var backoff: Backoff?
+        public init(attempts: Int? = nil, on: [String]? = nil, nonIdempotent: Bool? = nil, budget: Budget? = nil, backoff: Backoff? = nil) {
+            self.attempts = attempts
+            self.on = on
+            self.nonIdempotent = nonIdempotent
+            self.budget = budget
+            self.backoff = backoff
+        }
+    }
+
     public struct Spec: Codable, Sendable, Equatable {
         public var loadBalancer: String?
         public var outlierDetection: OutlierDetection?
-        public init(loadBalancer: String? = nil, outlierDetection: OutlierDetection? = nil) {
+        public var timeouts: Timeouts?
+        public var retries: Retries?
+        public init(loadBalancer: String? = nil, outlierDetection: OutlierDetection? = nil, timeouts: Timeouts? = nil,
+                    retries: Retries? = nil) {
             self.loadBalancer = loadBalancer
             self.outlierDetection = outlierDetection
+            self.timeouts = timeouts
+            self.retries = retries
         }
     }
+
+    /// Retry conditions besides 5xx status codes.
+    public static let retryConditions = ["connect-failure", "reset"]
 
     public static let kindName = "TrafficPolicy"
     public static let loadBalancers = ["p2c-ewma", "least-request", "round-robin"]
@@ -60,6 +117,20 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
         public var consecutiveFailures = 5
         public var baseEjectionSeconds = 30.0
         public var maxEjectedPercent = 50
+        /// 0: no timeout.
+        public var requestTimeoutSeconds = 0.0
+        public var perTryTimeoutSeconds = 0.0
+        /// Further attempts after the first. Failures where no response came (connect
+        /// failure, reset) are retried by default: the app never saw the request.
+        public var retryAttempts = 2
+        public var retryOnConnectFailure = true
+        public var retryOnReset = true
+        public var retryStatuses: Set<Int> = []
+        public var retryNonIdempotent = false
+        public var budgetPercent = 20
+        public var budgetMinPerSecond = 10
+        public var backoffBaseSeconds = 0.025
+        public var backoffMaxSeconds = 0.25
         public init() {}
     }
 
@@ -74,6 +145,26 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
                 result.baseEjectionSeconds = seconds
             }
             if let percent = outlier.maxEjectedPercent, (0...100).contains(percent) { result.maxEjectedPercent = percent }
+        }
+        func seconds(_ text: String?) -> Double? {
+            text.flatMap { try? DurationParser.seconds($0) }.flatMap { $0 >= 0 ? $0 : nil }
+        }
+        if let timeouts = spec.timeouts {
+            if let request = seconds(timeouts.request) { result.requestTimeoutSeconds = request }
+            if let perTry = seconds(timeouts.perTry) { result.perTryTimeoutSeconds = perTry }
+        }
+        if let retries = spec.retries {
+            if let attempts = retries.attempts, (0...10).contains(attempts) { result.retryAttempts = attempts }
+            if let on = retries.on {
+                result.retryOnConnectFailure = on.contains("connect-failure")
+                result.retryOnReset = on.contains("reset")
+                result.retryStatuses = Set(on.compactMap { Int($0) }.filter { (500...599).contains($0) })
+            }
+            if let nonIdempotent = retries.nonIdempotent { result.retryNonIdempotent = nonIdempotent }
+            if let percent = retries.budget?.percent, (0...1000).contains(percent) { result.budgetPercent = percent }
+            if let minimum = retries.budget?.minPerSecond, (0...100_000).contains(minimum) { result.budgetMinPerSecond = minimum }
+            if let base = seconds(retries.backoff?.base) { result.backoffBaseSeconds = base }
+            if let max = seconds(retries.backoff?.max) { result.backoffMaxSeconds = Swift.max(max, result.backoffBaseSeconds) }
         }
         return result
     }

@@ -12,14 +12,18 @@ final class ServiceRoute {
     let keys: [UpstreamKey]
     let stats: [EndpointStats]
     let policy: TrafficPolicy.Effective
+    /// Carried over when the route is rebuilt on a registry update.
+    let budget: RetryBudget
     private let index: [UpstreamKey: Int]
     private var nextRoundRobin = 0
 
-    init(service: ServiceName, keys: [UpstreamKey], stats: [EndpointStats], policy: TrafficPolicy.Effective) {
+    init(service: ServiceName, keys: [UpstreamKey], stats: [EndpointStats], policy: TrafficPolicy.Effective,
+         budget: RetryBudget = RetryBudget()) {
         self.service = service
         self.keys = keys
         self.stats = stats
         self.policy = policy
+        self.budget = budget
         index = Dictionary(keys.enumerated().map { ($1, $0) }, uniquingKeysWith: { first, _ in first })
     }
 
@@ -28,8 +32,10 @@ final class ServiceRoute {
     }
 
     /// Up to three endpoints to try in order: the chosen one, then others for a failed connect.
-    func pick(now: UInt64, random: inout FastRandom) -> [UpstreamKey] {
-        var available = keys.indices.filter { !stats[$0].isEjected(now: now) }
+    /// A retry passes the endpoint that just failed as `avoiding`: it goes last.
+    func pick(now: UInt64, random: inout FastRandom, avoiding: UpstreamKey? = nil) -> [UpstreamKey] {
+        var available = keys.indices.filter { !stats[$0].isEjected(now: now) && keys[$0] != avoiding }
+        if available.isEmpty, let avoiding, let index = index[avoiding], !stats[index].isEjected(now: now) { available = [index] }
         // Every endpoint ejected (more than the share allowed, e.g. all of them failing):
         // better to try them than to refuse every request.
         if available.isEmpty { available = Array(keys.indices) }
@@ -38,7 +44,8 @@ final class ServiceRoute {
         switch policy.balancer {
         case .roundRobin:
             first = available[nextRoundRobin % available.count]
-            nextRoundRobin &+= 1
+            // A retry takes the next endpoint without moving the rotation on.
+            if avoiding == nil { nextRoundRobin &+= 1 }
         case .p2cEWMA, .leastRequest:
             if available.count == 1 {
                 first = available[0]

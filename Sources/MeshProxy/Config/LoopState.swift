@@ -157,6 +157,22 @@ final class LoopState {
         return handles
     }
 
+    private var resilienceCounters: [String: Counter] = [:]
+
+    /// Counts a retry (or a retry the budget refused) or a timeout toward `destination`.
+    func countResilience(_ kind: String, destination: ServiceName, reason: String) {
+        guard let metrics else { return }
+        let key = "\(kind)|\(destination)|\(reason)"
+        if let counter = resilienceCounters[key] {
+            counter.increment()
+            return
+        }
+        let name = metrics.serviceLabel(destination.rawValue)
+        let counter = kind == "retry" ? metrics.retries(destination: name, reason: reason) : metrics.timeouts(destination: name, kind: reason)
+        if resilienceCounters.count < 4096 { resilienceCounters[key] = counter }
+        counter.increment()
+    }
+
     /// Where denials go to be reported to the control plane (bounded; newest kept).
     var denialSink: DenialBuffer?
     /// The access log (`--access-log`); nil when off, which costs the data path nothing.
@@ -240,7 +256,8 @@ final class LoopState {
                 kept[key] = stats
                 return stats
             }
-            routes[service] = ServiceRoute(service: service, keys: keys, stats: stats, policy: snapshot.policies.traffic(for: service))
+            routes[service] = ServiceRoute(service: service, keys: keys, stats: stats, policy: snapshot.policies.traffic(for: service),
+                                           budget: self.routes[service]?.budget ?? RetryBudget())
         }
         endpointStats = kept
         self.routes = routes

@@ -59,6 +59,10 @@ struct Exchange {
     /// went for the balancer's latency estimate and outlier detection.
     var route: ServiceRoute?
     var endpoint: EndpointStats?
+    /// 1 for the first try; retries count up.
+    var attempt = 1
+    /// The endpoint of the current (or last) attempt; a retry goes elsewhere if it can.
+    var lastKey: UpstreamKey?
     /// Inbound: method and path for `mesh top` (the normalized path once routed).
     var topPath: (method: String, path: Substring)?
 

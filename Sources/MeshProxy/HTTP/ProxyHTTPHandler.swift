@@ -15,7 +15,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private enum State {
+    enum State {
         case idle
         /// Waiting for an upstream connection; parts that arrive meanwhile are held.
         case connecting(pending: [HTTPServerRequestPart], pendingBytes: Int, requestEnded: Bool)
@@ -28,21 +28,26 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     private let direction: ProxyMetrics.Direction
     private let router: Router
     private let states: LoopStates
-    private let logger: Logger
-    private var state: State = .idle
+    let logger: Logger
+    var state: State = .idle
     private var info = DownstreamInfo()
     private var infoLoaded = false
     private var keepAlive = true
-    private var context: ChannelHandlerContext?
-    private var loopState: LoopState?
+    var context: ChannelHandlerContext?
+    var loopState: LoopState?
     /// A copy of the current request while it may still be replayed: a keep-alive connection
     /// the peer closed just as we reused it is the one failure a proxy must hide. Only
     /// idempotent requests with small bodies qualify, and only once.
-    private var replay: [HTTPServerRequestPart]?
-    private var replayBytes = 0
+    var replay: [HTTPServerRequestPart]?
+    var replayBytes = 0
     private var replayed = false
     /// Timing, sizes and edge of the current exchange, recorded when it ends.
-    private var exchange = Exchange(start: 0)
+    var exchange = Exchange(start: 0)
+    /// Counts this connection's exchanges: a timer or a scheduled retry of an exchange that is
+    /// over finds a different number and does nothing.
+    var serial: UInt64 = 0
+    var requestTimer: Scheduled<Void>?
+    var tryTimer: Scheduled<Void>?
     /// Reading was paused because the pending body reached its limit.
     private var readPaused = false
     private static let maxReplayBytes = 64 * 1024
@@ -55,7 +60,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         self.logger = logger
     }
 
-    private var headerTimer: RequestHeaderTimer?
+    var headerTimer: RequestHeaderTimer?
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -139,6 +144,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         headerTimer?.headReceived()
         keepAlive = head.isKeepAlive
         guard let loopState else { return }
+        serial &+= 1
         exchange = Exchange(start: Exchange.now())
         if !infoLoaded {
             info = DownstreamInfo(peer: PeerIdentityReader.peer(of: context), remoteAddress: context.channel.remoteAddress)
@@ -193,6 +199,10 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                 exchange.edge = loopState.edge(.init(direction: .outbound, peer: destination, tls: true))
                 exchange.route = loopState.routes[destination]
             }
+            if let route = exchange.route {
+                route.budget.request(now: exchange.start)
+                armTimers(route.policy, context: context)
+            }
             if direction == .inbound, exchange.topPath != nil {
                 exchange.topPath?.path = forwardHead.uri.prefix { $0 != "?" }
             }
@@ -206,7 +216,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             case .GET, .HEAD, .OPTIONS, .PUT, .DELETE, .TRACE: idempotent = true
             default: idempotent = false
             }
-            replay = idempotent ? [.head(forwardHead)] : nil
+            replay = idempotent || exchange.route?.policy.retryNonIdempotent == true ? [.head(forwardHead)] : nil
             replayBytes = 0
             replayed = false
             loopState.inFlight += 1
@@ -214,21 +224,27 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         }
     }
 
-    private func connect(_ candidates: ArraySlice<UpstreamKey>, loopState: LoopState, fresh: Bool = false) {
+    func connect(_ candidates: ArraySlice<UpstreamKey>, loopState: LoopState, fresh: Bool = false) {
         guard let key = candidates.first else { return }
         if !fresh, let upstream = loopState.pool.takeIdle(key) {
             // The common case on a busy proxy: a pooled connection, used at once.
             connected(.success(upstream), key: key, candidates: candidates, loopState: loopState)
             return
         }
+        let (serial, attempt) = (self.serial, exchange.attempt)
         loopState.pool.acquire(key, clientTLS: loopState.clientTLS, bundle: loopState.bundle, fresh: fresh).whenComplete { [self] result in
+            guard self.serial == serial, exchange.attempt == attempt else {
+                // The exchange timed out or moved to another attempt meanwhile.
+                if case .success(let upstream) = result { loopState.pool.release(upstream) }
+                return
+            }
             connected(result, key: key, candidates: candidates, loopState: loopState)
         }
     }
 
     private func connected(_ result: Result<UpstreamConnection, Error>, key: UpstreamKey,
                            candidates: ArraySlice<UpstreamKey>, loopState: LoopState) {
-        guard case .connecting(let pending, _, let ended) = state, let context else {
+        guard case .connecting(let pending, let pendingBytes, let ended) = state, let context else {
             // The downstream went away meanwhile: give the connection back unused.
             if case .success(let upstream) = result { loopState.pool.release(upstream) }
             return
@@ -240,6 +256,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                 stats.inFlight += 1
                 exchange.endpoint = stats
             }
+            exchange.lastKey = key
             state = .forwarding(upstream, requestEnded: ended, responseStarted: false)
             exchange.upstreamStart = Exchange.now()
             upstream.handler.responder = self
@@ -254,6 +271,11 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                 logger.info("upstream connect failed, trying the next endpoint",
                             metadata: ["role": "\(role)", "upstream": "\(key.address)", "error": "\(error)"])
                 connect(candidates.dropFirst(), loopState: loopState)
+                return
+            }
+            exchange.lastKey = key
+            if exchange.route?.policy.retryOnConnectFailure == true,
+               retry("connect-failure", upstream: nil, pending: (pending, pendingBytes, ended)) {
                 return
             }
             logger.warning("upstream unavailable", metadata: ["role": "\(role)", "upstream": "\(key.address)", "error": "\(error)"])
@@ -274,6 +296,10 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         guard case .forwarding(let upstream, let requestEnded, let started) = state, let context else { return }
         switch event {
         case .part(.head(var head)):
+            if !started, requestEnded, let policy = exchange.route?.policy, policy.retryStatuses.contains(Int(head.status.code)),
+               retry("status-\(head.status.code)", upstream: upstream) {
+                return
+            }
             let upstreamKeepAlive = head.isKeepAlive
             ProxyHeaders.stripHopByHop(&head.headers)
             exchange.responseHead = Exchange.now()
@@ -311,6 +337,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                              metadata: ["role": "\(role)", "upstream": "\(upstream.key.address)"])
                 state = .connecting(pending: parts, pendingBytes: replayBytes, requestEnded: true)
                 connect([upstream.key], loopState: loopState, fresh: true)
+                return
+            }
+            if !started, requestEnded, exchange.route?.policy.retryOnReset == true, retry("reset", upstream: nil) {
                 return
             }
             finishExchange()
@@ -356,14 +385,14 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         replay = parts
     }
 
-    private func finishExchange() {
+    func finishExchange() {
         loopState?.inFlight -= 1
         // Still open here: the upstream closed before the exchange was recorded.
         settleEndpoint(failed: true)
     }
 
     /// Tells the balancer how the endpoint did (once per exchange).
-    private func settleEndpoint(failed: Bool) {
+    func settleEndpoint(failed: Bool) {
         guard let endpoint = exchange.endpoint, let route = exchange.route else { return }
         endpoint.inFlight -= 1
         exchange.endpoint = nil
@@ -383,7 +412,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         writeLocalResponse(status, code: code, message: message, context: context)
     }
 
-    private func writeLocalResponse(_ status: HTTPResponseStatus, code: String, message: String, context: ChannelHandlerContext) {
+    func writeLocalResponse(_ status: HTTPResponseStatus, code: String, message: String, context: ChannelHandlerContext) {
         writeResponse(status, body: message, headers: [ProxyHeaders.error: code], context: context)
     }
 
@@ -407,7 +436,8 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     }
 
     /// Counts, times, logs and traces the finished exchange.
-    private func recordExchange() {
+    func recordExchange() {
+        cancelTimers()
         exchange.record(accessLog: loopState?.accessLog)
         settleEndpoint(failed: exchange.status >= 500 || exchange.status == 0)
         if let top = exchange.topPath, let loopState {
