@@ -98,5 +98,26 @@ public enum ResourceValidator {
             try duration(retries.backoff?.base, "spec.retries.backoff.base", within: 0.001...60)
             try duration(retries.backoff?.max, "spec.retries.backoff.max", within: 0.001...60)
         }
+        let limits = policy.spec.rateLimits ?? []
+        guard limits.count <= 32 else { throw fail("spec.rateLimits", "may hold at most 32 entries") }
+        for (index, limit) in limits.enumerated() {
+            let field = "spec.rateLimits[\(index)]"
+            guard limit.requestsPerSecond > 0, limit.requestsPerSecond <= 1_000_000 else {
+                throw fail(field + ".requestsPerSecond", "must be above 0 and at most 1000000")
+            }
+            if let burst = limit.burst, !(1...10_000_000).contains(burst) { throw fail(field + ".burst", "must be 1 to 10000000") }
+            if let by = limit.by, !["caller", "all"].contains(by) { throw fail(field + ".by", "must be caller or all, not '\(by)'") }
+            if let prefix = limit.pathPrefix, !prefix.hasPrefix("/") || prefix.utf8.count > 1024 {
+                throw fail(field + ".pathPrefix", "must start with '/' (at most 1024 bytes)")
+            }
+        }
+        if let delay = policy.spec.fault?.delay {
+            guard (0...100).contains(delay.percent) else { throw fail("spec.fault.delay.percent", "must be 0 to 100") }
+            try duration(delay.duration, "spec.fault.delay.duration", within: 0.001...300)
+        }
+        if let abort = policy.spec.fault?.abort {
+            guard (0...100).contains(abort.percent) else { throw fail("spec.fault.abort.percent", "must be 0 to 100") }
+            guard (200...599).contains(abort.status) else { throw fail("spec.fault.abort.status", "must be an HTTP status, 200 to 599") }
+        }
     }
 }

@@ -23,6 +23,11 @@ final class TrafficPolicyTests: XCTestCase {
             (policy(.init(retries: .init(on: ["gateway-error"]))), "spec.retries.on"),
             (policy(.init(retries: .init(budget: .init(percent: -1)))), "spec.retries.budget.percent"),
             (policy(.init(retries: .init(backoff: .init(max: "2m")))), "spec.retries.backoff.max"),
+            (policy(.init(rateLimits: [.init(requestsPerSecond: 0)])), "spec.rateLimits[0].requestsPerSecond"),
+            (policy(.init(rateLimits: [.init(requestsPerSecond: 5), .init(requestsPerSecond: 1, by: "ip")])), "spec.rateLimits[1].by"),
+            (policy(.init(rateLimits: [.init(pathPrefix: "checkout", requestsPerSecond: 1)])), "spec.rateLimits[0].pathPrefix"),
+            (policy(.init(fault: .init(delay: .init(percent: 120, duration: "1s")))), "spec.fault.delay.percent"),
+            (policy(.init(fault: .init(abort: .init(percent: 10, status: 99)))), "spec.fault.abort.status"),
         ]
         for (resource, field) in cases {
             XCTAssertThrowsError(try ResourceValidator.validate(resource), field) { error in

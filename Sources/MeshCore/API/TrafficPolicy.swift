@@ -20,6 +20,12 @@
 ///     nonIdempotent: false           # also POST/PATCH (bodies up to 64 KiB are kept for it)
 ///     budget: {percent: 20, minPerSecond: 10}   # retries allowed on top of requests, over 10 s
 ///     backoff: {base: 25ms, max: 250ms}         # exponential, with full jitter
+///   rateLimits:                      # enforced by each instance's own proxy: 429 beyond
+///     - {pathPrefix: /checkout, requestsPerSecond: 5, burst: 10, by: caller}   # first match applies
+///     - {requestsPerSecond: 100}     # by: caller (each caller identity) or all (shared)
+///   fault:                           # injected by the callers' proxies, for resilience tests
+///     delay: {percent: 10, duration: 200ms}
+///     abort: {percent: 5, status: 503}
 /// ```
 public struct TrafficPolicy: Codable, Sendable, Equatable {
     public struct Metadata: Codable, Sendable, Equatable {
@@ -78,17 +84,60 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
         }
     }
 
+    public struct RateLimit: Codable, Sendable, Equatable {
+        public var pathPrefix: String?
+        public var requestsPerSecond: Double
+        public var burst: Double?
+        /// `caller` (default: a bucket per caller identity) or `all` (one bucket).
+        public var by: String?
+        public init(pathPrefix: String? = nil, requestsPerSecond: Double, burst: Double? = nil, by: String? = nil) {
+            self.pathPrefix = pathPrefix
+            self.requestsPerSecond = requestsPerSecond
+            self.burst = burst
+            self.by = by
+        }
+    }
+
+    public struct Fault: Codable, Sendable, Equatable {
+        public struct Delay: Codable, Sendable, Equatable {
+            public var percent: Double
+            public var duration: String
+            public init(percent: Double, duration: String) {
+                self.percent = percent
+                self.duration = duration
+            }
+        }
+        public struct Abort: Codable, Sendable, Equatable {
+            public var percent: Double
+            public var status: Int
+            public init(percent: Double, status: Int) {
+                self.percent = percent
+                self.status = status
+            }
+        }
+        public var delay: Delay?
+        public var abort: Abort?
+        public init(delay: Delay? = nil, abort: Abort? = nil) {
+            self.delay = delay
+            self.abort = abort
+        }
+    }
+
     public struct Spec: Codable, Sendable, Equatable {
         public var loadBalancer: String?
         public var outlierDetection: OutlierDetection?
         public var timeouts: Timeouts?
         public var retries: Retries?
+        public var rateLimits: [RateLimit]?
+        public var fault: Fault?
         public init(loadBalancer: String? = nil, outlierDetection: OutlierDetection? = nil, timeouts: Timeouts? = nil,
-                    retries: Retries? = nil) {
+                    retries: Retries? = nil, rateLimits: [RateLimit]? = nil, fault: Fault? = nil) {
             self.loadBalancer = loadBalancer
             self.outlierDetection = outlierDetection
             self.timeouts = timeouts
             self.retries = retries
+            self.rateLimits = rateLimits
+            self.fault = fault
         }
     }
 
@@ -131,7 +180,21 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
         public var budgetMinPerSecond = 10
         public var backoffBaseSeconds = 0.025
         public var backoffMaxSeconds = 0.25
+        /// Checked in order by the destination's own proxy; the first that matches applies.
+        public var rateLimits: [EffectiveRateLimit] = []
+        /// 0 to 100.
+        public var faultDelayPercent = 0.0
+        public var faultDelaySeconds = 0.0
+        public var faultAbortPercent = 0.0
+        public var faultAbortStatus = 503
         public init() {}
+    }
+
+    public struct EffectiveRateLimit: Sendable, Equatable {
+        public var pathPrefix: String
+        public var requestsPerSecond: Double
+        public var burst: Double
+        public var perCaller: Bool
     }
 
     /// This policy's settings with defaults for what it leaves out (it was validated on
@@ -165,6 +228,18 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
             if let minimum = retries.budget?.minPerSecond, (0...100_000).contains(minimum) { result.budgetMinPerSecond = minimum }
             if let base = seconds(retries.backoff?.base) { result.backoffBaseSeconds = base }
             if let max = seconds(retries.backoff?.max) { result.backoffMaxSeconds = Swift.max(max, result.backoffBaseSeconds) }
+        }
+        result.rateLimits = (spec.rateLimits ?? []).filter { $0.requestsPerSecond > 0 && $0.requestsPerSecond.isFinite }.map { limit in
+            EffectiveRateLimit(pathPrefix: limit.pathPrefix ?? "/", requestsPerSecond: limit.requestsPerSecond,
+                               burst: Swift.max(1, limit.burst ?? limit.requestsPerSecond), perCaller: limit.by != "all")
+        }
+        if let delay = spec.fault?.delay, let duration = seconds(delay.duration), (0...100).contains(delay.percent) {
+            result.faultDelayPercent = delay.percent
+            result.faultDelaySeconds = duration
+        }
+        if let abort = spec.fault?.abort, (0...100).contains(abort.percent), (200...599).contains(abort.status) {
+            result.faultAbortPercent = abort.percent
+            result.faultAbortStatus = abort.status
         }
         return result
     }

@@ -213,6 +213,12 @@ final class LoopState {
     var clientTLS: NIOSSLContext?
     var bundle: TrustBundle?
     let pool: UpstreamPool
+    /// This service's own TrafficPolicy (its rate limits apply here, on the inbound side).
+    private(set) var selfTraffic = TrafficPolicy.Effective()
+    let rateLimiter = RateLimiter()
+    /// Number of loops of the proxy (rates are shared among them).
+    var loopCount = 1
+
     /// What this loop learnt about each endpoint (latency, failures), kept across registry
     /// updates while the endpoint stays.
     private var endpointStats: [UpstreamKey: EndpointStats] = [:]
@@ -270,6 +276,9 @@ final class LoopState {
             return
         }
         selfLabels = registry.policies.effectiveLabels(of: selfService, own: localLabels)
+        let traffic = registry.policies.traffic(for: selfService)
+        if traffic.rateLimits != selfTraffic.rateLimits { rateLimiter.reset() }
+        selfTraffic = traffic
         mtlsMode = registry.policies.defaults(for: selfService)?.mtls.flatMap(InboundListener.MTLSMode.init(rawValue:)) ?? localMTLSMode
     }
 }
@@ -288,6 +297,8 @@ final class LoopStates: Sendable {
             eventLoop.assertInEventLoop()
             return state
         }
+        /// For set-up before the loops run anything.
+        var unsafeState: LoopState { state }
     }
     private let states: [Entry]
     /// Number of event loops (a tap's rate is shared among them).
@@ -295,6 +306,9 @@ final class LoopStates: Sendable {
 
     init(group: EventLoopGroup, limits: ProxyLimits) {
         states = group.makeIterator().map { Entry(eventLoop: $0, state: LoopState(eventLoop: $0, limits: limits)) }
+        let count = states.count
+        // Not yet shared with any other thread: set before the loops get work.
+        for entry in states { entry.unsafeState.loopCount = count }
     }
 
     /// The state of `loop`; call on that loop.

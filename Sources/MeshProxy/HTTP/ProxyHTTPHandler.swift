@@ -220,7 +220,16 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             replayBytes = 0
             replayed = false
             loopState.inFlight += 1
-            connect(candidates[...], loopState: loopState)
+            if let policy = exchange.route?.policy, policy.faultDelaySeconds > 0, loopState.random.chance(policy.faultDelayPercent / 100) {
+                // Fault injection: the request waits before it goes out (timeouts run meanwhile).
+                let serial = self.serial
+                context.eventLoop.scheduleTask(in: .nanoseconds(Int64(policy.faultDelaySeconds * 1e9))) { [self] in
+                    guard self.serial == serial, case .connecting = state, let loop = self.loopState else { return }
+                    connect(candidates[...], loopState: loop)
+                }
+            } else {
+                connect(candidates[...], loopState: loopState)
+            }
         }
     }
 
@@ -413,7 +422,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     }
 
     func writeLocalResponse(_ status: HTTPResponseStatus, code: String, message: String, context: ChannelHandlerContext) {
-        writeResponse(status, body: message, headers: [ProxyHeaders.error: code], context: context)
+        var headers: HTTPHeaders = [ProxyHeaders.error: code]
+        if status == .tooManyRequests { headers.add(name: "retry-after", value: "1") }
+        writeResponse(status, body: message, headers: headers, context: context)
     }
 
     /// Every answer the proxy gives itself: counted, plain text, and closing the connection

@@ -148,6 +148,17 @@ extension InboundListener {
         if let decision = authorize(head, path: path, info: &info, state: state, appPort: appPort, logger: logger) {
             return decision
         }
+        // Local rate limits of this service, after authorization: what is refused by policy
+        // does not use up a caller's allowance.
+        if !state.selfTraffic.rateLimits.isEmpty {
+            let caller = info.peer?.service?.rawValue ?? "unauthenticated"
+            let (limit, allowed) = state.rateLimiter.admit(state.selfTraffic.rateLimits, caller: caller, path: path,
+                                                           loops: state.loopCount, now: Exchange.now())
+            if !allowed, let limit {
+                return .respond(.tooManyRequests, code: "rate-limited",
+                                message: "more than \(limit.requestsPerSecond) requests per second \(limit.perCaller ? "from \(caller) " : "")to paths under \(limit.pathPrefix) (rateLimits of this service's TrafficPolicy); retry later")
+            }
+        }
         return .forward(candidates: [UpstreamKey(address: app, peerIdentity: nil)], head: head)
     }
 

@@ -59,6 +59,10 @@ enum OutboundListener {
                             message: known ? "service '\(service)' has no endpoints: no healthy instance is registered right now"
                                 : "unknown service '\(service)': no such service is registered in the mesh")
         }
+        if route.policy.faultAbortPercent > 0, state.random.chance(route.policy.faultAbortPercent / 100) {
+            return .respond(HTTPResponseStatus(statusCode: route.policy.faultAbortStatus), code: "fault-injected",
+                            message: "aborted by fault injection (fault.abort of \(service)'s TrafficPolicy)")
+        }
         let candidates = route.pick(now: Exchange.now(), random: &state.random)
         var head = head
         ProxyHeaders.stripHopByHop(&head.headers)
