@@ -111,6 +111,12 @@ public enum ResourceValidator {
                 throw fail(field + ".pathPrefix", "must start with '/' (at most 1024 bytes)")
             }
         }
+        if let maximum = policy.spec.circuitBreaker?.maxRequests, !(1...1_000_000).contains(maximum) {
+            throw fail("spec.circuitBreaker.maxRequests", "must be 1 to 1000000")
+        }
+        if let maximum = policy.spec.circuitBreaker?.maxPendingRequests, !(1...1_000_000).contains(maximum) {
+            throw fail("spec.circuitBreaker.maxPendingRequests", "must be 1 to 1000000")
+        }
         if let delay = policy.spec.fault?.delay {
             guard (0...100).contains(delay.percent) else { throw fail("spec.fault.delay.percent", "must be 0 to 100") }
             try duration(delay.duration, "spec.fault.delay.duration", within: 0.001...300)

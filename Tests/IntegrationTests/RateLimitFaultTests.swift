@@ -109,3 +109,43 @@ final class RateLimitFaultTests: XCTestCase {
         await mesh.shutdown()
     }
 }
+
+/// Circuit breaking in the caller's proxy: beyond `maxRequests` in flight to every endpoint,
+/// a request fails at once with 503 `overloaded` instead of queueing behind a slow service.
+final class CircuitBreakerTests: XCTestCase {
+    func testRequestsBeyondMaxRequestsFailFast() async throws {
+        let mesh = try await TestMesh.start(defaultPolicy: "audit")
+        let app = try await TestApp.start("api", behaviour: TestApp.Behaviour(delay: .milliseconds(800)))
+        do {
+            let policy = mesh.directory.appendingPathComponent("breaker.yaml")
+            try "kind: TrafficPolicy\nmetadata: {name: api}\nspec: {circuitBreaker: {maxRequests: 2}, retries: {attempts: 0}}\n"
+                .write(to: policy, atomically: true, encoding: .utf8)
+            _ = try await mesh.cli(["apply", "-f", policy.path])
+            _ = try await mesh.proxy("api", app: app.address)
+            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
+            try await waitUntil(timeout: .seconds(10)) { ((try? await mesh.services()) ?? []).count == 2 }
+            try await Task.sleep(for: .milliseconds(300))
+
+            let results = try await withThrowingTaskGroup(of: (HTTPResponseStatus, String?, Duration).self) { group in
+                for _ in 0..<6 {
+                    group.addTask {
+                        let start = ContinuousClock.now
+                        let response = try await callThroughMesh(web.outbound, service: "api")
+                        return (response.status, response.headers.first(name: "x-mesh-error"), ContinuousClock.now - start)
+                    }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            let ok = results.filter { $0.0 == .ok }
+            let refused = results.filter { $0.0 == .serviceUnavailable && $0.1 == "overloaded" }
+            XCTAssertEqual(ok.count, 2, "\(results)")
+            XCTAssertEqual(refused.count, 4, "\(results)")
+            XCTAssertTrue(refused.allSatisfy { $0.2 < .milliseconds(500) }, "refused at once, not after the slow answers: \(results)")
+            XCTAssertEqual(app.requests.count, 2)
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        await app.stop()
+        await mesh.shutdown()
+    }
+}

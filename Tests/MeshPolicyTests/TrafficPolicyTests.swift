@@ -28,6 +28,7 @@ final class TrafficPolicyTests: XCTestCase {
             (policy(.init(rateLimits: [.init(pathPrefix: "checkout", requestsPerSecond: 1)])), "spec.rateLimits[0].pathPrefix"),
             (policy(.init(fault: .init(delay: .init(percent: 120, duration: "1s")))), "spec.fault.delay.percent"),
             (policy(.init(fault: .init(abort: .init(percent: 10, status: 99)))), "spec.fault.abort.status"),
+            (policy(.init(circuitBreaker: .init(maxRequests: 0))), "spec.circuitBreaker.maxRequests"),
         ]
         for (resource, field) in cases {
             XCTAssertThrowsError(try ResourceValidator.validate(resource), field) { error in

@@ -23,6 +23,9 @@
 ///   rateLimits:                      # enforced by each instance's own proxy: 429 beyond
 ///     - {pathPrefix: /checkout, requestsPerSecond: 5, burst: 10, by: caller}   # first match applies
 ///     - {requestsPerSecond: 100}     # by: caller (each caller identity) or all (shared)
+///   circuitBreaker:                  # in each caller's proxy; beyond: 503 overloaded at once
+///     maxRequests: 100               # in flight to one endpoint
+///     maxPendingRequests: 100        # waiting for a connection to the service
 ///   fault:                           # injected by the callers' proxies, for resilience tests
 ///     delay: {percent: 10, duration: 200ms}
 ///     abort: {percent: 5, status: 503}
@@ -123,7 +126,17 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
         }
     }
 
+    public struct CircuitBreaker: Codable, Sendable, Equatable {
+        public var maxRequests: Int?
+        public var maxPendingRequests: Int?
+        public init(maxRequests: Int? = nil, maxPendingRequests: Int? = nil) {
+            self.maxRequests = maxRequests
+            self.maxPendingRequests = maxPendingRequests
+        }
+    }
+
     public struct Spec: Codable, Sendable, Equatable {
+        public var circuitBreaker: CircuitBreaker?
         public var loadBalancer: String?
         public var outlierDetection: OutlierDetection?
         public var timeouts: Timeouts?
@@ -131,7 +144,8 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
         public var rateLimits: [RateLimit]?
         public var fault: Fault?
         public init(loadBalancer: String? = nil, outlierDetection: OutlierDetection? = nil, timeouts: Timeouts? = nil,
-                    retries: Retries? = nil, rateLimits: [RateLimit]? = nil, fault: Fault? = nil) {
+                    retries: Retries? = nil, rateLimits: [RateLimit]? = nil, fault: Fault? = nil, circuitBreaker: CircuitBreaker? = nil) {
+            self.circuitBreaker = circuitBreaker
             self.loadBalancer = loadBalancer
             self.outlierDetection = outlierDetection
             self.timeouts = timeouts
@@ -187,6 +201,9 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
         public var faultDelaySeconds = 0.0
         public var faultAbortPercent = 0.0
         public var faultAbortStatus = 503
+        /// 0: no limit.
+        public var maxRequestsPerEndpoint = 0
+        public var maxPendingRequests = 0
         public init() {}
     }
 
@@ -233,6 +250,8 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
             EffectiveRateLimit(pathPrefix: limit.pathPrefix ?? "/", requestsPerSecond: limit.requestsPerSecond,
                                burst: Swift.max(1, limit.burst ?? limit.requestsPerSecond), perCaller: limit.by != "all")
         }
+        if let maximum = spec.circuitBreaker?.maxRequests, maximum > 0 { result.maxRequestsPerEndpoint = maximum }
+        if let maximum = spec.circuitBreaker?.maxPendingRequests, maximum > 0 { result.maxPendingRequests = maximum }
         if let delay = spec.fault?.delay, let duration = seconds(delay.duration), (0...100).contains(delay.percent) {
             result.faultDelayPercent = delay.percent
             result.faultDelaySeconds = duration

@@ -16,6 +16,8 @@ final class ServiceRoute {
     let budget: RetryBudget
     private let index: [UpstreamKey: Int]
     private var nextRoundRobin = 0
+    /// Requests waiting for a connection to this service (circuit breaking).
+    var pending = 0
 
     init(service: ServiceName, keys: [UpstreamKey], stats: [EndpointStats], policy: TrafficPolicy.Effective,
          budget: RetryBudget = RetryBudget()) {
@@ -34,11 +36,14 @@ final class ServiceRoute {
     /// Up to three endpoints to try in order: the chosen one, then others for a failed connect.
     /// A retry passes the endpoint that just failed as `avoiding`: it goes last.
     func pick(now: UInt64, random: inout FastRandom, avoiding: UpstreamKey? = nil) -> [UpstreamKey] {
-        var available = keys.indices.filter { !stats[$0].isEjected(now: now) && keys[$0] != avoiding }
+        let maxRequests = policy.maxRequestsPerEndpoint
+        var available = keys.indices.filter {
+            !stats[$0].isEjected(now: now) && keys[$0] != avoiding && (maxRequests == 0 || stats[$0].inFlight < maxRequests)
+        }
         if available.isEmpty, let avoiding, let index = index[avoiding], !stats[index].isEjected(now: now) { available = [index] }
         // Every endpoint ejected (more than the share allowed, e.g. all of them failing):
-        // better to try them than to refuse every request.
-        if available.isEmpty { available = Array(keys.indices) }
+        // better to try them than to refuse every request — but not past the circuit breaker.
+        if available.isEmpty { available = keys.indices.filter { maxRequests == 0 || stats[$0].inFlight < maxRequests } }
         guard !available.isEmpty else { return [] }
         let first: Int
         switch policy.balancer {
@@ -64,6 +69,18 @@ final class ServiceRoute {
             }
         }
         return candidates
+    }
+
+    /// Why a new request must fail at once (circuit breaking), or nil.
+    func overloaded() -> String? {
+        if policy.maxPendingRequests > 0, pending >= policy.maxPendingRequests {
+            return "\(pending) requests to \(service) are already waiting for a connection (circuitBreaker.maxPendingRequests)"
+        }
+        let maxRequests = policy.maxRequestsPerEndpoint
+        if maxRequests > 0, !keys.isEmpty, stats.allSatisfy({ $0.inFlight >= maxRequests }) {
+            return "every endpoint of \(service) has \(maxRequests) requests in flight (circuitBreaker.maxRequests)"
+        }
+        return nil
     }
 
     private func load(_ endpoint: Int, now: UInt64) -> Double {

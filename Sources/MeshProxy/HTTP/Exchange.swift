@@ -59,6 +59,8 @@ struct Exchange {
     /// went for the balancer's latency estimate and outlier detection.
     var route: ServiceRoute?
     var endpoint: EndpointStats?
+    /// Set while the request waits for a connection (counted in the route's `pending`).
+    var pendingOn: ServiceRoute?
     /// 1 for the first try; retries count up.
     var attempt = 1
     /// The endpoint of the current (or last) attempt; a retry goes elsewhere if it can.

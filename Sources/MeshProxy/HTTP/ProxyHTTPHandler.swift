@@ -202,6 +202,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             if let route = exchange.route {
                 route.budget.request(now: exchange.start)
                 armTimers(route.policy, context: context)
+                enterPending()
             }
             if direction == .inbound, exchange.topPath != nil {
                 exchange.topPath?.path = forwardHead.uri.prefix { $0 != "?" }
@@ -235,6 +236,12 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
 
     func connect(_ candidates: ArraySlice<UpstreamKey>, loopState: LoopState, fresh: Bool = false) {
         guard let key = candidates.first else { return }
+        // The endpoint counts the request from now on (balancer load, circuit breaker).
+        if let stats = exchange.route?.stats(for: key), exchange.endpoint !== stats {
+            exchange.endpoint?.inFlight -= 1
+            stats.inFlight += 1
+            exchange.endpoint = stats
+        }
         if !fresh, let upstream = loopState.pool.takeIdle(key) {
             // The common case on a busy proxy: a pooled connection, used at once.
             connected(.success(upstream), key: key, candidates: candidates, loopState: loopState)
@@ -260,12 +267,8 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         }
         switch result {
         case .success(let upstream):
-            if let stats = exchange.route?.stats(for: key), exchange.endpoint !== stats {
-                exchange.endpoint?.inFlight -= 1
-                stats.inFlight += 1
-                exchange.endpoint = stats
-            }
             exchange.lastKey = key
+            leavePending()
             state = .forwarding(upstream, requestEnded: ended, responseStarted: false)
             exchange.upstreamStart = Exchange.now()
             upstream.handler.responder = self
@@ -274,6 +277,10 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             resumeReading(context)
         case .failure(let error):
             if let route = exchange.route, let stats = route.stats(for: key) {
+                if exchange.endpoint === stats {
+                    stats.inFlight -= 1
+                    exchange.endpoint = nil
+                }
                 route.finished(stats, failed: true, latencyNanos: nil, now: Exchange.now(), logger: logger)
             }
             if candidates.count > 1 {
@@ -449,6 +456,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     /// Counts, times, logs and traces the finished exchange.
     func recordExchange() {
         cancelTimers()
+        leavePending()
         exchange.record(accessLog: loopState?.accessLog)
         settleEndpoint(failed: exchange.status >= 500 || exchange.status == 0)
         if let top = exchange.topPath, let loopState {

@@ -63,6 +63,9 @@ enum OutboundListener {
             return .respond(HTTPResponseStatus(statusCode: route.policy.faultAbortStatus), code: "fault-injected",
                             message: "aborted by fault injection (fault.abort of \(service)'s TrafficPolicy)")
         }
+        if let reason = route.overloaded() {
+            return .respond(.serviceUnavailable, code: "overloaded", message: reason)
+        }
         let candidates = route.pick(now: Exchange.now(), random: &state.random)
         var head = head
         ProxyHeaders.stripHopByHop(&head.headers)
