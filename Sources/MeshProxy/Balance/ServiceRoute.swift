@@ -34,41 +34,73 @@ final class ServiceRoute {
     }
 
     /// Up to three endpoints to try in order: the chosen one, then others for a failed connect.
-    /// A retry passes the endpoint that just failed as `avoiding`: it goes last.
+    /// A retry passes the endpoint that just failed as `avoiding`: it goes last. No allocation
+    /// but the result in the common case (the random choices are usable).
     func pick(now: UInt64, random: inout FastRandom, avoiding: UpstreamKey? = nil) -> [UpstreamKey] {
         let maxRequests = policy.maxRequestsPerEndpoint
-        var available = keys.indices.filter {
-            !stats[$0].isEjected(now: now) && keys[$0] != avoiding && (maxRequests == 0 || stats[$0].inFlight < maxRequests)
-        }
-        if available.isEmpty, let avoiding, let index = index[avoiding], !stats[index].isEjected(now: now) { available = [index] }
-        // Every endpoint ejected (more than the share allowed, e.g. all of them failing):
-        // better to try them than to refuse every request — but not past the circuit breaker.
-        if available.isEmpty { available = keys.indices.filter { maxRequests == 0 || stats[$0].inFlight < maxRequests } }
-        guard !available.isEmpty else { return [] }
-        let first: Int
-        switch policy.balancer {
-        case .roundRobin:
-            first = available[nextRoundRobin % available.count]
-            // A retry takes the next endpoint without moving the rotation on.
-            if avoiding == nil { nextRoundRobin &+= 1 }
-        case .p2cEWMA, .leastRequest:
-            if available.count == 1 {
-                first = available[0]
-            } else {
-                let a = random.below(available.count)
-                var b = random.below(available.count - 1)
-                if b >= a { b += 1 }
-                let (x, y) = (available[a], available[b])
-                first = load(x, now: now) <= load(y, now: now) ? x : y
-            }
-        }
+        func hasRoom(_ i: Int) -> Bool { maxRequests == 0 || stats[i].inFlight < maxRequests }
+        func usable(_ i: Int) -> Bool { hasRoom(i) && !stats[i].isEjected(now: now) && keys[i] != avoiding }
+        // Every endpoint ejected (more than the share allowed, e.g. all of them failing), or
+        // only the one to avoid left: better to try them than to refuse the request — but
+        // never past the circuit breaker.
+        // A retry takes an endpoint without moving the round-robin rotation on.
+        let advance = avoiding == nil
+        guard let first = choose(usable, now: now, random: &random, advance: advance)
+            ?? choose(hasRoom, now: now, random: &random, advance: advance) else { return [] }
         var candidates = [keys[first]]
-        if let position = available.firstIndex(of: first) {
-            for offset in 1..<min(3, available.count) {
-                candidates.append(keys[available[(position + offset) % available.count]])
-            }
+        var offset = 1
+        while candidates.count < 3, offset < keys.count {
+            let next = (first + offset) % keys.count
+            if usable(next) { candidates.append(keys[next]) }
+            offset += 1
         }
         return candidates
+    }
+
+    /// The balancer's choice among the endpoints `eligible` admits, or nil if none.
+    private func choose(_ eligible: (Int) -> Bool, now: UInt64, random: inout FastRandom, advance: Bool) -> Int? {
+        let count = keys.count
+        guard count > 0 else { return nil }
+        switch policy.balancer {
+        case .roundRobin:
+            for step in 0..<count {
+                let candidate = (nextRoundRobin + step) % count
+                if eligible(candidate) {
+                    if advance { nextRoundRobin = candidate + 1 }
+                    return candidate
+                }
+            }
+            return nil
+        case .p2cEWMA, .leastRequest:
+            if count == 1 { return eligible(0) ? 0 : nil }
+            // Two distinct random endpoints; the less loaded wins.
+            let a = random.below(count)
+            var b = random.below(count - 1)
+            if b >= a { b += 1 }
+            switch (eligible(a), eligible(b)) {
+            case (true, true): return load(a, now: now) <= load(b, now: now) ? a : b
+            case (true, false) where count == 2: return a
+            case (false, true) where count == 2: return b
+            default: break
+            }
+            // Some are not eligible: draw the two among those that are (no list made).
+            let usable = (0..<count).reduce(0) { eligible($1) ? $0 + 1 : $0 }
+            guard usable > 0 else { return nil }
+            func nth(_ n: Int) -> Int {
+                var seen = 0
+                for index in 0..<count where eligible(index) {
+                    if seen == n { return index }
+                    seen += 1
+                }
+                return 0
+            }
+            if usable == 1 { return nth(0) }
+            let x = random.below(usable)
+            var y = random.below(usable - 1)
+            if y >= x { y += 1 }
+            let (i, j) = (nth(x), nth(y))
+            return load(i, now: now) <= load(j, now: now) ? i : j
+        }
     }
 
     /// Why a new request must fail at once (circuit breaking), or nil.
