@@ -111,6 +111,26 @@ public enum ResourceValidator {
                 throw fail(field + ".pathPrefix", "must start with '/' (at most 1024 bytes)")
             }
         }
+        let routes = policy.spec.routes ?? []
+        guard routes.count <= 64 else { throw fail("spec.routes", "may hold at most 64 routes") }
+        for (index, route) in routes.enumerated() {
+            let field = "spec.routes[\(index)]"
+            guard !route.to.isEmpty else { throw fail(field + ".to", "must name the labels of the instances to route to") }
+            guard route.match.headers?.isEmpty == false || route.match.pathPrefix != nil else {
+                throw fail(field + ".match", "must give headers, pathPrefix or both")
+            }
+            if let prefix = route.match.pathPrefix, !prefix.hasPrefix("/") { throw fail(field + ".match.pathPrefix", "must start with '/'") }
+            for name in (route.match.headers ?? [:]).keys where name.isEmpty || name.contains(where: { $0 == ":" || $0 == " " }) {
+                throw fail(field + ".match.headers", "holds an invalid header name '\(name)'")
+            }
+        }
+        let split = policy.spec.split ?? []
+        guard split.count <= 16 else { throw fail("spec.split", "may hold at most 16 subsets") }
+        for (index, entry) in split.enumerated() {
+            guard !entry.labels.isEmpty else { throw fail("spec.split[\(index)].labels", "must name the subset's labels, e.g. {version: v2}") }
+            guard (0...1000).contains(entry.weight) else { throw fail("spec.split[\(index)].weight", "must be 0 to 1000") }
+        }
+        if !split.isEmpty, split.allSatisfy({ $0.weight == 0 }) { throw fail("spec.split", "needs at least one positive weight") }
         if let maximum = policy.spec.circuitBreaker?.maxRequests, !(1...1_000_000).contains(maximum) {
             throw fail("spec.circuitBreaker.maxRequests", "must be 1 to 1000000")
         }

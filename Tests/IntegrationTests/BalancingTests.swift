@@ -94,6 +94,50 @@ final class BalancingTests: XCTestCase {
         await mesh.shutdown()
     }
 
+    /// A 90/10 canary split by instance labels, measured over 2000 requests, and a header
+    /// route that sends chosen requests to the canary only.
+    func testWeightedSplitAndHeaderRouteToACanary() async throws {
+        let mesh = try await TestMesh.start(defaultPolicy: "audit")
+        let stable = try await TestApp.start("api-v1")
+        let canary = try await TestApp.start("api-v2")
+        do {
+            let policy = mesh.directory.appendingPathComponent("canary.yaml")
+            try """
+                kind: TrafficPolicy
+                metadata: {name: api}
+                spec:
+                  routes: [{match: {headers: {X-Canary: "1"}}, to: {version: v2}}]
+                  split: [{labels: {version: v1}, weight: 90}, {labels: {version: v2}, weight: 10}]
+                """.write(to: policy, atomically: true, encoding: .utf8)
+            let applied = try await mesh.cli(["apply", "-f", policy.path])
+            XCTAssertEqual(applied.status, 0, applied.err)
+            _ = try await mesh.proxy("api", app: stable.address, labels: ["version=v1"])
+            _ = try await mesh.proxy("api", app: canary.address, labels: ["version=v2"])
+            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
+            try await waitForEndpoints(mesh, service: "api", count: 2)
+
+            let counts = try await sendConcurrently(2000, through: web.outbound, apps: [stable, canary])
+            let share = Double(counts[1]) / 2000
+            print("split 90/10 over 2000: v1 \(counts[0]), v2 \(counts[1]) (\(String(format: "%.1f", share * 100)) %)")
+            XCTAssertEqual(counts[0] + counts[1], 2000)
+            XCTAssertEqual(share, 0.10, accuracy: 0.03, "the canary gets 10 % ± 3 %")
+
+            var client = APIClientFactory.outbound(web.outbound, service: "api")
+            client.extraHeaders = [("x-canary", "1")]
+            let before = canary.requests.count
+            for _ in 0..<20 {
+                let status = try await client.get("/").status
+                XCTAssertEqual(status, .ok)
+            }
+            XCTAssertEqual(canary.requests.count - before, 20, "the header route sends every matching request to v2")
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        await stable.stop()
+        await canary.stop()
+        await mesh.shutdown()
+    }
+
     private func waitForEndpoints(_ mesh: TestMesh, service: String, count: Int) async throws {
         try await waitUntil(timeout: .seconds(10)) {
             ((try? await mesh.services()) ?? []).first { $0.service.rawValue == service }?.instances.count == count

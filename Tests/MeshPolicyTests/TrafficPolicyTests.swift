@@ -29,6 +29,10 @@ final class TrafficPolicyTests: XCTestCase {
             (policy(.init(fault: .init(delay: .init(percent: 120, duration: "1s")))), "spec.fault.delay.percent"),
             (policy(.init(fault: .init(abort: .init(percent: 10, status: 99)))), "spec.fault.abort.status"),
             (policy(.init(circuitBreaker: .init(maxRequests: 0))), "spec.circuitBreaker.maxRequests"),
+            (policy(.init(routes: [.init(match: .init(), to: ["version": "v2"])])), "spec.routes[0].match"),
+            (policy(.init(routes: [.init(match: .init(pathPrefix: "/x"), to: [:])])), "spec.routes[0].to"),
+            (policy(.init(split: [.init(labels: ["version": "v1"], weight: 0)])), "spec.split"),
+            (policy(.init(split: [.init(labels: [:], weight: 10)])), "spec.split[0].labels"),
         ]
         for (resource, field) in cases {
             XCTAssertThrowsError(try ResourceValidator.validate(resource), field) { error in

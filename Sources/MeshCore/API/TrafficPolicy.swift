@@ -23,6 +23,11 @@
 ///   rateLimits:                      # enforced by each instance's own proxy: 429 beyond
 ///     - {pathPrefix: /checkout, requestsPerSecond: 5, burst: 10, by: caller}   # first match applies
 ///     - {requestsPerSecond: 100}     # by: caller (each caller identity) or all (shared)
+///   routes:                          # first match wins: requests to a subset of the instances
+///     - {match: {headers: {x-canary: "1"}, pathPrefix: /}, to: {version: v2}}
+///   split:                           # otherwise, weighted subsets by instance labels (canary)
+///     - {labels: {version: v1}, weight: 90}
+///     - {labels: {version: v2}, weight: 10}
 ///   circuitBreaker:                  # in each caller's proxy; beyond: 503 overloaded at once
 ///     maxRequests: 100               # in flight to one endpoint
 ///     maxPendingRequests: 100        # waiting for a connection to the service
@@ -126,6 +131,36 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
         }
     }
 
+    /// A route to a subset of the service's instances, for requests that match.
+    public struct Route: Codable, Sendable, Equatable {
+        public struct Match: Codable, Sendable, Equatable {
+            /// Exact values, header names case-insensitive.
+            public var headers: [String: String]?
+            public var pathPrefix: String?
+            public init(headers: [String: String]? = nil, pathPrefix: String? = nil) {
+                self.headers = headers
+                self.pathPrefix = pathPrefix
+            }
+        }
+        public var match: Match
+        /// Instance labels the subset must have.
+        public var to: [String: String]
+        public init(match: Match, to: [String: String]) {
+            self.match = match
+            self.to = to
+        }
+    }
+
+    /// One weighted subset of a split.
+    public struct Split: Codable, Sendable, Equatable {
+        public var labels: [String: String]
+        public var weight: Int
+        public init(labels: [String: String], weight: Int) {
+            self.labels = labels
+            self.weight = weight
+        }
+    }
+
     public struct CircuitBreaker: Codable, Sendable, Equatable {
         public var maxRequests: Int?
         public var maxPendingRequests: Int?
@@ -136,6 +171,8 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
     }
 
     public struct Spec: Codable, Sendable, Equatable {
+        public var routes: [Route]?
+        public var split: [Split]?
         public var circuitBreaker: CircuitBreaker?
         public var loadBalancer: String?
         public var outlierDetection: OutlierDetection?
@@ -144,7 +181,10 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
         public var rateLimits: [RateLimit]?
         public var fault: Fault?
         public init(loadBalancer: String? = nil, outlierDetection: OutlierDetection? = nil, timeouts: Timeouts? = nil,
-                    retries: Retries? = nil, rateLimits: [RateLimit]? = nil, fault: Fault? = nil, circuitBreaker: CircuitBreaker? = nil) {
+                    retries: Retries? = nil, rateLimits: [RateLimit]? = nil, fault: Fault? = nil, circuitBreaker: CircuitBreaker? = nil,
+                    routes: [Route]? = nil, split: [Split]? = nil) {
+            self.routes = routes
+            self.split = split
             self.circuitBreaker = circuitBreaker
             self.loadBalancer = loadBalancer
             self.outlierDetection = outlierDetection
@@ -204,6 +244,10 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
         /// 0: no limit.
         public var maxRequestsPerEndpoint = 0
         public var maxPendingRequests = 0
+        /// Header names lower-cased.
+        public var routes: [Route] = []
+        /// Only subsets with a positive weight.
+        public var split: [Split] = []
         public init() {}
     }
 
@@ -250,6 +294,12 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
             EffectiveRateLimit(pathPrefix: limit.pathPrefix ?? "/", requestsPerSecond: limit.requestsPerSecond,
                                burst: Swift.max(1, limit.burst ?? limit.requestsPerSecond), perCaller: limit.by != "all")
         }
+        result.routes = (spec.routes ?? []).map { route in
+            var route = route
+            route.match.headers = route.match.headers.map { Dictionary($0.map { ($0.key.lowercased(), $0.value) }, uniquingKeysWith: { a, _ in a }) }
+            return route
+        }
+        result.split = (spec.split ?? []).filter { $0.weight > 0 }
         if let maximum = spec.circuitBreaker?.maxRequests, maximum > 0 { result.maxRequestsPerEndpoint = maximum }
         if let maximum = spec.circuitBreaker?.maxPendingRequests, maximum > 0 { result.maxPendingRequests = maximum }
         if let delay = spec.fault?.delay, let duration = seconds(delay.duration), (0...100).contains(delay.percent) {

@@ -1,5 +1,6 @@
 import Logging
 import MeshCore
+import NIOHTTP1
 
 /// Where requests for one service go, and how the next endpoint is chosen: power of two
 /// choices over peak-EWMA latency weighted by requests in flight (the default, as Linkerd),
@@ -11,6 +12,8 @@ final class ServiceRoute {
     /// One per endpoint, each naming the SPIFFE ID the peer must prove.
     let keys: [UpstreamKey]
     let stats: [EndpointStats]
+    /// Each endpoint's instance labels (central ones included), for routes and splits.
+    let labels: [[String: String]]
     let policy: TrafficPolicy.Effective
     /// Carried over when the route is rebuilt on a registry update.
     let budget: RetryBudget
@@ -19,11 +22,12 @@ final class ServiceRoute {
     /// Requests waiting for a connection to this service (circuit breaking).
     var pending = 0
 
-    init(service: ServiceName, keys: [UpstreamKey], stats: [EndpointStats], policy: TrafficPolicy.Effective,
-         budget: RetryBudget = RetryBudget()) {
+    init(service: ServiceName, keys: [UpstreamKey], stats: [EndpointStats], labels: [[String: String]] = [],
+         policy: TrafficPolicy.Effective, budget: RetryBudget = RetryBudget()) {
         self.service = service
         self.keys = keys
         self.stats = stats
+        self.labels = labels.count == keys.count ? labels : Array(repeating: [:], count: keys.count)
         self.policy = policy
         self.budget = budget
         index = Dictionary(keys.enumerated().map { ($1, $0) }, uniquingKeysWith: { first, _ in first })
@@ -36,9 +40,12 @@ final class ServiceRoute {
     /// Up to three endpoints to try in order: the chosen one, then others for a failed connect.
     /// A retry passes the endpoint that just failed as `avoiding`: it goes last. No allocation
     /// but the result in the common case (the random choices are usable).
-    func pick(now: UInt64, random: inout FastRandom, avoiding: UpstreamKey? = nil) -> [UpstreamKey] {
+    func pick(now: UInt64, random: inout FastRandom, avoiding: UpstreamKey? = nil, subset: [String: String]? = nil) -> [UpstreamKey] {
         let maxRequests = policy.maxRequestsPerEndpoint
-        func hasRoom(_ i: Int) -> Bool { maxRequests == 0 || stats[i].inFlight < maxRequests }
+        // A canary's subset is never left, not even when all of it is failing.
+        func hasRoom(_ i: Int) -> Bool {
+            (maxRequests == 0 || stats[i].inFlight < maxRequests) && (subset.map { inSubset(i, $0) } ?? true)
+        }
         func usable(_ i: Int) -> Bool { hasRoom(i) && !stats[i].isEjected(now: now) && keys[i] != avoiding }
         // Every endpoint ejected (more than the share allowed, e.g. all of them failing), or
         // only the one to avoid left: better to try them than to refuse the request — but
@@ -55,6 +62,30 @@ final class ServiceRoute {
             offset += 1
         }
         return candidates
+    }
+
+    private func inSubset(_ endpoint: Int, _ wanted: [String: String]) -> Bool {
+        wanted.allSatisfy { labels[endpoint][$0.key] == $0.value }
+    }
+
+    /// The subset a request goes to: the first route whose match it meets, else a weighted
+    /// draw among the split's subsets; nil for every endpoint.
+    func subset(for head: HTTPRequestHead, random: inout FastRandom) -> [String: String]? {
+        if !policy.routes.isEmpty {
+            let path = head.uri.prefix { $0 != "?" }
+            for route in policy.routes {
+                if let prefix = route.match.pathPrefix, !path.hasPrefix(prefix) { continue }
+                if let headers = route.match.headers, !headers.allSatisfy({ head.headers.first(name: $0.key) == $0.value }) { continue }
+                return route.to
+            }
+        }
+        guard !policy.split.isEmpty else { return nil }
+        var draw = random.below(policy.split.reduce(0) { $0 + $1.weight })
+        for entry in policy.split {
+            if draw < entry.weight { return entry.labels }
+            draw -= entry.weight
+        }
+        return policy.split.last?.labels
     }
 
     /// The balancer's choice among the endpoints `eligible` admits, or nil if none.

@@ -256,13 +256,16 @@ final class LoopState {
         let trustDomain = bundle?.trustDomain
         for service in snapshot.services {
             guard let trustDomain, let identity = try? SPIFFEID(trustDomain: trustDomain, service: service) else { continue }
-            let keys = snapshot.endpoints(of: service).map { UpstreamKey(address: $0.endpoint, peerIdentity: identity) }
+            let instances = snapshot.endpoints(of: service)
+            let keys = instances.map { UpstreamKey(address: $0.endpoint, peerIdentity: identity) }
+            let labels = instances.map { snapshot.policies.effectiveLabels(of: service, own: $0.labels.values) }
             let stats = keys.map { key in
                 let stats = kept[key] ?? endpointStats[key] ?? EndpointStats()
                 kept[key] = stats
                 return stats
             }
-            routes[service] = ServiceRoute(service: service, keys: keys, stats: stats, policy: snapshot.policies.traffic(for: service),
+            routes[service] = ServiceRoute(service: service, keys: keys, stats: stats, labels: labels,
+                                           policy: snapshot.policies.traffic(for: service),
                                            budget: self.routes[service]?.budget ?? RetryBudget())
         }
         endpointStats = kept

@@ -61,6 +61,8 @@ struct Exchange {
     var endpoint: EndpointStats?
     /// Set while the request waits for a connection (counted in the route's `pending`).
     var pendingOn: ServiceRoute?
+    /// The instance labels a route or split chose; retries stay within them.
+    var subset: [String: String]?
     /// 1 for the first try; retries count up.
     var attempt = 1
     /// The endpoint of the current (or last) attempt; a retry goes elsewhere if it can.

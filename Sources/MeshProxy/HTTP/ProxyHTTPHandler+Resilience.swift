@@ -133,7 +133,7 @@ extension ProxyHTTPHandler {
         logger.debug("retrying", metadata: ["destination": "\(route.service)", "reason": "\(reason)", "attempt": "\(attempt)"])
         context.eventLoop.scheduleTask(in: .nanoseconds(Int64(delay * 1e9))) { [self] in
             guard self.serial == serial, exchange.attempt == attempt, case .connecting = state, let loop = self.loopState, let channelContext = self.context else { return }
-            let candidates = route.pick(now: Exchange.now(), random: &loop.random, avoiding: avoiding)
+            let candidates = route.pick(now: Exchange.now(), random: &loop.random, avoiding: avoiding, subset: exchange.subset)
             guard !candidates.isEmpty else {
                 finishExchange()
                 if case .connecting(_, _, let ended) = state {

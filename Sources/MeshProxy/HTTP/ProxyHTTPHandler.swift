@@ -187,7 +187,8 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             respondDenied(code: code, requestID: requestID, context: context)
         case .respond(let status, let code, let message):
             respondLocally(status, code: code, message: message, context: context)
-        case .forward(let candidates, var forwardHead):
+        case .forward(let candidates, var forwardHead, let subset):
+            exchange.subset = subset
             if let span = exchange.span, let tracer = loopState.tracer?.tracer {
                 // The next hop (the peer proxy, or the app) continues this span's trace.
                 tracer.inject(span.context, into: &forwardHead.headers, using: HTTPHeadersInjector())

@@ -9,7 +9,8 @@ import NIOPosix
 enum RouteDecision {
     /// Forward `head` to the first candidate that accepts a connection (a candidate is only
     /// tried after the previous one failed to connect, so the request is never sent twice).
-    case forward(candidates: [UpstreamKey], head: HTTPRequestHead)
+    /// `subset`: the instance labels a route or split chose (outbound); retries stay in it.
+    case forward(candidates: [UpstreamKey], head: HTTPRequestHead, subset: [String: String]? = nil)
     /// Answer locally, e.g. 503 for an unknown service; `code` goes in `x-mesh-error`.
     case respond(HTTPResponseStatus, code: String, message: String)
     /// 403 by policy: the decision code and a correlation id go to the caller, the details

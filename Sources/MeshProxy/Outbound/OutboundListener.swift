@@ -66,11 +66,17 @@ enum OutboundListener {
         if let reason = route.overloaded() {
             return .respond(.serviceUnavailable, code: "overloaded", message: reason)
         }
-        let candidates = route.pick(now: Exchange.now(), random: &state.random)
+        let subset = route.subset(for: head, random: &state.random)
+        let candidates = route.pick(now: Exchange.now(), random: &state.random, subset: subset)
+        if candidates.isEmpty {
+            let wanted = subset.map { " with labels " + $0.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",") } ?? ""
+            return .respond(.serviceUnavailable, code: "no-endpoints",
+                            message: "no instance of '\(service)'\(wanted) can take the request now (routes, split or circuit breaker of its TrafficPolicy)")
+        }
         var head = head
         ProxyHeaders.stripHopByHop(&head.headers)
         ProxyHeaders.removePeerIdentity(&head.headers)
-        return .forward(candidates: candidates, head: head)
+        return .forward(candidates: candidates, head: head, subset: subset)
     }
 
     /// `api`, `api:8080`, `API.` → `api`.
