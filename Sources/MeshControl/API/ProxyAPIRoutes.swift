@@ -151,9 +151,8 @@ struct ProxyAPIRoutes: Sendable {
     private func reportTap(_ request: APIRequest) async throws -> APIResponse {
         let (_, service) = try caller(request)
         let batch = try request.decode(TapBatch.self)
-        guard batch.events.count <= 1000 else { throw MeshError(.invalidRequest, "send at most 1000 tapped requests at once") }
-        guard batch.events.allSatisfy(\.isPlausible) else {
-            throw MeshError(.invalidRequest, "a tapped request is out of bounds (names, sizes or characters)")
+        guard batch.events.count <= 1000, batch.skipped <= 1 << 32, batch.dropped <= 1 << 32 else {
+            throw MeshError(.invalidRequest, "send at most 1000 tapped requests at once, with counts below 2^32")
         }
         guard batch.events.allSatisfy({ event in
             (event.direction == "inbound" && event.destination == service.rawValue)
@@ -164,7 +163,13 @@ struct ProxyAPIRoutes: Sendable {
         guard await registry.current.instances[batch.instanceID]?.service == service else {
             throw MeshError(.forbidden, "instance \(batch.instanceID) is not a registered instance of \(service)")
         }
-        await taps.publish(batch, from: service)
+        // A proxy still sampling on its lease after the tap ended: nothing to do.
+        guard await taps.isTapped(service) else { return .json(["ok": true]) }
+        // An event out of bounds is dropped and counted, not the whole batch with it.
+        var checked = batch
+        checked.events = batch.events.filter(\.isPlausible)
+        checked.dropped += UInt64(batch.events.count - checked.events.count)
+        await taps.publish(checked, from: service)
         return .json(["ok": true])
     }
 

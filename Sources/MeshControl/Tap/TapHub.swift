@@ -71,8 +71,9 @@ public actor TapHub {
         pushOrders(for: session.service)
     }
 
-    /// The tap orders for one proxy's watch stream: the current set at once (even when
-    /// empty, so that a reconnecting proxy stops a tap that ended meanwhile), then every change.
+    /// The tap orders for one proxy's watch stream: the current set at once when there is a
+    /// tap (a proxy that reconnects after a tap ended stops by its lease, 30 s), then every
+    /// change. Untapped services' proxies never get a tap message.
     func orders(for service: ServiceName) -> AsyncStream<[TapOrder]> {
         let (stream, continuation) = AsyncStream<[TapOrder]>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let id = UUID()
@@ -80,7 +81,8 @@ public actor TapHub {
         continuation.onTermination = { [weak self] _ in
             Task { await self?.removeWatcher(id) }
         }
-        continuation.yield(orders(of: service))
+        let current = orders(of: service)
+        if !current.isEmpty { continuation.yield(current) }
         return stream
     }
 
@@ -122,8 +124,9 @@ public actor TapHub {
     /// each session of the service gets the events its filter asks for.
     func publish(_ batch: TapBatch, from service: ServiceName) {
         for (id, session) in sessions where session.service == service {
-            sessions[id]?.skipped += batch.skipped
-            sessions[id]?.dropped += batch.dropped
+            // Counts come from the proxy: added without ever trapping.
+            sessions[id]?.skipped = session.skipped.addingReportingOverflow(batch.skipped).overflow ? .max : session.skipped + batch.skipped
+            sessions[id]?.dropped = session.dropped.addingReportingOverflow(batch.dropped).overflow ? .max : session.dropped + batch.dropped
             for var event in batch.events
             where session.order.matches(source: event.source, destination: event.destination, method: event.method, path: event.path) {
                 guard var current = sessions[id] else { break }

@@ -93,7 +93,7 @@ public struct TapEvent: Codable, Sendable, Equatable {
             text == "unknown" || text == "other" || text == "unauthenticated" || (try? ServiceName(text)) != nil
         }
         func isPrintable(_ text: String, max: Int) -> Bool {
-            text.utf8.count <= max && text.unicodeScalars.allSatisfy { $0.value >= 0x20 && $0.value != 0x7F }
+            text.utf8.count <= max && text.unicodeScalars.allSatisfy { $0.value >= 0x20 && !(0x7F...0x9F).contains($0.value) }
         }
         return type == "request" && ["inbound", "outbound"].contains(direction) && isName(source) && isName(destination)
             && isPrintable(sourceIdentity, max: 512) && isPrintable(method, max: 32) && isPrintable(path, max: 512)

@@ -1,3 +1,11 @@
+/// What a service's route keeps across registry updates (routes are rebuilt on every one):
+/// the retry budget, requests waiting for a connection, the round-robin position.
+final class RouteCounters {
+    let budget = RetryBudget()
+    var pending = 0
+    var nextRoundRobin = 0
+}
+
 /// How many retries a service's callers may add on this loop (Linkerd's retry budget): at
 /// most `percent` of the requests of the last 10 s, plus `minPerSecond` a second so that a
 /// quiet service can still retry. A failing service thus gets at most 1.2× its traffic from
@@ -24,7 +32,8 @@ final class RetryBudget {
     /// Takes one retry from the budget if there is room.
     func withdraw(now: UInt64, percent: Int, minPerSecond: Int) -> Bool {
         let current = slot(now)
-        let oldest = now / 1_000_000_000 - 9
+        let second = now / 1_000_000_000
+        let oldest = second >= 9 ? second - 9 : 0
         var requests = 0
         var retries = 0
         for entry in window where entry.second >= oldest {

@@ -16,20 +16,27 @@ final class ServiceRoute {
     let labels: [[String: String]]
     let policy: TrafficPolicy.Effective
     /// Carried over when the route is rebuilt on a registry update.
-    let budget: RetryBudget
-    private let index: [UpstreamKey: Int]
-    private var nextRoundRobin = 0
+    let counters: RouteCounters
+    var budget: RetryBudget { counters.budget }
     /// Requests waiting for a connection to this service (circuit breaking).
-    var pending = 0
+    var pending: Int {
+        get { counters.pending }
+        set { counters.pending = newValue }
+    }
+    private var nextRoundRobin: Int {
+        get { counters.nextRoundRobin }
+        set { counters.nextRoundRobin = newValue }
+    }
+    private let index: [UpstreamKey: Int]
 
     init(service: ServiceName, keys: [UpstreamKey], stats: [EndpointStats], labels: [[String: String]] = [],
-         policy: TrafficPolicy.Effective, budget: RetryBudget = RetryBudget()) {
+         policy: TrafficPolicy.Effective, counters: RouteCounters = RouteCounters()) {
         self.service = service
         self.keys = keys
         self.stats = stats
         self.labels = labels.count == keys.count ? labels : Array(repeating: [:], count: keys.count)
         self.policy = policy
-        self.budget = budget
+        self.counters = counters
         index = Dictionary(keys.enumerated().map { ($1, $0) }, uniquingKeysWith: { first, _ in first })
     }
 

@@ -266,7 +266,7 @@ final class LoopState {
             }
             routes[service] = ServiceRoute(service: service, keys: keys, stats: stats, labels: labels,
                                            policy: snapshot.policies.traffic(for: service),
-                                           budget: self.routes[service]?.budget ?? RetryBudget())
+                                           counters: self.routes[service]?.counters ?? RouteCounters())
         }
         endpointStats = kept
         self.routes = routes

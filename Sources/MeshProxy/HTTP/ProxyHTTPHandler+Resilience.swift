@@ -65,6 +65,8 @@ extension ProxyHTTPHandler {
             finishExchange()
             state = ended ? .idle : .discarding
             if ended { headerTimer?.awaitNextRequest() }
+            // Reading may be paused on a full pending body: the rest must still be read (and dropped).
+            resumeReading(context)
             writeLocalResponse(.gatewayTimeout, code: kind, message: message, context: context)
         case .forwarding(let upstream, let ended, let started):
             if started {
@@ -140,6 +142,7 @@ extension ProxyHTTPHandler {
                     state = ended ? .idle : .discarding
                     if ended { headerTimer?.awaitNextRequest() }
                 }
+                resumeReading(channelContext)
                 writeLocalResponse(.serviceUnavailable, code: "no-endpoints",
                                    message: "service '\(route.service)' has no endpoints left to retry on", context: channelContext)
                 return

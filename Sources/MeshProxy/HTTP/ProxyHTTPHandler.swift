@@ -110,11 +110,14 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         case .forwarding(let upstream, _, _):
             upstream.handler.responder = nil
             upstream.channel.close(promise: nil)
-            // The caller gave up (or timed out): recorded with status 0, a failure.
+            // The caller gave up (or timed out): recorded with status 0, a failure — of the
+            // exchange, not of the endpoint, which outlier detection must not blame.
+            releaseEndpoint()
             exchange.status = 0
             recordExchange()
             finishExchange()
         case .connecting:
+            releaseEndpoint()
             exchange.status = 0
             recordExchange()
             finishExchange()
@@ -224,9 +227,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             loopState.inFlight += 1
             if let policy = exchange.route?.policy, policy.faultDelaySeconds > 0, loopState.random.chance(policy.faultDelayPercent / 100) {
                 // Fault injection: the request waits before it goes out (timeouts run meanwhile).
-                let serial = self.serial
+                let (serial, attempt) = (self.serial, exchange.attempt)
                 context.eventLoop.scheduleTask(in: .nanoseconds(Int64(policy.faultDelaySeconds * 1e9))) { [self] in
-                    guard self.serial == serial, case .connecting = state, let loop = self.loopState else { return }
+                    guard self.serial == serial, exchange.attempt == attempt, case .connecting = state, let loop = self.loopState else { return }
                     connect(candidates[...], loopState: loop)
                 }
             } else {
@@ -237,6 +240,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
 
     func connect(_ candidates: ArraySlice<UpstreamKey>, loopState: LoopState, fresh: Bool = false) {
         guard let key = candidates.first else { return }
+        exchange.lastKey = key
         // The endpoint counts the request from now on (balancer load, circuit breaker).
         if let stats = exchange.route?.stats(for: key), exchange.endpoint !== stats {
             exchange.endpoint?.inFlight -= 1
@@ -317,6 +321,8 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                retry("status-\(head.status.code)", upstream: upstream) {
                 return
             }
+            // The timeouts run until the response starts: a long body is not cut.
+            cancelTimers()
             let upstreamKeepAlive = head.isKeepAlive
             ProxyHeaders.stripHopByHop(&head.headers)
             exchange.responseHead = Exchange.now()
@@ -379,7 +385,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     // MARK: - Helpers
 
     /// Lifts a read pause set while the upstream connection was being made.
-    private func resumeReading(_ context: ChannelHandlerContext) {
+    func resumeReading(_ context: ChannelHandlerContext) {
         guard readPaused else { return }
         readPaused = false
         context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
@@ -406,6 +412,12 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         loopState?.inFlight -= 1
         // Still open here: the upstream closed before the exchange was recorded.
         settleEndpoint(failed: true)
+    }
+
+    /// Gives the endpoint its request back without an outcome (the caller went away).
+    func releaseEndpoint() {
+        exchange.endpoint?.inFlight -= 1
+        exchange.endpoint = nil
     }
 
     /// Tells the balancer how the endpoint did (once per exchange).
