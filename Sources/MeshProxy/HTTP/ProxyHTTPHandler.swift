@@ -47,6 +47,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     /// over finds a different number and does nothing.
     var serial: UInt64 = 0
     var requestTimer: Scheduled<Void>?
+    /// Close once the current request's end has been read (see ``closeWhenRequestRead``).
+    var closeOnRequestEnd = false
+    private var discardedBytes = 0
     var tryTimer: Scheduled<Void>?
     /// Reading was paused because the pending body reached its limit.
     private var readPaused = false
@@ -100,6 +103,14 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         case (.discarding, .end):
             state = .idle
             headerTimer?.awaitNextRequest()
+            if closeOnRequestEnd {
+                closeOnRequestEnd = false
+                context.close(promise: nil)
+            }
+        case (.discarding, .body(let chunk)) where closeOnRequestEnd:
+            // Waiting for the end only to close politely: not for long.
+            discardedBytes += chunk.readableBytes
+            if discardedBytes > 1 << 20 { context.close(promise: nil) }
         case (.discarding, _):
             break
         }
@@ -351,7 +362,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             if requestEnded { headerTimer?.awaitNextRequest() }
             let closeAfter = !keepAlive
             context.writeAndFlush(wrapOutboundOut(.end(trailers))).whenComplete { _ in
-                if closeAfter { context.close(promise: nil) }
+                if closeAfter { self.closeWhenRequestRead(context) }
             }
         case .closed:
             if !started, requestEnded, upstream.uses > 1, !replayed, let parts = replay, let loopState {
@@ -383,6 +394,20 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     }
 
     // MARK: - Helpers
+
+    /// Closes a `Connection: close` connection after its response — once the request has
+    /// been read to its end: closing while the client still sends makes its kernel reset the
+    /// connection, and the client may lose the response it was about to read. The rest of the
+    /// request is discarded as it comes (the connection's idle timer bounds a client that
+    /// never finishes).
+    func closeWhenRequestRead(_ context: ChannelHandlerContext) {
+        if case .discarding = state {
+            closeOnRequestEnd = true
+            resumeReading(context)
+        } else {
+            context.close(promise: nil)
+        }
+    }
 
     /// Lifts a read pause set while the upstream connection was being made.
     func resumeReading(_ context: ChannelHandlerContext) {
@@ -462,7 +487,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         let closeAfter = !keepAlive
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
-            if closeAfter { context.close(promise: nil) }
+            if closeAfter { self.closeWhenRequestRead(context) }
         }
     }
 
