@@ -12,6 +12,9 @@ struct ProxyCommand: AsyncParsableCommand {
         discussion: """
             With a control plane: --service, --app, --inbound, --outbound, --admin, --control, --ca-file and a join token.
             Standalone (your own PKI, no control plane): --config FILE.yaml; see README "Static mode".
+            After --, a command to run as the app once the proxy is ready (no startup race); the proxy then \
+            exits with the app's exit code (jobs end), and stops the app (SIGTERM) when it is stopped itself. \
+            The app gets MESH_SERVICE, MESH_OUTBOUND (its proxy's outbound address) and MESH_ADMIN.
             """)
 
     @Option(help: "Static configuration file (YAML): identity from PEM files, endpoints listed in the file.")
@@ -97,6 +100,9 @@ struct ProxyCommand: AsyncParsableCommand {
         if let threads, !(1...64).contains(threads) { throw ValidationError("--threads must be between 1 and 64") }
     }
 
+    @Argument(parsing: .postTerminator, help: "The app to start once the proxy is ready (after --).")
+    var command: [String] = []
+
     func run() async throws {
         LoggingSetup.bootstrap(level: logLevel)
         var sidecarConfig = try config.map { try StaticConfigFile.load(path: $0) } ?? controlPlaneConfiguration()
@@ -115,11 +121,42 @@ struct ProxyCommand: AsyncParsableCommand {
         sidecarConfig.limits.requestHeaderTimeout = .milliseconds(Int64(requestHeaderTimeout.seconds * 1000))
         let name = sidecarConfig.service
         let sidecar = Sidecar(configuration: sidecarConfig, logger: Logger(label: "mesh.proxy.\(name)"))
+        let command = self.command
+        let appExit = AppExit()
         try await SignalScope.run {
-            try await sidecar.run { addresses in
-                say("mesh proxy ready: service=\(name) inbound=\(addresses.inbound) outbound=\(addresses.outbound) admin=\(addresses.admin)")
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                let ready = AsyncStream<Sidecar.Addresses>.makeStream(bufferingPolicy: .bufferingNewest(1))
+                group.addTask {
+                    try await sidecar.run { addresses in
+                        say("mesh proxy ready: service=\(name) inbound=\(addresses.inbound) outbound=\(addresses.outbound) admin=\(addresses.admin)")
+                        ready.continuation.yield(addresses)
+                        ready.continuation.finish()
+                    }
+                }
+                if !command.isEmpty {
+                    group.addTask {
+                        var iterator = ready.stream.makeAsyncIterator()
+                        guard let addresses = await iterator.next() else { return }
+                        var environment = ProcessInfo.processInfo.environment
+                        environment["MESH_SERVICE"] = name.rawValue
+                        environment["MESH_OUTBOUND"] = addresses.outbound.description
+                        environment["MESH_ADMIN"] = addresses.admin.description
+                        let code = try await AppProcess(command: command, environment: environment).run()
+                        appExit.set(code)
+                        // The app is done (a job, or it failed): the proxy leaves and drains.
+                        throw AppFinished()
+                    }
+                }
+                do {
+                    try await group.next()
+                } catch is AppFinished {
+                    // Handled below: the proxy stops and exits with the app's code.
+                }
+                group.cancelAll()
+                while let _ = try? await group.next() {}
             }
         }
+        if let code = appExit.value, code != 0 { throw ExitCode(code) }
     }
 
     private func controlPlaneConfiguration() throws -> Sidecar.Configuration {
@@ -136,4 +173,15 @@ struct ProxyCommand: AsyncParsableCommand {
         config.labels = try Labels(parsing: labels)
         return config
     }
+}
+
+/// The app ended; the proxy stops.
+private struct AppFinished: Error {}
+
+/// The app's exit code, once it has exited.
+private final class AppExit: @unchecked Sendable {
+    private let lock = NSLock()
+    private var code: Int32?
+    func set(_ value: Int32) { lock.withLock { code = value } }
+    var value: Int32? { lock.withLock { code } }
 }
