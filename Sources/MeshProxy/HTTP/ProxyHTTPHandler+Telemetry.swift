@@ -1,0 +1,90 @@
+import MeshCore
+import MeshTelemetry
+import NIOCore
+import NIOHTTP1
+import Tracing
+
+/// What the handler records of each exchange: metrics, access log, `mesh top` and `mesh tap`
+/// samples, the balancer's outcome, the span, and the hop-timing header between proxies.
+extension ProxyHTTPHandler {
+    /// Counts, times, logs and traces the finished exchange.
+    func recordExchange() {
+        cancelTimers()
+        leavePending()
+        exchange.record(accessLog: loopState?.accessLog)
+        settleEndpoint(failed: exchange.status >= 500 || exchange.status == 0)
+        if let top = exchange.topPath, let loopState {
+            loopState.topPaths.add(method: top.method, path: top.path, status: exchange.status,
+                                   latencyMs: Double(exchange.duration) / 1e6)
+        }
+        if let tap = loopState?.tap, let log = exchange.log, let labels = exchange.edge?.labels {
+            let now = Exchange.now()
+            let source = labels.direction == .inbound && !labels.tls ? "unauthenticated" : labels.sourceService
+            if tap.isOn(now), tap.wants(source: source, destination: labels.destinationService, method: log.method, path: log.path) {
+                tap.offer(now: now) { exchange.tapEvent(labels, log) }
+            }
+        }
+    }
+
+    func keepDetails(_ head: HTTPRequestHead) {
+        let target = head.uri.prefix { $0 != "?" }
+        exchange.log = Exchange.LogContext(
+            method: head.method.rawValue, path: String(target.prefix(1024)), traceID: Exchange.traceID(of: head.headers),
+            sourceAddress: direction == .inbound ? info.remoteAddress?.ipAddress : nil)
+        info.lastDecision = nil
+    }
+
+    /// Decides whether this request is traced here, and starts this hop's span if so: a
+    /// trusted caller's decision (W3C, or B3 turned into W3C) is kept; a new trace is sampled
+    /// with the configured ratio. An unsampled request gets no span: its caller's context
+    /// goes on unchanged, or a new unsampled one is sent on, so that the next hops agree.
+    func trace(_ head: HTTPRequestHead, tracer meshTracer: MeshTracer, loopState: LoopState) {
+        // A plaintext caller from outside the mesh may not decide what is sampled (a forced
+        // sampled flag would make the proxy trace everything): its context is ignored.
+        let trusted = direction == .outbound || info.peer != nil
+        var parent: String?
+        if trusted {
+            parent = head.headers.first(name: "traceparent").flatMap { TraceParent.sampled($0) == nil ? nil : $0 }
+                ?? B3.traceparent(from: head.headers)
+        }
+        let tracer = meshTracer.tracer
+        var context = ServiceContext.topLevel
+        if let parent, let sampled = TraceParent.sampled(parent) {
+            guard sampled else { return }
+            tracer.extract(HTTPHeaders([("traceparent", parent)] + head.headers["tracestate"].prefix(1).map { ("tracestate", $0) }),
+                           into: &context, using: HTTPHeadersExtractor())
+        } else if !loopState.random.chance(meshTracer.samplingRatio) {
+            let fresh = loopState.random.unsampledParent()
+            exchange.unsampledParent = fresh.header
+            exchange.log?.traceID = fresh.traceID
+            return
+        }
+        if exchange.log == nil { keepDetails(head) }
+        let span = tracer.startSpan(head.method.rawValue, context: context, ofKind: direction == .inbound ? .server : .client)
+        exchange.span = span
+        if parent == nil {
+            // A new trace: the access log shows its id, not the untrusted caller's.
+            var scratch = HTTPHeaders()
+            tracer.inject(span.context, into: &scratch, using: HTTPHeadersInjector())
+            exchange.log?.traceID = Exchange.traceID(of: scratch)
+        }
+    }
+
+    /// Inbound: replaces whatever timing header the app sent with this proxy's own report,
+    /// for mesh callers only. Outbound: takes the peer's report off the response (the app
+    /// never sees it) for the hop attribution.
+    func exchangeTiming(_ headers: inout HTTPHeaders) {
+        switch direction {
+        case .inbound:
+            headers.remove(name: HopTiming.header)
+            guard info.peer != nil, exchange.upstreamStart > 0 else { return }
+            let timing = HopTiming(appNanos: exchange.responseHead &- exchange.upstreamStart,
+                                   proxyNanos: exchange.upstreamStart &- exchange.start)
+            headers.add(name: HopTiming.header, value: timing.headerValue)
+        case .outbound:
+            guard let value = headers.first(name: HopTiming.header) else { return }
+            exchange.peer = HopTiming(headerValue: value)
+            headers.remove(name: HopTiming.header)
+        }
+    }
+}
