@@ -5,7 +5,6 @@ import MeshControl
 import MeshCore
 import MeshProxy
 import MeshTransport
-import NIOConcurrencyHelpers
 import NIOPosix
 
 /// `mesh demo`: a whole mesh on loopback in one process — control plane on its embedded
@@ -183,40 +182,5 @@ struct DemoRun: Sendable {
         }
         // Keep the group alive when the loop is off.
         while !Task.isCancelled { try await Task.sleep(for: .seconds(3600)) }
-    }
-}
-
-/// A value that becomes available once (an address after a listener is up).
-final class Ready<Value: Sendable>: Sendable {
-    private let state = NIOLockedValueBox<(value: Value?, waiters: [CheckedContinuation<Value, Error>])>((nil, []))
-
-    func fail(_ error: Error) {
-        let waiters = state.withLockedValue { state -> [CheckedContinuation<Value, Error>] in
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        waiters.forEach { $0.resume(throwing: error) }
-    }
-
-    func set(_ value: Value) {
-        let waiters = state.withLockedValue { state -> [CheckedContinuation<Value, Error>] in
-            state.value = value
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        waiters.forEach { $0.resume(returning: value) }
-    }
-
-    func peek() -> Value? { state.withLockedValue { $0.value } }
-
-    func wait() async throws -> Value {
-        try await withCheckedThrowingContinuation { continuation in
-            let value = state.withLockedValue { state -> Value? in
-                if let value = state.value { return value }
-                state.waiters.append(continuation)
-                return nil
-            }
-            if let value { continuation.resume(returning: value) }
-        }
     }
 }

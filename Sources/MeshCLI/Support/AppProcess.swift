@@ -63,43 +63,25 @@ struct AppError: Error, CustomStringConvertible {
 }
 
 /// Waits for one child on a thread of its own (waitpid blocks) and hands its exit code over.
-private final class ExitWatch: @unchecked Sendable {
-    private let lock = NSLock()
-    private var code: Int32?
-    private var waiters: [CheckedContinuation<Int32, Never>] = []
+private final class ExitWatch: Sendable {
+    private let code = Ready<Int32>()
 
     init(pid: pid_t) {
-        let thread = Thread { [self] in
+        let code = self.code
+        Thread {
             var status: Int32 = 0
             var result: pid_t
             repeat { result = waitpid(pid, &status, 0) } while result == -1 && errno == EINTR
             // WIFEXITED / WEXITSTATUS / WTERMSIG, spelled out (they are C macros).
             let signal = status & 0x7F
-            let code: Int32 = result == -1 ? 1 : signal == 0 ? (status >> 8) & 0xFF : 128 + signal
-            self.finish(code)
-        }
-        thread.start()
+            code.set(result == -1 ? 1 : signal == 0 ? (status >> 8) & 0xFF : 128 + signal)
+        }.start()
     }
 
-    var hasExited: Bool { lock.withLock { code != nil } }
-
-    private func finish(_ value: Int32) {
-        let waiting = lock.withLock { () -> [CheckedContinuation<Int32, Never>] in
-            code = value
-            defer { waiters = [] }
-            return waiters
-        }
-        waiting.forEach { $0.resume(returning: value) }
-    }
+    var hasExited: Bool { code.peek() != nil }
 
     func wait() async -> Int32 {
-        await withCheckedContinuation { continuation in
-            let done = lock.withLock { () -> Int32? in
-                if let code { return code }
-                waiters.append(continuation)
-                return nil
-            }
-            if let done { continuation.resume(returning: done) }
-        }
+        // `Ready` fails only through `fail`, which is never called here.
+        (try? await code.wait()) ?? 1
     }
 }

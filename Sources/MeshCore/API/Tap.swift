@@ -93,7 +93,7 @@ public struct TapEvent: Codable, Sendable, Equatable {
             text == "unknown" || text == "other" || text == "unauthenticated" || (try? ServiceName(text)) != nil
         }
         func isPrintable(_ text: String, max: Int) -> Bool {
-            text.utf8.count <= max && text.unicodeScalars.allSatisfy { $0.value >= 0x20 && !(0x7F...0x9F).contains($0.value) }
+            text.utf8.count <= max && !text.unicodeScalars.contains(where: Self.isControl)
         }
         return type == "request" && ["inbound", "outbound"].contains(direction) && isName(source) && isName(destination)
             && isPrintable(sourceIdentity, max: 512) && isPrintable(method, max: 32) && isPrintable(path, max: 512)
@@ -101,6 +101,29 @@ public struct TapEvent: Codable, Sendable, Equatable {
             && (hopsMs ?? [:]).count <= 4 && (hopsMs ?? [:]).allSatisfy({ isPrintable($0.key, max: 16) && $0.value.isFinite && $0.value >= 0 })
             && [decision, policy, requestID, traceID].allSatisfy({ $0.map { isPrintable($0, max: 256) } ?? true })
             && requestBytes >= 0 && responseBytes >= 0
+    }
+}
+
+extension TapEvent {
+    /// C0 and C1 control characters and DEL: never in a tapped field (they would reach an
+    /// operator's terminal).
+    public static func isControl(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value)
+    }
+
+    /// `text` as a tapped field may hold it: control characters replaced by `?`, cut to
+    /// `maxBytes` of UTF-8 on a character boundary (the HTTP parser lets tabs and bytes above
+    /// 0x7F through in a request target).
+    public static func printable(_ text: String, maxBytes: Int) -> String {
+        var out = ""
+        var bytes = 0
+        for scalar in text.unicodeScalars {
+            let safe: Unicode.Scalar = isControl(scalar) ? "?" : scalar
+            guard bytes + UTF8.width(safe) <= maxBytes else { break }
+            out.unicodeScalars.append(safe)
+            bytes += UTF8.width(safe)
+        }
+        return out
     }
 }
 

@@ -75,30 +75,14 @@ final class TapSampler {
 }
 
 extension Exchange {
-    /// `text` with control characters replaced and cut to `maxBytes` of UTF-8 on a character
-    /// boundary: what the control plane accepts (the HTTP parser lets tabs and any byte above
-    /// 0x7F through in a request target).
-    static func printable(_ text: String, maxBytes: Int) -> String {
-        var out = ""
-        var bytes = 0
-        for scalar in text.unicodeScalars {
-            let safe: Unicode.Scalar = scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) ? "?" : scalar
-            let size = UTF8.width(safe)
-            guard bytes + size <= maxBytes else { break }
-            out.unicodeScalars.append(safe)
-            bytes += size
-        }
-        return out
-    }
-
     /// This exchange as a line of `mesh tap`.
     func tapEvent(_ labels: EdgeLabels, _ log: LogContext) -> TapEvent {
         let plaintextCaller = labels.direction == .inbound && !labels.tls
         var event = TapEvent(
             at: Date(), direction: labels.direction.rawValue,
             source: plaintextCaller ? "unauthenticated" : labels.sourceService, sourceIdentity: labels.sourceIdentity,
-            destination: labels.destinationService, method: Self.printable(log.method, maxBytes: 32),
-            path: Self.printable(log.path, maxBytes: 512), status: status,
+            destination: labels.destinationService, method: TapEvent.printable(log.method, maxBytes: 32),
+            path: TapEvent.printable(log.path, maxBytes: 512), status: status,
             tls: labels.tls, durationMs: Double(duration) / 1e6, requestBytes: requestBytes, responseBytes: responseBytes)
         event.decision = log.decision
         event.policy = log.policy
