@@ -16,10 +16,20 @@ public struct ServiceInstance: Hashable, Sendable, Codable {
     /// The inbound mTLS mode of the instance's proxy flag (`strict`/`permissive`); a
     /// ServiceDefaults resource overrides it. Nil from proxies that do not report it.
     public var mtls: String?
+    /// What the app behind the instance speaks: `http` (HTTP, the default when nil) or `tcp`
+    /// (opaque: relayed byte for byte, never sniffed — for server-first protocols and
+    /// databases such as PostgreSQL). Callers' proxies skip protocol detection for `tcp`.
+    public var appProtocol: String?
+    /// The app's health as the instance's own proxy last checked it (`--health-check`); nil
+    /// when not checked. No proxy sends traffic to an instance whose app is unhealthy.
+    public var appHealthy: Bool?
 
     public init(id: String, service: ServiceName, address: String, inboundPort: Int, labels: Labels,
-                lastHeartbeat: Date, certificateExpiry: Date?, mtls: String? = nil) {
+                lastHeartbeat: Date, certificateExpiry: Date?, mtls: String? = nil, appProtocol: String? = nil,
+                appHealthy: Bool? = nil) {
         self.mtls = mtls
+        self.appProtocol = appProtocol
+        self.appHealthy = appHealthy
         self.id = id
         self.service = service
         self.address = address
@@ -30,6 +40,10 @@ public struct ServiceInstance: Hashable, Sendable, Codable {
     }
 
     public var endpoint: HostPort { HostPort(host: address, port: inboundPort) }
+    /// Whether the instance takes traffic: not when its proxy reports its app unhealthy.
+    public var servesTraffic: Bool { appHealthy != false }
+    /// Whether the app is declared opaque TCP (`appProtocol: tcp`).
+    public var isOpaque: Bool { appProtocol == "tcp" }
 }
 
 /// An immutable view of the whole registry at one version. Proxies hold one and swap it whole

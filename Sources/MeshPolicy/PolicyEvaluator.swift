@@ -18,6 +18,10 @@ public struct RequestAttributes: Sendable {
     public var path: String?
     /// Lowercased names.
     public var headers: [String: [String]]
+    /// An opaque TCP stream (raw TCP through the mesh): there will never be HTTP attributes,
+    /// so a deny rule's HTTP conditions apply to the whole connection (as Istio does for
+    /// TCP), and an allow rule that needs them never matches. Fail closed either way.
+    public var opaque = false
     public var now: Date
 
     public init(destination: ServiceName, destinationLabels: [String: String] = [:], callerIdentity: String?,
@@ -128,7 +132,7 @@ public struct PolicyEvaluator: Sendable {
                 reasons.append("rule \(index + 1): \(miss)")
                 continue
             }
-            if let miss = missTo(rule.to, request) {
+            if let miss = missTo(rule.to, request, deny: policy.action == .deny) {
                 reasons.append("rule \(index + 1): \(miss)")
                 continue
             }
@@ -174,20 +178,25 @@ public struct PolicyEvaluator: Sendable {
         return nil
     }
 
-    private func missTo(_ operations: [AuthorizationPolicy.Operation], _ request: RequestAttributes) -> String? {
+    private func missTo(_ operations: [AuthorizationPolicy.Operation], _ request: RequestAttributes, deny: Bool) -> String? {
         guard !operations.isEmpty else { return nil }
         var misses: [String] = []
         for operation in operations {
-            if let miss = missOperation(operation, request) { misses.append(miss) } else { return nil }
+            if let miss = missOperation(operation, request, deny: deny) { misses.append(miss) } else { return nil }
         }
         return "request " + misses.joined(separator: " / ")
     }
 
-    private func missOperation(_ operation: AuthorizationPolicy.Operation, _ request: RequestAttributes) -> String? {
+    private func missOperation(_ operation: AuthorizationPolicy.Operation, _ request: RequestAttributes, deny: Bool) -> String? {
         if !operation.ports.isEmpty && !operation.ports.contains(request.port) {
             return "port \(request.port) is not \(operation.ports.map(String.init).joined(separator: " or "))"
         }
         if operation.isL7 && !request.isL7 {
+            if request.opaque {
+                // A deny rule's methods/paths/headers cannot be checked on raw TCP: the
+                // whole stream is denied. An allow rule that needs them cannot allow it.
+                return deny ? nil : "needs HTTP attributes, and this is an opaque TCP stream"
+            }
             return "needs HTTP attributes (decided per request)"
         }
         if !operation.methods.isEmpty {

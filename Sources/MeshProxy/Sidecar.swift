@@ -61,6 +61,12 @@ public struct Sidecar: Sendable {
         public var traceSampling = 0.01
         /// Request metrics on `/metrics` (on by default; off only to measure their cost).
         public var metricsEnabled = true
+        /// What the app speaks: `http` (the default) or `tcp` (opaque: relayed byte for byte,
+        /// authorized at L4; callers' proxies skip protocol detection).
+        public var appProtocol = "http"
+        /// Local ports bound to one service each (`--upstream db=127.0.0.1:15432`), for apps
+        /// that cannot name the service in a `Host` header (databases, raw TCP).
+        public var upstreams: [Upstream] = []
 
         public init(service: ServiceName, app: HostPort, inbound: HostPort, outbound: HostPort, admin: HostPort,
                     source: Source) {
@@ -73,11 +79,22 @@ public struct Sidecar: Sendable {
         }
     }
 
+    /// A local port bound to one service (`--upstream SERVICE=[HOST:]PORT`).
+    public struct Upstream: Sendable, Equatable {
+        public var service: ServiceName
+        public var listen: HostPort
+        public init(service: ServiceName, listen: HostPort) {
+            self.service = service
+            self.listen = listen
+        }
+    }
+
     /// Where a running sidecar listens (ports resolved).
     public struct Addresses: Sendable {
         public var inbound: HostPort
         public var outbound: HostPort
         public var admin: HostPort
+        public var upstreams: [Upstream] = []
     }
 
     public let configuration: Configuration
@@ -99,11 +116,14 @@ public struct Sidecar: Sendable {
         let logger = self.logger
         let install: @Sendable (SVID, TrustBundle) async -> Void = { svid, bundle in
             do {
-                let server = try MeshTLS.serverContext(svid: svid, bundle: bundle)
+                let server = try MeshTLS.serverContext(svid: svid, bundle: bundle,
+                                                       protocols: [MeshTLS.ALPN.http1, MeshTLS.ALPN.opaque])
                 let client = try MeshTLS.clientContext(svid: svid, bundle: bundle)
+                let opaque = try MeshTLS.clientContext(svid: svid, bundle: bundle, protocols: [MeshTLS.ALPN.opaque])
                 await states.update { state in
                     state.serverTLS = server
                     state.clientTLS = client
+                    state.clientOpaqueTLS = opaque
                     state.bundle = bundle
                 }
                 readiness.svidNotAfter = svid.notAfter
@@ -113,6 +133,9 @@ public struct Sidecar: Sendable {
         }
         guard let mode = InboundListener.MTLSMode(rawValue: config.mtlsMode) else {
             throw MeshError(.invalidRequest, "mTLS mode must be strict or permissive, not '\(config.mtlsMode)'")
+        }
+        guard let appProtocol = InboundListener.AppProtocol(rawValue: config.appProtocol) else {
+            throw MeshError(.invalidRequest, "the app protocol must be http or tcp, not '\(config.appProtocol)'")
         }
         let selfService = config.service
         let selfLabels = config.labels.values
@@ -144,7 +167,7 @@ public struct Sidecar: Sendable {
         switch config.source {
         case .controlPlane(let settings):
             source = try ControlPlaneSource(settings: settings, service: config.service, labels: config.labels,
-                                            mtlsMode: mode.rawValue, inboundHost: config.inbound.host, group: group, logger: logger, install: install)
+                                            mtlsMode: mode.rawValue, appProtocol: appProtocol.rawValue, inboundHost: config.inbound.host, group: group, logger: logger, install: install)
         case .staticFiles(let settings):
             source = try StaticSource(settings: settings, service: config.service, logger: logger, install: install)
         }
@@ -154,11 +177,20 @@ public struct Sidecar: Sendable {
         if mode == .permissive {
             logger.warning("inbound accepts plaintext callers (permissive mTLS); policies decide what they may do")
         }
-        let inbound = try await InboundListener.bind(config.inbound, app: config.app, group: group, states: states,
-                                                     limits: config.limits, logger: logger)
-        let outbound = try await OutboundListener.bind(config.outbound, trustDomain: source.trustDomain, group: group,
+        let inbound = try await InboundListener.bind(config.inbound, app: config.app, appProtocol: appProtocol, group: group,
+                                                     states: states, limits: config.limits, logger: logger)
+        let outbound = try await OutboundListener.bind(config.outbound, group: group,
                                                        states: states, limits: config.limits, logger: logger)
-        for (name, address) in [("outbound", config.outbound), ("admin", config.admin)] where !address.isLoopback {
+        var upstreamChannels: [Channel] = []
+        var boundUpstreams: [Upstream] = []
+        for upstream in config.upstreams {
+            let channel = try await UpstreamListener.bind(upstream, group: group, states: states, limits: config.limits, logger: logger)
+            upstreamChannels.append(channel)
+            boundUpstreams.append(Upstream(service: upstream.service,
+                                           listen: HostPort(host: upstream.listen.host, port: channel.localAddress?.port ?? upstream.listen.port)))
+        }
+        let exposed = [("outbound", config.outbound), ("admin", config.admin)] + config.upstreams.map { ("upstream \($0.service)", $0.listen) }
+        for (name, address) in exposed where !address.isLoopback {
             logger.warning("the \(name) listener is reachable beyond this host; keep it on loopback unless you mean it",
                            metadata: ["address": "\(address)"])
         }
@@ -169,7 +201,7 @@ public struct Sidecar: Sendable {
         }
         let addresses = Addresses(inbound: HostPort(host: config.inbound.host, port: inboundPort),
                                   outbound: HostPort(host: config.outbound.host, port: outbound.localAddress?.port ?? config.outbound.port),
-                                  admin: admin.localAddress)
+                                  admin: admin.localAddress, upstreams: boundUpstreams)
 
         // The exporter runs outside the task group that SIGTERM cancels: spans of requests that
         // finish while draining are still exported by the graceful shutdown below.
@@ -191,7 +223,7 @@ public struct Sidecar: Sendable {
         }
         // The run was cancelled (SIGTERM); shut down in a task of its own so that the
         // deregistration call is not itself cancelled.
-        let listeners = [inbound, outbound]
+        let listeners = [inbound, outbound] + upstreamChannels
         await Task {
             readiness.draining = true
             await source.stop()

@@ -83,6 +83,15 @@ public actor SQLiteStore: MeshStore {
             try await run("INSERT INTO schema_version (version) VALUES (3)")
             try await run("COMMIT")
         }
+        if current < 4 {
+            // What the app speaks (`--app-protocol`) and its health (`--health-check`).
+            try await run("BEGIN")
+            try await run("ALTER TABLE instances ADD COLUMN app_protocol TEXT")
+            try await run("ALTER TABLE instances ADD COLUMN app_healthy INTEGER")
+            try await run("DELETE FROM schema_version")
+            try await run("INSERT INTO schema_version (version) VALUES (4)")
+            try await run("COMMIT")
+        }
     }
 
     private func exclusive<T>(_ body: () async throws -> T) async throws -> T {
@@ -233,12 +242,14 @@ public actor SQLiteStore: MeshStore {
         try await exclusive {
             let labels = String(decoding: try JSONEncoder().encode(instance.labels), as: UTF8.self)
             try await run("""
-                INSERT OR REPLACE INTO instances (id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT OR REPLACE INTO instances (id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls,
+                                                  app_protocol, app_healthy)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """, [.text(instance.id), .text(instance.service.rawValue), .text(instance.address),
                       .integer(instance.inboundPort), .text(labels), .float(instance.lastHeartbeat.timeIntervalSince1970),
                       instance.certificateExpiry.map { .float($0.timeIntervalSince1970) } ?? .null,
-                      instance.mtls.map { .text($0) } ?? .null])
+                      instance.mtls.map { .text($0) } ?? .null, instance.appProtocol.map { .text($0) } ?? .null,
+                      instance.appHealthy.map { .integer($0 ? 1 : 0) } ?? .null])
         }
     }
 
@@ -250,7 +261,7 @@ public actor SQLiteStore: MeshStore {
 
     public func listInstances() async throws -> [ServiceInstance] {
         try await exclusive {
-            let rows = try await query("SELECT id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls FROM instances")
+            let rows = try await query("SELECT id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls, app_protocol, app_healthy FROM instances")
             return rows.compactMap { row in
                 guard let id = row.column("id")?.string,
                       let service = row.column("service")?.string.flatMap({ try? ServiceName($0) }),
@@ -262,7 +273,8 @@ public actor SQLiteStore: MeshStore {
                 return ServiceInstance(id: id, service: service, address: address, inboundPort: Int(port), labels: labels,
                                        lastHeartbeat: Date(timeIntervalSince1970: heartbeat),
                                        certificateExpiry: row.column("certificate_expiry")?.double.map { Date(timeIntervalSince1970: $0) },
-                                       mtls: row.column("mtls")?.string)
+                                       mtls: row.column("mtls")?.string, appProtocol: row.column("app_protocol")?.string,
+                                       appHealthy: row.column("app_healthy")?.integer.map { $0 != 0 })
             }
         }
     }

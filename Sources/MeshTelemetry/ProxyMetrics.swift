@@ -85,6 +85,28 @@ public final class ProxyMetrics: Sendable {
                 registry.makeCounter(descriptor: Self.descriptor("tcp_connections", "total", "TCP connections opened."), labels: labels))
     }
 
+    /// The series of opaque TCP streams (raw TCP through the mesh) on one edge: streams by
+    /// outcome (`opened`, `denied`, `connect-failed`), and bytes each way (`to-destination`:
+    /// what the caller sent; `from-destination`: what came back). Callers cache it per edge.
+    public func opaqueStreams(_ labels: EdgeLabels) -> OpaqueStreamMetrics {
+        let base = [("direction", labels.direction.rawValue), ("source_service", labels.sourceService),
+                    ("destination_service", labels.destinationService)]
+        func streams(_ outcome: String) -> Counter {
+            registry.makeCounter(descriptor: Self.descriptor("tcp_streams", "total",
+                                                             "Opaque TCP streams through the proxy, by outcome (opened, denied, connect-failed)."),
+                                 labels: base + [("outcome", outcome)])
+        }
+        func bytes(_ flow: String) -> Counter {
+            registry.makeCounter(descriptor: Self.descriptor("tcp_stream_bytes", "total",
+                                                             "Bytes relayed on opaque TCP streams, by flow (to-destination, from-destination)."),
+                                 labels: base + [("flow", flow)])
+        }
+        return OpaqueStreamMetrics(opened: streams("opened"), denied: streams("denied"), connectFailed: streams("connect-failed"),
+                                   open: registry.makeGauge(descriptor: Self.descriptor("tcp_streams_open", "", "Opaque TCP streams open now."),
+                                                            labels: base),
+                                   toDestination: bytes("to-destination"), fromDestination: bytes("from-destination"))
+    }
+
     /// TLS handshakes that failed, by direction and reason (``TLSFailureReason``).
     public func tlsHandshakeFailures(direction: Direction, reason: TLSFailureReason) -> Counter {
         registry.makeCounter(
@@ -246,4 +268,14 @@ final class NameCap: Sendable {
             return name
         }
     }
+}
+
+/// The series of opaque TCP streams on one edge (``ProxyMetrics/opaqueStreams(_:)``).
+public struct OpaqueStreamMetrics: Sendable {
+    public let opened: Counter
+    public let denied: Counter
+    public let connectFailed: Counter
+    public let open: Gauge
+    public let toDestination: Counter
+    public let fromDestination: Counter
 }

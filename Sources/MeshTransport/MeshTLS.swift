@@ -14,24 +14,30 @@ public enum MeshTLS {
     /// Server side of an mTLS hop (a proxy's inbound listener).
     /// - Parameter clientCertificate: `.required` for the data path; `.optional` for the control
     ///   plane's API, where a joining proxy has no SVID yet and authenticates with a token.
+    /// - Parameter protocols: the ALPN names offered; the caller's choice among them says what
+    ///   the connection carries (``ALPN``).
     public static func serverContext(svid: SVID, bundle: TrustBundle,
-                                     clientCertificate: ClientCertificateMode = .required) throws -> NIOSSLContext {
+                                     clientCertificate: ClientCertificateMode = .required,
+                                     protocols: [String] = [ALPN.http1]) throws -> NIOSSLContext {
         var config = TLSConfiguration.makeServerConfiguration(
             certificateChain: try svid.chain.map { .certificate(try nioCertificate($0)) },
             privateKey: .privateKey(try nioKey(svid.key)))
         apply(bundle: bundle, to: &config)
+        config.applicationProtocols = protocols
         config.certificateVerification = clientCertificate == .required ? .noHostnameVerification : .optionalVerification
         return try NIOSSLContext(configuration: config)
     }
 
     /// Client side of an mTLS hop. Without an SVID (a proxy's first join) no certificate is sent.
-    public static func clientContext(svid: SVID?, bundle: TrustBundle) throws -> NIOSSLContext {
+    /// - Parameter protocols: the ALPN names asked for: what this connection will carry.
+    public static func clientContext(svid: SVID?, bundle: TrustBundle, protocols: [String] = [ALPN.http1]) throws -> NIOSSLContext {
         var config = TLSConfiguration.makeClientConfiguration()
         if let svid {
             config.certificateChain = try svid.chain.map { .certificate(try nioCertificate($0)) }
             config.privateKey = .privateKey(try nioKey(svid.key))
         }
         apply(bundle: bundle, to: &config)
+        config.applicationProtocols = protocols
         config.certificateVerification = .noHostnameVerification
         return try NIOSSLContext(configuration: config)
     }
@@ -55,7 +61,16 @@ public enum MeshTLS {
         // Only the mesh bundle, never the system store. The custom verification callback does
         // the real validation; these roots also feed the CA list sent to clients.
         config.trustRoots = .certificates(bundle.roots.compactMap { try? nioCertificate($0) })
-        config.applicationProtocols = ["http/1.1"]
+    }
+
+    /// What a connection between proxies carries, named in its TLS handshake (ALPN), so the
+    /// receiving proxy never has to guess from the bytes.
+    public enum ALPN {
+        /// HTTP/1.1 requests.
+        public static let http1 = "http/1.1"
+        /// An opaque TCP stream (`appProtocol: tcp`, or a connection that is not HTTP),
+        /// relayed byte for byte to the app.
+        public static let opaque = "swiftmesh-opaque/1"
     }
 
     static func nioCertificate(_ certificate: Certificate) throws -> NIOSSLCertificate {

@@ -84,6 +84,8 @@ public final class TestMesh: @unchecked Sendable {
         public let inbound: HostPort
         public let outbound: HostPort
         public let admin: HostPort
+        /// `--upstream SERVICE=…` ports as bound, by service.
+        public var upstreams: [String: HostPort] = [:]
     }
 
     /// Starts `mesh proxy` for `service` in front of `app` and waits until it is ready.
@@ -97,8 +99,13 @@ public final class TestMesh: @unchecked Sendable {
         let process = try MeshProcess(arguments, logDirectory: directory)
         proxies.append(process)
         let fields = try await process.waitForLine(prefix: "mesh proxy ready:")
+        var upstreams: [String: HostPort] = [:]
+        for (key, value) in fields where key.hasPrefix("upstream.") {
+            upstreams[String(key.dropFirst("upstream.".count))] = try HostPort(parsing: value)
+        }
         return Proxy(process: process, inbound: try HostPort(parsing: fields["inbound"] ?? ""),
-                     outbound: try HostPort(parsing: fields["outbound"] ?? ""), admin: try HostPort(parsing: fields["admin"] ?? ""))
+                     outbound: try HostPort(parsing: fields["outbound"] ?? ""), admin: try HostPort(parsing: fields["admin"] ?? ""),
+                     upstreams: upstreams)
     }
 
     /// Stops the control plane (SIGTERM) and starts it again on the same data directory and ports.

@@ -56,6 +56,16 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(help: "Inbound mTLS mode: strict (mTLS only) or permissive (also plaintext callers outside the mesh, as unauthenticated).")
     var mtls: String?
 
+    @Option(help: "What the app speaks: http (default) or tcp (opaque: relayed byte for byte, authorized at L4, e.g. a database).")
+    var appProtocol: String?
+
+    @Option(name: .customLong("upstream"),
+            help: "A local port for one service, SERVICE=[HOST:]PORT (repeatable): for apps that cannot send 'Host: SERVICE', e.g. psql. HTTP is detected; anything else is relayed opaquely.")
+    var upstreams: [String] = []
+
+    @Option(help: "How long an --upstream port waits for the app's first bytes before taking the connection as opaque TCP (a server-first protocol).")
+    var detectTimeout = DurationArgument(seconds: 1)
+
     @Option(help: "Heartbeat interval to the control plane.")
     var heartbeatInterval = DurationArgument(seconds: 5)
 
@@ -119,6 +129,12 @@ struct ProxyCommand: AsyncParsableCommand {
             sidecarConfig.mtlsMode = mtls
         }
         sidecarConfig.limits.requestHeaderTimeout = .milliseconds(Int64(requestHeaderTimeout.seconds * 1000))
+        sidecarConfig.limits.detectTimeout = .milliseconds(Int64(detectTimeout.seconds * 1000))
+        if let appProtocol {
+            guard ["http", "tcp"].contains(appProtocol) else { throw ValidationError("--app-protocol must be http or tcp") }
+            sidecarConfig.appProtocol = appProtocol
+        }
+        for upstream in upstreams { sidecarConfig.upstreams.append(try Self.parseUpstream(upstream)) }
         let name = sidecarConfig.service
         let sidecar = Sidecar(configuration: sidecarConfig, logger: Logger(label: "mesh.proxy.\(name)"))
         let command = self.command
@@ -128,7 +144,8 @@ struct ProxyCommand: AsyncParsableCommand {
                 let ready = AsyncStream<Sidecar.Addresses>.makeStream(bufferingPolicy: .bufferingNewest(1))
                 group.addTask {
                     try await sidecar.run { addresses in
-                        say("mesh proxy ready: service=\(name) inbound=\(addresses.inbound) outbound=\(addresses.outbound) admin=\(addresses.admin)")
+                        let upstreams = addresses.upstreams.map { " upstream.\($0.service)=\($0.listen)" }.joined()
+                        say("mesh proxy ready: service=\(name) inbound=\(addresses.inbound) outbound=\(addresses.outbound) admin=\(addresses.admin)\(upstreams)")
                         ready.continuation.yield(addresses)
                         ready.continuation.finish()
                     }
@@ -157,6 +174,19 @@ struct ProxyCommand: AsyncParsableCommand {
             }
         }
         if let code = appExit.value, code != 0 { throw ExitCode(code) }
+    }
+
+    /// `db=15432`, `db=127.0.0.1:15432`, `db=[::1]:15432`; the host defaults to loopback.
+    static func parseUpstream(_ text: String) throws -> Sidecar.Upstream {
+        let parts = text.split(separator: "=", maxSplits: 1).map(String.init)
+        guard parts.count == 2, let service = try? ServiceName(parts[0]) else {
+            throw ValidationError("--upstream '\(text)': write SERVICE=[HOST:]PORT, e.g. db=127.0.0.1:15432")
+        }
+        let address = parts[1].allSatisfy(\.isNumber) ? "127.0.0.1:\(parts[1])" : parts[1]
+        guard let listen = try? HostPort(parsing: address) else {
+            throw ValidationError("--upstream '\(text)': '\(parts[1])' is not [HOST:]PORT")
+        }
+        return Sidecar.Upstream(service: service, listen: listen)
     }
 
     private func controlPlaneConfiguration() throws -> Sidecar.Configuration {

@@ -88,11 +88,15 @@ struct ProxyAPIRoutes: Sendable {
         if let mode = body.mtls, !["strict", "permissive"].contains(mode) {
             throw MeshError(.invalidRequest, "mtls must be strict or permissive")
         }
+        if let appProtocol = body.appProtocol, !["http", "tcp"].contains(appProtocol) {
+            throw MeshError(.invalidRequest, "appProtocol must be http or tcp")
+        }
         let address = body.address.isEmpty || body.address == "0.0.0.0" || body.address == "::"
             ? (request.remoteAddress ?? "127.0.0.1") : body.address
         let instance = ServiceInstance(id: body.instanceID, service: service, address: address,
                                        inboundPort: body.inboundPort, labels: body.labels,
-                                       lastHeartbeat: Date(), certificateExpiry: body.certificateExpiry, mtls: body.mtls)
+                                       lastHeartbeat: Date(), certificateExpiry: body.certificateExpiry, mtls: body.mtls,
+                                       appProtocol: body.appProtocol, appHealthy: body.appHealthy)
         try await registry.register(instance)
         return .json(instance)
     }
@@ -100,7 +104,8 @@ struct ProxyAPIRoutes: Sendable {
     private func heartbeat(_ request: APIRequest) async throws -> APIResponse {
         let (_, service) = try caller(request)
         let body = try request.decode(ControlAPI.HeartbeatRequest.self)
-        try await registry.heartbeat(id: body.instanceID, service: service, certificateExpiry: body.certificateExpiry)
+        try await registry.heartbeat(id: body.instanceID, service: service, certificateExpiry: body.certificateExpiry,
+                                     appHealthy: body.appHealthy)
         return .json(["ok": true])
     }
 

@@ -68,7 +68,9 @@ public actor Registry {
 
     /// Refreshes an instance's heartbeat. Unknown ids throw `not-found` so that the proxy
     /// registers again (for example after it was swept while partitioned).
-    public func heartbeat(id: String, service: ServiceName, certificateExpiry: Date?) async throws {
+    /// A change of the app's health (`appHealthy`) is published at once: the instance leaves
+    /// (or rejoins) every proxy's endpoint set.
+    public func heartbeat(id: String, service: ServiceName, certificateExpiry: Date?, appHealthy: Bool? = nil) async throws {
         guard var instance = snapshot.instances[id] else {
             throw MeshError(.notFound, "instance \(id) is not registered; register again")
         }
@@ -78,8 +80,14 @@ public actor Registry {
         instance.lastHeartbeat = clock()
         let expiryChanged = certificateExpiry != nil && certificateExpiry != instance.certificateExpiry
         if let certificateExpiry { instance.certificateExpiry = certificateExpiry }
+        let healthChanged = appHealthy != instance.appHealthy
+        instance.appHealthy = appHealthy
         try await store.upsertInstance(instance)
-        if expiryChanged {
+        if healthChanged {
+            logger.notice(appHealthy == false ? "instance's app is unhealthy: no traffic until it recovers" : "instance's app is healthy",
+                          metadata: ["service": "\(service)", "instance": "\(id)"])
+        }
+        if expiryChanged || healthChanged {
             try await publish(.upsert(instance))
         } else {
             snapshot.instances[id] = instance

@@ -54,9 +54,15 @@ public enum ControlAPI {
         public var certificateExpiry: Date?
         /// The proxy's own `--mtls` mode (a ServiceDefaults resource may override it).
         public var mtls: String?
+        /// `http` or `tcp` (the proxy's `--app-protocol`); see ``ServiceInstance/appProtocol``.
+        public var appProtocol: String?
+        /// The app's health at registration; nil when the proxy does not check it.
+        public var appHealthy: Bool?
         public init(instanceID: String, address: String, inboundPort: Int, labels: Labels, certificateExpiry: Date?,
-                    mtls: String? = nil) {
+                    mtls: String? = nil, appProtocol: String? = nil, appHealthy: Bool? = nil) {
             self.mtls = mtls
+            self.appProtocol = appProtocol
+            self.appHealthy = appHealthy
             self.instanceID = instanceID
             self.address = address
             self.inboundPort = inboundPort
@@ -68,9 +74,13 @@ public enum ControlAPI {
     public struct HeartbeatRequest: Codable, Sendable {
         public var instanceID: String
         public var certificateExpiry: Date?
-        public init(instanceID: String, certificateExpiry: Date?) {
+        /// The app's health now; nil when the proxy does not check it. A change is published
+        /// to every proxy at once (the instance leaves or rejoins their endpoint sets).
+        public var appHealthy: Bool?
+        public init(instanceID: String, certificateExpiry: Date?, appHealthy: Bool? = nil) {
             self.instanceID = instanceID
             self.certificateExpiry = certificateExpiry
+            self.appHealthy = appHealthy
         }
     }
 

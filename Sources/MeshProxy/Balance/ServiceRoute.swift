@@ -15,6 +15,9 @@ final class ServiceRoute {
     /// Each endpoint's instance labels (central ones included), for routes and splits.
     let labels: [[String: String]]
     let policy: TrafficPolicy.Effective
+    /// The service's instances declare `appProtocol: tcp`: connections to it are relayed
+    /// opaquely at once, without waiting to see whether the caller speaks HTTP.
+    let opaque: Bool
     /// Carried over when the route is rebuilt on a registry update.
     let counters: RouteCounters
     var budget: RetryBudget { counters.budget }
@@ -30,8 +33,9 @@ final class ServiceRoute {
     private let index: [UpstreamKey: Int]
 
     init(service: ServiceName, keys: [UpstreamKey], stats: [EndpointStats], labels: [[String: String]] = [],
-         policy: TrafficPolicy.Effective, counters: RouteCounters = RouteCounters()) {
+         policy: TrafficPolicy.Effective, counters: RouteCounters = RouteCounters(), opaque: Bool = false) {
         self.service = service
+        self.opaque = opaque
         self.keys = keys
         self.stats = stats
         self.labels = labels.count == keys.count ? labels : Array(repeating: [:], count: keys.count)

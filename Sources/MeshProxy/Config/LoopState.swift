@@ -211,6 +211,8 @@ final class LoopState {
     /// certificate, existing ones keep the one they were made with.
     var serverTLS: NIOSSLContext?
     var clientTLS: NIOSSLContext?
+    /// The client context of opaque TCP streams (ALPN ``MeshTLS/ALPN/opaque``).
+    var clientOpaqueTLS: NIOSSLContext?
     var bundle: TrustBundle?
     let pool: UpstreamPool
     /// This service's own TrafficPolicy (its rate limits apply here, on the inbound side).
@@ -256,7 +258,8 @@ final class LoopState {
         let trustDomain = bundle?.trustDomain
         for service in snapshot.services {
             guard let trustDomain, let identity = try? SPIFFEID(trustDomain: trustDomain, service: service) else { continue }
-            let instances = snapshot.endpoints(of: service)
+            // An instance whose own proxy finds its app unhealthy gets no traffic.
+            let instances = snapshot.endpoints(of: service).filter(\.servesTraffic)
             let keys = instances.map { UpstreamKey(address: $0.endpoint, peerIdentity: identity) }
             let labels = instances.map { snapshot.policies.effectiveLabels(of: service, own: $0.labels.values) }
             let stats = keys.map { key in
@@ -266,7 +269,8 @@ final class LoopState {
             }
             routes[service] = ServiceRoute(service: service, keys: keys, stats: stats, labels: labels,
                                            policy: snapshot.policies.traffic(for: service),
-                                           counters: self.routes[service]?.counters ?? RouteCounters())
+                                           counters: self.routes[service]?.counters ?? RouteCounters(),
+                                           opaque: instances.contains(where: \.isOpaque))
         }
         endpointStats = kept
         self.routes = routes
@@ -361,6 +365,9 @@ public struct ProxyLimits: Sendable {
     public var requestHeaderTimeout: TimeAmount = .seconds(10)
     public var connectTimeout: TimeAmount = .seconds(5)
     public var idleTimeout: TimeAmount = .hours(1)
+    /// How long an upstream listener waits for the app's first bytes to tell HTTP from
+    /// opaque TCP; silence that long means a server-first protocol (then: opaque).
+    public var detectTimeout: TimeAmount = .seconds(1)
     /// Idle pooled connections kept per upstream.
     public var maxIdlePerUpstream = 64
     public var drainTimeout: Duration = .seconds(10)

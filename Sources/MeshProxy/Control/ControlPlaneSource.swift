@@ -14,18 +14,22 @@ struct ControlPlaneSource: SidecarSource {
     /// The proxy's own `--mtls` mode, reported at registration so that `mesh services` and
     /// `mesh explain` can show it.
     let mtlsMode: String
+    /// `http` or `tcp` (`--app-protocol`), reported so that callers know to skip detection.
+    let appProtocol: String
     let inboundHost: String
     let identity: IdentityManager
     let logger: Logger
     let trustDomain: String
     private let registration: RegistrationBox
 
-    init(settings: Sidecar.ControlPlaneSettings, service: ServiceName, labels: Labels, mtlsMode: String, inboundHost: String,
+    init(settings: Sidecar.ControlPlaneSettings, service: ServiceName, labels: Labels, mtlsMode: String, appProtocol: String,
+         inboundHost: String,
          group: EventLoopGroup, logger: Logger, install: @escaping @Sendable (SVID, TrustBundle) async -> Void) throws {
         self.settings = settings
         self.service = service
         self.labels = labels
         self.mtlsMode = mtlsMode
+        self.appProtocol = appProtocol
         self.inboundHost = inboundHost
         self.logger = logger
         self.registration = RegistrationBox()
@@ -47,7 +51,7 @@ struct ControlPlaneSource: SidecarSource {
             identity: identity,
             request: ControlAPI.RegisterRequest(instanceID: Self.makeInstanceID(service), address: advertise,
                                                 inboundPort: inboundPort, labels: labels, certificateExpiry: nil,
-                                                mtls: mtlsMode),
+                                                mtls: mtlsMode, appProtocol: appProtocol),
             interval: settings.heartbeatInterval, logger: logger)
         try await registration.register()
         self.registration.value = registration

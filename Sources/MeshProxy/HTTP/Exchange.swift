@@ -16,6 +16,8 @@ final class EdgeHandles {
     /// The same traffic as plain cumulative counters, reported to the control plane for
     /// `mesh stat` and `mesh edges` (the Prometheus types do not expose their values).
     var counters: EdgeCounters
+    /// The opaque TCP stream series of this edge, made the first time a stream uses it.
+    lazy var opaque: OpaqueStreamMetrics? = metrics?.opaqueStreams(labels)
 
     init(labels: EdgeLabels, metrics: ProxyMetrics?) {
         self.labels = labels

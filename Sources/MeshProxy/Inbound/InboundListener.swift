@@ -22,7 +22,11 @@ enum InboundListener {
     /// resource sets it.
     enum MTLSMode: String, Sendable { case strict, permissive }
 
-    static func bind(_ address: HostPort, app: HostPort, group: EventLoopGroup, states: LoopStates,
+    /// What the app speaks (`--app-protocol`): `tcp` makes plaintext callers (permissive)
+    /// opaque too; mesh callers say what they carry in the handshake.
+    enum AppProtocol: String, Sendable { case http, tcp }
+
+    static func bind(_ address: HostPort, app: HostPort, appProtocol: AppProtocol, group: EventLoopGroup, states: LoopStates,
                      limits: ProxyLimits, logger: Logger) async throws -> Channel {
         let router: Router = { head, info, state in
             route(head, info: &info, state: state, appPort: app.port, logger: logger, app: app)
@@ -58,14 +62,42 @@ enum InboundListener {
                             try sync.addHandler(HTTPParseErrorResponder())
                             try sync.addHandler(ProxyHTTPHandler(role: "inbound", router: router, states: states, logger: logger))
                         }
+                        // An opaque stream is relayed to the app at L4 instead of the HTTP stack.
+                        let addOpaque: (Channel) throws -> Void = { channel in
+                            try relayOpaque(channel, state: states.state(on: channel.eventLoop), app: app, limits: limits, logger: logger)
+                        }
+                        // The caller's proxy names what the connection carries in the TLS
+                        // handshake (ALPN); nothing is guessed from the bytes.
+                        let addALPNSwitch: (ChannelPipeline.SynchronousOperations) throws -> Void = { sync in
+                            try sync.addHandler(ApplicationProtocolNegotiationHandler { result, channel in
+                                channel.eventLoop.makeCompletedFuture {
+                                    if case .negotiated(MeshTLS.ALPN.opaque) = result {
+                                        try addOpaque(channel)
+                                    } else {
+                                        try addHTTP(channel.pipeline.syncOperations)
+                                    }
+                                }
+                            })
+                        }
                         switch state.mtlsMode {
                         case .strict:
                             try addTLS(sync)
-                            try addHTTP(sync)
+                            try addALPNSwitch(sync)
                         case .permissive:
-                            try sync.addHandler(TLSSniffer(timeout: limits.tlsHandshakeTimeout) { sync, isTLS in
-                                if isTLS { try addTLS(sync) }
-                                try addHTTP(sync)
+                            // A server-first client of an opaque app sends nothing until the app
+                            // speaks: after the detection timeout it is taken as plaintext.
+                            let opaqueApp = appProtocol == .tcp
+                            try sync.addHandler(TLSSniffer(timeout: opaqueApp ? limits.detectTimeout : limits.tlsHandshakeTimeout,
+                                                           silenceIsPlaintext: opaqueApp) { sync, isTLS in
+                                if isTLS {
+                                    try addTLS(sync)
+                                    try addALPNSwitch(sync)
+                                } else if appProtocol == .tcp {
+                                    // A plaintext caller of an opaque app: L4 policy, as unauthenticated.
+                                    try addOpaque(channel)
+                                } else {
+                                    try addHTTP(sync)
+                                }
                             })
                         }
                     }
@@ -85,17 +117,36 @@ final class TLSSniffer: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundOut = ByteBuffer
 
     private let timeout: TimeAmount
+    private let silenceIsPlaintext: Bool
     private let configure: (ChannelPipeline.SynchronousOperations, Bool) throws -> Void
     private var timer: Scheduled<Void>?
 
-    init(timeout: TimeAmount, configure: @escaping (ChannelPipeline.SynchronousOperations, Bool) throws -> Void) {
+    /// - Parameter silenceIsPlaintext: a caller silent for `timeout` is plaintext (an opaque
+    ///   app's server-first protocol) rather than closed.
+    init(timeout: TimeAmount, silenceIsPlaintext: Bool = false,
+         configure: @escaping (ChannelPipeline.SynchronousOperations, Bool) throws -> Void) {
         self.timeout = timeout
+        self.silenceIsPlaintext = silenceIsPlaintext
         self.configure = configure
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         let channel = context.channel
-        timer = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+        guard silenceIsPlaintext else {
+            timer = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+            return
+        }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(in: timeout) {
+            let (sniffer, context) = loopBound.value
+            sniffer.timer = nil
+            do {
+                try sniffer.configure(context.pipeline.syncOperations, false)
+                context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+            } catch {
+                context.close(promise: nil)
+            }
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -145,7 +196,7 @@ extension InboundListener {
         // on headers sees what the app will see.
         ProxyHeaders.removePeerIdentity(&head.headers)
         if let peer { head.headers.add(name: ProxyHeaders.peerIdentity, value: peer) }
-        if let decision = authorize(head, path: path, info: &info, state: state, appPort: appPort, logger: logger) {
+        if let decision = authorize((head, path), info: &info, state: state, appPort: appPort, logger: logger) {
             return decision
         }
         // Local rate limits of this service, after authorization: what is refused by policy
@@ -162,16 +213,41 @@ extension InboundListener {
         return .forward(candidates: [UpstreamKey(address: app, peerIdentity: nil)], head: head)
     }
 
-    /// nil when the request may pass; a denial otherwise. Connection-level (L4) decisions are
-    /// cached on the connection until the policies or registry change.
-    private static func authorize(_ head: HTTPRequestHead, path: String, info: inout DownstreamInfo, state: LoopState,
-                                  appPort: Int, logger: Logger) -> RouteDecision? {
+    /// An opaque TCP stream from a caller: authorized once at L4 (the caller's identity and
+    /// the app's port), then relayed to the app byte for byte, or closed on denial.
+    static func relayOpaque(_ channel: Channel, state: LoopState, app: HostPort, limits: ProxyLimits, logger: Logger) throws {
+        var info = DownstreamInfo(peer: PeerIdentity.of(channel.pipeline.syncOperations), remoteAddress: channel.remoteAddress)
+        let edge = state.edge(LoopState.EdgeKey(direction: .inbound, peer: info.peer?.service, tls: info.peer != nil))
+        if info.peer == nil && state.mtlsMode == .strict {
+            edge.opaque?.denied.increment()
+            channel.close(promise: nil)
+            return
+        }
+        if authorize(nil, info: &info, state: state, appPort: app.port, logger: logger) != nil {
+            edge.opaque?.denied.increment()
+            channel.close(promise: nil)
+            return
+        }
+        let relay = TCPRelay(onBytes: { [weak edge] count in edge?.opaque?.toDestination.increment(by: Int64(count)) })
+        let sync = channel.pipeline.syncOperations
+        try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
+        try sync.addHandler(IdleCloseHandler())
+        try sync.addHandler(relay)
+        OpaqueStream.relayToApp(channel, relay: relay, app: app, edge: edge, limits: limits, logger: logger)
+    }
+
+    /// nil when the request may pass; a denial otherwise. `request` nil: an opaque TCP stream,
+    /// decided once at L4 (a deny rule's HTTP conditions then cover the whole stream).
+    /// Connection-level (L4) decisions of HTTP connections are cached on the connection until
+    /// the policies or registry change.
+    static func authorize(_ request: (head: HTTPRequestHead, path: String)?, info: inout DownstreamInfo, state: LoopState,
+                          appPort: Int, logger: Logger) -> RouteDecision? {
         guard let service = state.selfService else {
             // No identity of our own yet: never widen access.
             return .deny(code: "not-ready", requestID: makeRequestID())
         }
         let version = state.generation
-        let cacheable = !state.policiesNeedL7 && !state.policiesExpire
+        let cacheable = request != nil && !state.policiesNeedL7 && !state.policiesExpire
         if cacheable, let cached = info.l4Decision, cached.version == version {
             info.lastDecision = (cached.code, cached.policy)
             state.countDecision(policy: cached.policy, action: cached.allowed ? "allow" : "deny", code: cached.code)
@@ -182,32 +258,38 @@ extension InboundListener {
             info.callerLabelsVersion = version
         }
         var headers: [String: [String]] = [:]
-        if state.policiesUseHeaders {
+        if state.policiesUseHeaders, let head = request?.head {
             for (name, value) in head.headers { headers[name.lowercased(), default: []].append(value) }
         }
-        let l7 = state.policiesNeedL7
-        let decision = state.evaluator.evaluate(RequestAttributes(
+        let l7 = state.policiesNeedL7 && request != nil
+        let method = request?.head.method.rawValue
+        var attributes = RequestAttributes(
             destination: service, destinationLabels: state.selfLabels, callerIdentity: info.peerHeaderValue,
             callerService: info.peer?.service, callerLabels: info.callerLabels, callerAddress: info.remoteAddress?.ipAddress,
-            port: appPort, method: l7 ? head.method.rawValue : nil, path: l7 ? path : nil, headers: headers))
+            port: appPort, method: l7 ? method : nil, path: l7 ? request?.path : nil, headers: headers)
+        attributes.opaque = request == nil
+        let decision = state.evaluator.evaluate(attributes)
         if cacheable { info.l4Decision = (version, decision.allowed, decision.code.rawValue, decision.policy) }
         info.lastDecision = (decision.code.rawValue, decision.policy)
         state.countDecision(policy: decision.policy, action: decision.allowed ? "allow" : "deny", code: decision.code.rawValue)
         for policy in decision.wouldDeny { state.countDecision(policy: policy, action: "audit-deny", code: "would-deny") }
+        // What the logs and `mesh explain` show for an opaque stream.
+        let shownMethod = method ?? "TCP"
+        let shownPath = request?.path ?? "-"
         if !decision.wouldDeny.isEmpty {
             logger.notice("audit: request would be denied", metadata: [
-                "caller": "\(info.peerHeaderValue ?? "unauthenticated")", "method": "\(head.method.rawValue)", "path": "\(path)",
+                "caller": "\(info.peerHeaderValue ?? "unauthenticated")", "method": "\(shownMethod)", "path": "\(shownPath)",
                 "would_deny": "\(decision.wouldDeny.joined(separator: ","))"])
         }
         guard !decision.allowed else { return nil }
         let requestID = makeRequestID()
-        logger.notice("request denied by policy", metadata: [
+        logger.notice(request == nil ? "TCP stream denied by policy" : "request denied by policy", metadata: [
             "request_id": "\(requestID)", "code": "\(decision.code.rawValue)", "policy": "\(decision.policy ?? "-")",
-            "caller": "\(info.peerHeaderValue ?? "unauthenticated")", "method": "\(head.method.rawValue)", "path": "\(path)",
+            "caller": "\(info.peerHeaderValue ?? "unauthenticated")", "method": "\(shownMethod)", "path": "\(shownPath)",
             "explanation": "\(decision.explanation.joined(separator: " | "))"])
         state.denialSink?.add(DenialRecord(
             requestID: requestID, at: Date(), destination: service, caller: info.peerHeaderValue ?? "unauthenticated",
-            callerAddress: info.remoteAddress?.ipAddress, method: head.method.rawValue, path: path, code: decision.code.rawValue,
+            callerAddress: info.remoteAddress?.ipAddress, method: shownMethod, path: shownPath, code: decision.code.rawValue,
             policy: decision.policy, explanation: decision.explanation))
         return .deny(code: decision.code.rawValue, requestID: requestID)
     }

@@ -11,21 +11,16 @@ import MeshTransport
 /// (`Balance/ServiceRoute.swift`) → pooled mTLS
 /// connection to the peer's inbound listener, which must prove that service's SPIFFE ID.
 enum OutboundListener {
-    static func bind(_ address: HostPort, trustDomain: String, group: EventLoopGroup, states: LoopStates,
+    static func bind(_ address: HostPort, group: EventLoopGroup, states: LoopStates,
                      limits: ProxyLimits, logger: Logger) async throws -> Channel {
-        let router: Router = { head, _, state in route(head, trustDomain: trustDomain, state: state) }
+        let router: Router = { head, _, state in route(head, state: state) }
         do {
             return try await ServerBootstrap.dataPath(group: group)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         states.state(on: channel.eventLoop).connectionOpened(.outbound, peer: "src", channel)
                         let sync = channel.pipeline.syncOperations
-                        try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
-                        try sync.addHandler(IdleCloseHandler())
-                        try sync.addHandler(RequestHeaderTimer(limit: limits.requestHeaderTimeout))
-                        try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
-                        try sync.addHandler(HTTPParseErrorResponder())
-                        try sync.addHandler(ProxyHTTPHandler(role: "outbound", router: router, states: states, logger: logger))
+                        try addHTTPStack(sync, router: router, states: states, limits: limits, logger: logger)
                     }
                 }
                 .bind(host: address.host, port: address.port)
@@ -35,7 +30,7 @@ enum OutboundListener {
         }
     }
 
-    static func route(_ head: HTTPRequestHead, trustDomain: String, state: LoopState) -> RouteDecision {
+    static func route(_ head: HTTPRequestHead, state: LoopState) -> RouteDecision {
         guard let host = head.headers.first(name: "host"), !host.isEmpty else {
             return .respond(.badRequest, code: "no-host", message: "the request has no Host header; send Host: <service>")
         }
@@ -53,6 +48,12 @@ enum OutboundListener {
             state.hostCache[host] = parsed
             service = parsed
         }
+        return route(head, to: service, state: state)
+    }
+
+    /// Routes a request to `service` (named by its Host, or by the upstream listener it came
+    /// to): endpoint choice, fault injection, circuit breaking, routes and splits.
+    static func route(_ head: HTTPRequestHead, to service: ServiceName, state: LoopState) -> RouteDecision {
         guard let route = state.routes[service], !route.keys.isEmpty else {
             let known = state.registry.services.contains(service)
             return .respond(.serviceUnavailable, code: known ? "no-endpoints" : "unknown-service",
@@ -77,6 +78,17 @@ enum OutboundListener {
         ProxyHeaders.stripHopByHop(&head.headers)
         ProxyHeaders.removePeerIdentity(&head.headers)
         return .forward(candidates: candidates, head: head, subset: subset)
+    }
+
+    /// The HTTP/1.1 stack of a connection from the local app.
+    static func addHTTPStack(_ sync: ChannelPipeline.SynchronousOperations, router: @escaping Router, states: LoopStates,
+                             limits: ProxyLimits, logger: Logger) throws {
+        try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
+        try sync.addHandler(IdleCloseHandler())
+        try sync.addHandler(RequestHeaderTimer(limit: limits.requestHeaderTimeout))
+        try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
+        try sync.addHandler(HTTPParseErrorResponder())
+        try sync.addHandler(ProxyHTTPHandler(role: "outbound", router: router, states: states, logger: logger))
     }
 
     /// `api`, `api:8080`, `API.` → `api`.

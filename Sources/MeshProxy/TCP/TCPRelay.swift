@@ -1,0 +1,134 @@
+import NIOCore
+
+/// Relays bytes between two channels, one ``TCPRelay`` at each end, with backpressure: a side
+/// reads only while its partner can take more (the partner's socket buffer is the only
+/// buffer, so a slow reader slows the writer down instead of filling memory).
+///
+/// When either side closes, whatever it had already sent is flushed to the other before that
+/// one is closed too. Half-closes are treated as closes: the mesh hop is TLS, which has no
+/// portable half-close, and the protocols carried here (PostgreSQL, Redis, SMTP …) close
+/// fully.
+final class TCPRelay: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var partner: TCPRelay?
+    private var context: ChannelHandlerContext?
+    /// Bytes read before the partner exists (a server's greeting that arrives while the
+    /// other side is still connecting); bounded by ``maxEarlyBytes``.
+    private var early: ByteBuffer?
+    private var joined = false
+    static let maxEarlyBytes = 1 << 20
+    /// A read was asked for while the partner could not take more.
+    private var pendingRead = false
+    /// Counts the bytes read on this side (sent on to the partner).
+    private let onBytes: ((Int) -> Void)?
+    /// Called once when this side closes.
+    private let onClose: (() -> Void)?
+
+    init(onBytes: ((Int) -> Void)? = nil, onClose: (() -> Void)? = nil) {
+        self.onBytes = onBytes
+        self.onClose = onClose
+    }
+
+    /// Joins two relays; call on the event loop that both channels share. Bytes either side
+    /// read before are passed on first; a side that closed meanwhile closes the other.
+    static func join(_ first: TCPRelay, _ second: TCPRelay) {
+        for (relay, other) in [(first, second), (second, first)] {
+            relay.joined = true
+            relay.partner = other
+            if let early = relay.early {
+                relay.early = nil
+                other.send(early)
+                other.flushOut()
+            }
+        }
+        for (relay, other) in [(first, second), (second, first)] where !(relay.context?.channel.isActive ?? false) {
+            relay.partner = nil
+            other.partnerClosed()
+        }
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        partner = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        onBytes?(buffer.readableBytes)
+        if joined {
+            partner?.send(buffer)
+        } else if (early?.readableBytes ?? 0) + buffer.readableBytes > Self.maxEarlyBytes {
+            context.close(promise: nil)
+        } else if early == nil {
+            early = buffer
+        } else {
+            early?.writeBuffer(&buffer)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        partner?.flushOut()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        onClose?()
+        if let partner {
+            self.partner = nil
+            partner.partnerClosed()
+        }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // A reset or a TLS error ends the stream; the close reaches the partner above.
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { partner?.partnerBecameWritable() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if let partner, !partner.isWritable {
+            pendingRead = true
+        } else {
+            context.read()
+        }
+    }
+
+    private var isWritable: Bool { context?.channel.isWritable ?? false }
+
+    private func send(_ buffer: ByteBuffer) {
+        context?.write(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    private func flushOut() {
+        context?.flush()
+    }
+
+    private func partnerBecameWritable() {
+        guard pendingRead, let context else { return }
+        pendingRead = false
+        context.read()
+    }
+
+    /// The partner is gone: flush what it sent, then close (writes complete in order, so the
+    /// empty write's completion means all earlier ones are on the wire).
+    private func partnerClosed() {
+        partner = nil
+        guard let context else { return }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+}

@@ -1,0 +1,133 @@
+import Foundation
+import MeshCore
+import MeshTesting
+import MeshTransport
+import NIOPosix
+import XCTest
+
+/// Raw TCP through the mesh: PostgreSQL's own client and server over mTLS with L4 policy,
+/// protocol detection on `--upstream` ports, and server-first protocols that never hang.
+final class OpaqueTCPTests: XCTestCase {
+    private func requirePostgres() throws {
+        guard PostgresServer.binDirectory != nil, PostgresServer.psql != nil else {
+            // CI installs Debian's postgresql and sets MESH_REQUIRE_TOOLS=1.
+            if ProcessInfo.processInfo.environment["MESH_REQUIRE_TOOLS"] == "1" {
+                XCTFail("PostgreSQL is required (MESH_REQUIRE_TOOLS=1) but not installed")
+            }
+            throw XCTSkip("PostgreSQL not installed (apt-get install postgresql)")
+        }
+    }
+
+    func testPsqlThroughTheMeshWithL4Policy() async throws {
+        try requirePostgres()
+        let postgres = try await PostgresServer.start()
+        let mesh = try await TestMesh.start(defaultPolicy: "deny")
+        do {
+            let db = try await mesh.proxy("db", app: postgres.address, extra: ["--app-protocol", "tcp"])
+            let client = try await mesh.proxy("client", app: HostPort(host: "127.0.0.1", port: 9),
+                                              extra: ["--upstream", "db=127.0.0.1:0"])
+            let intruder = try await mesh.proxy("intruder", app: HostPort(host: "127.0.0.1", port: 9),
+                                                extra: ["--upstream", "db=127.0.0.1:0"])
+            // client may connect; intruder only has an L7 rule, which can never allow a raw
+            // TCP stream (fail closed).
+            let policy = mesh.directory.appendingPathComponent("db-policy.yaml")
+            try """
+                kind: AuthorizationPolicy
+                metadata: {name: db-clients}
+                spec:
+                  selector: {service: db}
+                  action: allow
+                  rules:
+                    - from: [{services: [client]}]
+                    - from: [{services: [intruder]}]
+                      to: [{methods: [GET]}]
+                """.write(to: policy, atomically: true, encoding: .utf8)
+            let applied = try await mesh.cli(["apply", "-f", policy.path])
+            XCTAssertEqual(applied.status, 0, applied.err)
+
+            let port = try XCTUnwrap(client.upstreams["db"])
+            // The policy reaches db's proxy within a second; retry until then.
+            let created = try await eventually(timeout: .seconds(10)) { () -> String in
+                let result = try PostgresServer.psql("CREATE TABLE orders (id int, item text); INSERT INTO orders VALUES (42, 'book'); SELECT id || ':' || item FROM orders", at: port)
+                guard result.status == 0 else { throw TestFailure("psql failed: \(result.err)") }
+                return result.out
+            }
+            XCTAssertEqual(created.split(separator: "\n").last, "42:book", created)
+            // A 4 MiB answer crosses both proxies intact (backpressure, no buffer limit hit).
+            let query = "SELECT string_agg(md5(g::text), '' ORDER BY g) FROM generate_series(1, 131072) g"
+            let large = try PostgresServer.psql(query, at: port)
+            XCTAssertEqual(large.status, 0, large.err)
+            let direct = try PostgresServer.psql(query, at: postgres.address)
+            XCTAssertEqual(large.out.trimmingCharacters(in: .whitespacesAndNewlines).utf8.count, 4_194_304)
+            XCTAssertTrue(large.out == direct.out, "the answer through the mesh differs from the direct one")
+
+            // The intruder's stream is refused by db's proxy: psql sees the server go away.
+            let refused = try PostgresServer.psql("SELECT 1", at: try XCTUnwrap(intruder.upstreams["db"]))
+            XCTAssertNotEqual(refused.status, 0, refused.out)
+            try await waitUntil { db.process.log.contains("TCP stream denied by policy") }
+            XCTAssertTrue(db.process.log.contains("caller=spiffe://mesh.local/ns/default/sa/intruder"), db.process.log.suffix(3000).description)
+
+            // Metrics on both sides: streams opened and denied, bytes each way.
+            let inbound = try await plainGet(db.admin, "/metrics").text
+            XCTAssertTrue(inbound.contains(#"mesh_tcp_streams_total{direction="inbound",source_service="client",destination_service="db",outcome="opened"}"#), inbound)
+            XCTAssertTrue(inbound.contains(#"mesh_tcp_streams_total{direction="inbound",source_service="intruder",destination_service="db",outcome="denied"}"#), inbound)
+            let outbound = try await plainGet(client.admin, "/metrics").text
+            let received = metricValue(outbound, #"mesh_tcp_stream_bytes_total{direction="outbound",source_service="client",destination_service="db",flow="from-destination"}"#)
+            XCTAssertGreaterThan(received ?? 0, 4_194_304, outbound)
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        await mesh.shutdown()
+        postgres.stop()
+    }
+
+    func testUpstreamPortsDetectHTTPAndNeverHangOnServerFirstProtocols() async throws {
+        let mesh = try await TestMesh.start()
+        let api = try await TestApp.start("api")
+        let greeter = try await EchoServer.start(banner: "220 greeter ready\r\n")
+        do {
+            _ = try await mesh.proxy("api", app: api.address)
+            // Declared opaque: callers relay at once.
+            _ = try await mesh.proxy("smtp", app: greeter.address, extra: ["--app-protocol", "tcp"])
+            // Not declared: callers must detect, and a silent client is opaque after the timeout.
+            _ = try await mesh.proxy("legacy", app: greeter.address)
+            let quick = try await mesh.proxy("quick", app: HostPort(host: "127.0.0.1", port: 9),
+                                             extra: ["--upstream", "api=0", "--upstream", "legacy=0", "--detect-timeout", "300ms"])
+            // A detection timeout far longer than the test waits: only skipping detection can pass.
+            let patient = try await mesh.proxy("patient", app: HostPort(host: "127.0.0.1", port: 9),
+                                               extra: ["--upstream", "smtp=0", "--detect-timeout", "60s"])
+            try await waitUntil { (try? await mesh.services().count) == 5 }
+
+            // HTTP on an upstream port is detected and routed to that port's service, whatever the Host.
+            var client = APIClient(target: try XCTUnwrap(quick.upstreams["api"]), group: MultiThreadedEventLoopGroup.singleton, tls: nil)
+            client.hostHeader = "anything.example"
+            let response = try await eventually { try await client.get("/hello") }
+            XCTAssertEqual(response.status.code, 200, response.text)
+            XCTAssertEqual(api.requests.last?.path, "/hello")
+
+            // Declared tcp: the server's greeting arrives without the client saying a word.
+            let smtp = try RawTCPClient(try XCTUnwrap(patient.upstreams["smtp"]))
+            XCTAssertEqual(smtp.receive(count: 19, timeout: .seconds(10)), "220 greeter ready\r\n")
+            try smtp.send("HELO mesh\r\n")
+            XCTAssertEqual(smtp.receive(count: 11, timeout: .seconds(5)), "HELO mesh\r\n")
+
+            // Undeclared: silence for the detection timeout means opaque; the greeting follows.
+            let legacy = try RawTCPClient(try XCTUnwrap(quick.upstreams["legacy"]))
+            XCTAssertEqual(legacy.receive(count: 19, timeout: .seconds(10)), "220 greeter ready\r\n")
+            // A client that speaks first with something that is not HTTP is opaque at once.
+            let talker = try RawTCPClient(try XCTUnwrap(quick.upstreams["legacy"]))
+            try talker.send("\u{1}\u{2}binary hello")
+            XCTAssertEqual(talker.receive(count: 19 + 14, timeout: .seconds(10)), "220 greeter ready\r\n\u{1}\u{2}binary hello")
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        await mesh.shutdown()
+        await api.stop()
+        await greeter.stop()
+    }
+
+    private func metricValue(_ exposition: String, _ series: String) -> Double? {
+        exposition.split(separator: "\n").first { $0.hasPrefix(series + " ") }
+            .flatMap { Double($0.split(separator: " ").last ?? "") }
+    }
+}
