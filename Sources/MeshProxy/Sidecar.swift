@@ -67,6 +67,9 @@ public struct Sidecar: Sendable {
         /// Local ports bound to one service each (`--upstream db=127.0.0.1:15432`), for apps
         /// that cannot name the service in a `Host` header (databases, raw TCP).
         public var upstreams: [Upstream] = []
+        /// Active health check of the app (`--health-check`); nil: none, the instance takes
+        /// traffic while its proxy heartbeats.
+        public var healthCheck: HealthCheck?
 
         public init(service: ServiceName, app: HostPort, inbound: HostPort, outbound: HostPort, admin: HostPort,
                     source: Source) {
@@ -163,10 +166,15 @@ public struct Sidecar: Sendable {
             state.accessLog = accessLog
             state.tracer = tracer
         }
+        let checker = config.healthCheck.map { check in
+            AppHealthChecker(check: check, app: config.app, health: AppHealth(), group: group, logger: logger) { [metrics] healthy in
+                metrics.appHealthy().set(Double(healthy ? 1 : 0))
+            }
+        }
         let source: any SidecarSource
         switch config.source {
         case .controlPlane(let settings):
-            source = try ControlPlaneSource(settings: settings, service: config.service, labels: config.labels,
+            source = try ControlPlaneSource(health: checker?.health,settings: settings, service: config.service, labels: config.labels,
                                             mtlsMode: mode.rawValue, appProtocol: appProtocol.rawValue, inboundHost: config.inbound.host, group: group, logger: logger, install: install)
         case .staticFiles(let settings):
             source = try StaticSource(settings: settings, service: config.service, logger: logger, install: install)
@@ -195,6 +203,7 @@ public struct Sidecar: Sendable {
                            metadata: ["address": "\(address)"])
         }
         let inboundPort = inbound.localAddress?.port ?? config.inbound.port
+        await checker?.start()
         try await source.start(inboundPort: inboundPort)
         let admin = try await APIServer.bind(config.admin, group: group, logger: logger) { request in
             AdminEndpoints.handle(request, readiness: readiness, metrics: metrics)
@@ -216,6 +225,7 @@ public struct Sidecar: Sendable {
                 }
             }
             tasks.addTask { await admin.run() }
+            if let checker { tasks.addTask { await checker.run() } }
 
             // Wait for cancellation (SIGTERM), then stop the background loops.
             while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }

@@ -107,6 +107,14 @@ public final class ProxyMetrics: Sendable {
                                    toDestination: bytes("to-destination"), fromDestination: bytes("from-destination"))
     }
 
+    /// 1 while the sidecar's active health check finds its app healthy, 0 while not
+    /// (`--health-check`; absent without one).
+    public func appHealthy() -> Gauge {
+        registry.makeGauge(descriptor: Self.descriptor("app_healthy", "",
+                                                       "Whether the proxy's active health check finds its app healthy (1) or not (0)."),
+                           labels: [])
+    }
+
     /// TLS handshakes that failed, by direction and reason (``TLSFailureReason``).
     public func tlsHandshakeFailures(direction: Direction, reason: TLSFailureReason) -> Counter {
         registry.makeCounter(

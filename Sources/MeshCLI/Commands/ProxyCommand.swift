@@ -66,6 +66,15 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(help: "How long an --upstream port waits for the app's first bytes before taking the connection as opaque TCP (a server-first protocol).")
     var detectTimeout = DurationArgument(seconds: 1)
 
+    @Option(help: "Active health check of the app: 'http:/PATH' (2xx or 3xx within --health-timeout) or 'tcp' (connects). An unhealthy app (2 failures in a row) gets no traffic until a probe passes again.")
+    var healthCheck: String?
+
+    @Option(help: "Time between health checks.")
+    var healthInterval = DurationArgument(seconds: 5)
+
+    @Option(help: "Time a health check may take.")
+    var healthTimeout = DurationArgument(seconds: 1)
+
     @Option(help: "Heartbeat interval to the control plane.")
     var heartbeatInterval = DurationArgument(seconds: 5)
 
@@ -135,6 +144,19 @@ struct ProxyCommand: AsyncParsableCommand {
             sidecarConfig.appProtocol = appProtocol
         }
         for upstream in upstreams { sidecarConfig.upstreams.append(try Self.parseUpstream(upstream)) }
+        if let healthCheck {
+            do {
+                var check = HealthCheck(probe: try HealthCheck.parse(healthCheck))
+                check.interval = healthInterval.duration
+                check.timeout = healthTimeout.duration
+                guard healthInterval.seconds >= 0.1, healthTimeout.seconds >= 0.01 else {
+                    throw ValidationError("--health-interval must be at least 100ms and --health-timeout at least 10ms")
+                }
+                sidecarConfig.healthCheck = check
+            } catch let error as MeshError {
+                throw ValidationError("--health-check: \(error.message)")
+            }
+        }
         let name = sidecarConfig.service
         let sidecar = Sidecar(configuration: sidecarConfig, logger: Logger(label: "mesh.proxy.\(name)"))
         let command = self.command

@@ -36,7 +36,7 @@ enum ServicesTable {
             for instance in service.instances {
                 let expiry = instance.certificateExpiry.map { format(seconds: $0.timeIntervalSince(now)) } ?? "?"
                 let labels = instance.labels.values.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
-                rows.append([service.service.rawValue, instance.id, instance.endpoint, instance.healthy ? "healthy" : "stale",
+                rows.append([service.service.rawValue, instance.id, instance.endpoint, !instance.healthy ? "stale" : instance.appHealthy == false ? "app-unhealthy" : "healthy",
                              instance.mtls ?? "?", expiry, labels.isEmpty ? "-" : labels])
             }
         }

@@ -223,7 +223,7 @@ struct AdminRoutes: Sendable {
                 id: instance.id, endpoint: instance.endpoint.description,
                 labels: Labels(snapshot.policies.effectiveLabels(of: instance.service, own: instance.labels.values)), healthy: healthy,
                 lastHeartbeat: instance.lastHeartbeat, certificateExpiry: instance.certificateExpiry,
-                mtls: central ?? instance.mtls ?? "strict"))
+                mtls: central ?? instance.mtls ?? "strict", appHealthy: instance.appHealthy, appProtocol: instance.appProtocol))
         }
         return try byService.keys.sorted().map { service in
             AdminAPI.ServiceListing(service: service,

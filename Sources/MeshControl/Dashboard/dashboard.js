@@ -350,7 +350,7 @@ function certificates(services) {
     const cls = left == null ? 'idle' : left < 3600 ? 'bad' : left < 6 * 3600 ? 'warn' : 'ok';
     return el('tr', { className: cls, dataset: { instance: i.id } },
       el('td', {}, serviceLink(s.service)), el('td', {}, i.id), el('td', {}, i.endpoint),
-      el('td', {}, i.healthy ? 'healthy' : 'stale'), el('td', {}, i.mtls),
+      el('td', {}, !i.healthy ? 'stale' : i.appHealthy === false ? 'app unhealthy' : 'healthy'), el('td', {}, i.mtls),
       el('td', {}, i.certificateExpiry ? new Date(i.certificateExpiry).toLocaleString([], { hour12: false }) : 'unknown'),
       el('td', { className: 'num rate' }, left == null ? '–' : fmt.left(left)));
   }));

@@ -223,14 +223,22 @@ public enum AdminAPI {
             public var endpoint: String
             /// Effective labels: the instance's own, overridden by its ServiceDefaults.
             public var labels: Labels
+            /// Heartbeating within the TTL (else `stale`); see `appHealthy` for the app itself.
             public var healthy: Bool
             public var lastHeartbeat: Date
             public var certificateExpiry: Date?
             /// The mode the instance's proxy enforces (central setting, else its flag).
             public var mtls: String?
+            /// The proxy's active health check of its app: false takes the instance out of
+            /// every endpoint set; nil when not checked.
+            public var appHealthy: Bool?
+            /// `http` or `tcp` (opaque); nil from proxies that do not say (http).
+            public var appProtocol: String?
             public init(id: String, endpoint: String, labels: Labels, healthy: Bool, lastHeartbeat: Date, certificateExpiry: Date?,
-                        mtls: String? = nil) {
+                        mtls: String? = nil, appHealthy: Bool? = nil, appProtocol: String? = nil) {
                 self.mtls = mtls
+                self.appHealthy = appHealthy
+                self.appProtocol = appProtocol
                 self.id = id
                 self.endpoint = endpoint
                 self.labels = labels

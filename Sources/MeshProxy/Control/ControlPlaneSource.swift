@@ -21,14 +21,18 @@ struct ControlPlaneSource: SidecarSource {
     let logger: Logger
     let trustDomain: String
     private let registration: RegistrationBox
+    /// The app's health (`--health-check`), reported at registration and with heartbeats,
+    /// and at once when it changes.
+    let health: AppHealth?
 
-    init(settings: Sidecar.ControlPlaneSettings, service: ServiceName, labels: Labels, mtlsMode: String, appProtocol: String,
+    init(health: AppHealth?, settings: Sidecar.ControlPlaneSettings, service: ServiceName, labels: Labels, mtlsMode: String, appProtocol: String,
          inboundHost: String,
          group: EventLoopGroup, logger: Logger, install: @escaping @Sendable (SVID, TrustBundle) async -> Void) throws {
         self.settings = settings
         self.service = service
         self.labels = labels
         self.mtlsMode = mtlsMode
+        self.health = health
         self.appProtocol = appProtocol
         self.inboundHost = inboundHost
         self.logger = logger
@@ -52,7 +56,7 @@ struct ControlPlaneSource: SidecarSource {
             request: ControlAPI.RegisterRequest(instanceID: Self.makeInstanceID(service), address: advertise,
                                                 inboundPort: inboundPort, labels: labels, certificateExpiry: nil,
                                                 mtls: mtlsMode, appProtocol: appProtocol),
-            interval: settings.heartbeatInterval, logger: logger)
+            interval: settings.heartbeatInterval, health: health, logger: logger)
         try await registration.register()
         self.registration.value = registration
     }
@@ -69,6 +73,10 @@ struct ControlPlaneSource: SidecarSource {
             tasks.addTask { await identity.renewalLoop() }
             if let registration {
                 tasks.addTask { await registration.heartbeatLoop() }
+                if let changes = health?.changes {
+                    // A change of the app's health is reported at once, not at the next beat.
+                    tasks.addTask { for await _ in changes { await registration.heartbeatOnce() } }
+                }
                 let reporter = TrafficReporter(identity: identity, states: states, instanceID: registration.request.instanceID,
                                                interval: settings.heartbeatInterval, logger: logger)
                 tasks.addTask { await reporter.run() }

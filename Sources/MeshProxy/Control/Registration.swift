@@ -9,11 +9,14 @@ struct Registration: Sendable {
     let identity: IdentityManager
     let request: ControlAPI.RegisterRequest
     let interval: Duration
+    /// The app's health, when the proxy checks it.
+    let health: AppHealth?
     let logger: Logger
 
     func register() async throws {
         var body = request
         body.certificateExpiry = await identity.svid?.notAfter
+        body.appHealthy = health?.healthy
         _ = try await identity.controlClient().send(.POST, ControlAPI.registerPath, json: body).decode(ServiceInstance.self)
     }
 
@@ -31,7 +34,7 @@ struct Registration: Sendable {
                     continue
                 }
                 let body = ControlAPI.HeartbeatRequest(instanceID: request.instanceID,
-                                                       certificateExpiry: await identity.svid?.notAfter)
+                                                       certificateExpiry: await identity.svid?.notAfter, appHealthy: health?.healthy)
                 let response = try await identity.controlClient().send(.POST, ControlAPI.heartbeatPath, json: body)
                 if response.status == .notFound {
                     registered = false
@@ -45,6 +48,18 @@ struct Registration: Sendable {
                 registered = false
                 logger.warning("heartbeat failed; serving on the last known configuration", metadata: ["error": "\(error)"])
             }
+        }
+    }
+
+    /// One heartbeat now (the app's health changed); a failure is left to the loop, which
+    /// carries the same state at its next beat.
+    func heartbeatOnce() async {
+        do {
+            let body = ControlAPI.HeartbeatRequest(instanceID: request.instanceID,
+                                                   certificateExpiry: await identity.svid?.notAfter, appHealthy: health?.healthy)
+            _ = try await identity.controlClient().send(.POST, ControlAPI.heartbeatPath, json: body)
+        } catch {
+            logger.warning("could not report the app's health now; the next heartbeat carries it", metadata: ["error": "\(error)"])
         }
     }
 
