@@ -57,7 +57,7 @@ struct ControlPlaneSource: SidecarSource {
                                                 inboundPort: inboundPort, labels: labels, certificateExpiry: nil,
                                                 mtls: mtlsMode, appProtocol: appProtocol),
             interval: settings.heartbeatInterval, health: health, logger: logger)
-        try await registration.register()
+        // Registered only once the first registry (with the policies) is installed: see `run`.
         self.registration.value = registration
     }
 
@@ -71,12 +71,28 @@ struct ControlPlaneSource: SidecarSource {
         await withTaskGroup(of: Void.self) { tasks in
             tasks.addTask { await DenialReporter(identity: identity, buffer: denials, logger: logger).run() }
             tasks.addTask { await identity.renewalLoop() }
-            if let registration {
-                tasks.addTask { await registration.heartbeatLoop() }
-                if let changes = health?.changes {
-                    // A change of the app's health is reported at once, not at the next beat.
-                    tasks.addTask { for await _ in changes { await registration.heartbeatOnce() } }
+            // The instance is advertised only once its proxy has the registry and the policies:
+            // a caller never reaches a proxy that would refuse it for want of configuration.
+            let (configured, configuredSignal) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+            let health = self.health
+            tasks.addTask {
+                for await _ in configured { break }
+                guard let registration, !Task.isCancelled else {
+                    onFirstRegistry()
+                    return
                 }
+                await registration.registerUntilDone()
+                if Task.isCancelled { return }
+                onFirstRegistry()
+                await withTaskGroup(of: Void.self) { beats in
+                    beats.addTask { await registration.heartbeatLoop() }
+                    if let changes = health?.changes {
+                        // A change of the app's health is reported at once, not at the next beat.
+                        beats.addTask { for await _ in changes { await registration.heartbeatOnce() } }
+                    }
+                }
+            }
+            if let registration {
                 let reporter = TrafficReporter(identity: identity, states: states, instanceID: registration.request.instanceID,
                                                interval: settings.heartbeatInterval, logger: logger)
                 tasks.addTask { await reporter.run() }
@@ -86,7 +102,10 @@ struct ControlPlaneSource: SidecarSource {
             }
             tasks.addTask {
                 await RegistryWatcher(identity: identity, states: states, service: service, tapping: tapping, logger: logger,
-                                      onFirstSnapshot: onFirstRegistry).run()
+                                      onFirstSnapshot: {
+                                          configuredSignal.yield()
+                                          configuredSignal.finish()
+                                      }).run()
             }
         }
     }

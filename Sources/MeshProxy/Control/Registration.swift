@@ -20,6 +20,22 @@ struct Registration: Sendable {
         _ = try await identity.controlClient().send(.POST, ControlAPI.registerPath, json: body).decode(ServiceInstance.self)
     }
 
+    /// Registers, retrying with backoff (0.2 s doubling to 5 s) until it succeeds or the task
+    /// is cancelled; a control plane that refuses says why in the log.
+    func registerUntilDone() async {
+        var delay = 0.2
+        while !Task.isCancelled {
+            do {
+                try await register()
+                return
+            } catch {
+                logger.warning("cannot register with the control plane yet; retrying", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: .milliseconds(Int(delay * 1000)))
+                delay = min(delay * 2, 5)
+            }
+        }
+    }
+
     /// Heartbeats until cancelled; never throws (a dead control plane is logged, not fatal).
     func heartbeatLoop() async {
         var registered = true
