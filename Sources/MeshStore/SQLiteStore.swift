@@ -9,7 +9,7 @@ import SQLiteNIO
 /// ``consumeJoinToken(hash:now:)`` is atomic without extra locking.
 public actor SQLiteStore: MeshStore {
     private let connection: SQLiteConnection
-    private static let schemaVersion = 3
+    private static let schemaVersion = 4
     /// Store calls run one at a time. The actor alone does not ensure that: it is re-entered
     /// at every `await`, which would let another call's statements land inside a transaction.
     private var busy = false
@@ -20,7 +20,13 @@ public actor SQLiteStore: MeshStore {
         do {
             let connection = try await SQLiteConnection.open(storage: .file(path: path), logger: logger)
             let store = SQLiteStore(connection: connection)
-            try await store.migrate()
+            do {
+                try await store.migrate()
+            } catch {
+                // A store that cannot be migrated is not used: its connection closes here.
+                try? await connection.close()
+                throw error
+            }
             return store
         } catch let error as MeshError {
             throw error
