@@ -93,6 +93,8 @@ let package = Package(
             .product(name: "X509", package: "swift-certificates"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "SwiftASN1", package: "swift-asn1"),
+            // A real WebSocket server for the WebSocket-through-the-mesh test.
+            .product(name: "NIOWebSocket", package: "swift-nio"),
         ] + nio + tls, path: "Tests/MeshTesting"),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore"]),
         .testTarget(name: "MeshPolicyTests", dependencies: ["MeshPolicy", "MeshCore"]),

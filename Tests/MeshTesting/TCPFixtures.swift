@@ -69,7 +69,10 @@ public final class RawTCPClient: @unchecked Sendable {
     deinit { close(fd) }
 
     public func send(_ text: String) throws {
-        let bytes = Array(text.utf8)
+        try send(bytes: Array(text.utf8))
+    }
+
+    public func send(bytes: [UInt8]) throws {
         var sent = 0
         while sent < bytes.count {
             let n = bytes[sent...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
@@ -81,6 +84,11 @@ public final class RawTCPClient: @unchecked Sendable {
     /// Reads until `count` bytes arrived, the peer closed, or `timeout` passed; returns what
     /// was read (possibly less).
     public func receive(count: Int, timeout: Duration) -> String {
+        String(decoding: receiveBytes(count: count, timeout: timeout), as: UTF8.self)
+    }
+
+    /// Reads until `count` bytes, a close or `timeout`, as bytes.
+    public func receiveBytes(count: Int, timeout: Duration) -> [UInt8] {
         var received: [UInt8] = []
         let deadline = ContinuousClock.now + timeout
         var buffer = [UInt8](repeating: 0, count: 65536)
@@ -94,7 +102,23 @@ public final class RawTCPClient: @unchecked Sendable {
             if n <= 0 { break }
             received += buffer[0..<n]
         }
-        return String(decoding: received, as: UTF8.self)
+        return received
+    }
+
+    /// Reads up to the end of an HTTP response head (`\r\n\r\n`) and returns it; bytes after it
+    /// stay unread in the socket only if they arrive later (a test reads them with `receive`).
+    public func receiveHead(timeout: Duration) -> (head: String, rest: [UInt8]) {
+        var received: [UInt8] = []
+        let deadline = ContinuousClock.now + timeout
+        let end: [UInt8] = [13, 10, 13, 10]
+        while ContinuousClock.now < deadline {
+            if let range = received.firstRange(of: end) {
+                return (String(decoding: received[..<range.upperBound], as: UTF8.self), Array(received[range.upperBound...]))
+            }
+            let more = receiveBytes(count: 1, timeout: .milliseconds(200))
+            received += more
+        }
+        return (String(decoding: received, as: UTF8.self), [])
     }
 
     /// Whether the peer closed the connection within `timeout` (reads and drops any bytes).

@@ -86,7 +86,7 @@ extension ProxyHTTPHandler {
             state = ended ? .idle : .discarding
             if ended { headerTimer?.awaitNextRequest() }
             writeLocalResponse(.gatewayTimeout, code: kind, message: message, context: context)
-        case .idle, .discarding:
+        case .idle, .discarding, .upgraded:
             return
         }
     }
@@ -148,7 +148,7 @@ extension ProxyHTTPHandler {
                 return
             }
             armTryTimer(policy)
-            connect(candidates[...], loopState: loop)
+            connect(candidates[...], loopState: loop, fresh: upgrading)
         }
         return true
     }

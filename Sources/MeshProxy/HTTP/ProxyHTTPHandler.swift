@@ -22,6 +22,8 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         case forwarding(UpstreamConnection, requestEnded: Bool, responseStarted: Bool)
         /// Answered locally (or upstream finished early): drop the rest of the request.
         case discarding
+        /// Switched to WebSocket: the connection is handed to a relay (``switchToWebSocket``).
+        case upgraded
     }
 
     private let role: String
@@ -54,6 +56,8 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     /// Reading was paused because the pending body reached its limit.
     private var readPaused = false
     private static let maxReplayBytes = 64 * 1024
+    /// The current request asks for `Upgrade: websocket`.
+    var upgrading = false
 
     init(role: String, router: @escaping Router, states: LoopStates, logger: Logger) {
         self.role = role
@@ -111,7 +115,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             // Waiting for the end only to close politely: not for long.
             discardedBytes += chunk.readableBytes
             if discardedBytes > 1 << 20 { context.close(promise: nil) }
-        case (.discarding, _):
+        case (.discarding, _), (.upgraded, _):
             break
         }
     }
@@ -132,7 +136,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             exchange.status = 0
             recordExchange()
             finishExchange()
-        case .idle, .discarding:
+        case .idle, .discarding, .upgraded:
             break
         }
         state = .idle
@@ -157,6 +161,10 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         headerTimer?.headReceived()
         keepAlive = head.isKeepAlive
+        // The parser stops at an upgrade request: unless the upstream switches protocols, the
+        // connection closes after the answer.
+        upgrading = Self.isWebSocketUpgrade(head)
+        if upgrading { keepAlive = false }
         guard let loopState else { return }
         serial &+= 1
         exchange = Exchange(start: Exchange.now())
@@ -203,6 +211,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             respondLocally(status, code: code, message: message, context: context)
         case .forward(let candidates, var forwardHead, let subset):
             exchange.subset = subset
+            if upgrading { Self.markUpgrade(&forwardHead.headers) }
             if let span = exchange.span, let tracer = loopState.tracer?.tracer {
                 // The next hop (the peer proxy, or the app) continues this span's trace.
                 tracer.inject(span.context, into: &forwardHead.headers, using: HTTPHeadersInjector())
@@ -241,10 +250,12 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                 let (serial, attempt) = (self.serial, exchange.attempt)
                 context.eventLoop.scheduleTask(in: .nanoseconds(Int64(policy.faultDelaySeconds * 1e9))) { [self] in
                     guard self.serial == serial, exchange.attempt == attempt, case .connecting = state, let loop = self.loopState else { return }
-                    connect(candidates[...], loopState: loop)
+                    connect(candidates[...], loopState: loop, fresh: upgrading)
                 }
             } else {
-                connect(candidates[...], loopState: loopState)
+                // An upgrade gets a connection of its own: it will not come back to the pool,
+                // and many servers switch protocols only on a connection's first request.
+                connect(candidates[...], loopState: loopState, fresh: upgrading)
             }
         }
     }
@@ -302,7 +313,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             if candidates.count > 1 {
                 logger.info("upstream connect failed, trying the next endpoint",
                             metadata: ["role": "\(role)", "upstream": "\(key.address)", "error": "\(error)"])
-                connect(candidates.dropFirst(), loopState: loopState)
+                connect(candidates.dropFirst(), loopState: loopState, fresh: upgrading)
                 return
             }
             exchange.lastKey = key
@@ -327,6 +338,16 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     func upstreamEvent(_ event: UpstreamEvent) {
         guard case .forwarding(let upstream, let requestEnded, let started) = state, let context else { return }
         switch event {
+        case .part(.head(let head)) where head.status.code == 101:
+            guard upgrading, !started else {
+                upstream.channel.close(promise: nil)
+                finishExchange()
+                state = .discarding
+                writeLocalResponse(.badGateway, code: "bad-upgrade", message: "the upstream switched protocols without being asked",
+                                   context: context)
+                return
+            }
+            switchToWebSocket(head, upstream: upstream, context: context)
         case .part(.head(var head)):
             if !started, requestEnded, let policy = exchange.route?.policy, policy.retryStatuses.contains(Int(head.status.code)),
                retry("status-\(head.status.code)", upstream: upstream) {
@@ -349,7 +370,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             exchange.responseBytes += chunk.readableBytes
             context.write(wrapOutboundOut(.body(.byteBuffer(chunk))), promise: nil)
         case .part(.end(let trailers)):
-            let reusable = upstream.handler.keepAlive && requestEnded
+            // A connection that carried a refused upgrade is not reused: the upstream's parser
+            // may have stopped at the upgrade request, as ours does.
+            let reusable = upstream.handler.keepAlive && requestEnded && !upgrading
             if reusable {
                 upstream.handler.responder = nil
                 loopState?.pool.release(upstream)
@@ -420,7 +443,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         guard var parts = replay else { return }
         switch state {
         case .connecting, .forwarding: break
-        case .idle, .discarding: return
+        case .idle, .discarding, .upgraded: return
         }
         if case .body(let chunk) = part {
             replayBytes += chunk.readableBytes

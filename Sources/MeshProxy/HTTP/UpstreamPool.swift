@@ -128,7 +128,8 @@ final class UpstreamPool {
                             context: tlsContext, serverHostname: nil,
                             customVerificationCallbackWithMetadata: SPIFFEVerification.callback(verifier)))
                     }
-                    try sync.addHTTPClientHandlers()
+                    // Bytes past a 101 (WebSocket frames sent at once) are handed on, not dropped.
+                    try sync.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes)
                     try sync.addHandler(UpstreamHandler(ready: ready, expectsTLS: verifier != nil,
                                                         handshakeTimeout: handshakeTimeout, onHandshakeFailure: onHandshakeFailure))
                 }
@@ -189,6 +190,8 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     weak var responder: UpstreamResponder?
     /// Whether the last response allowed reuse of the connection.
     var keepAlive = true
+    /// The connection switched to WebSocket: HTTP parts still in this read are not anyone's.
+    var upgraded = false
     private var ready: EventLoopPromise<Void>?
     private let expectsTLS: Bool
     private let handshakeTimeout: TimeAmount
@@ -236,6 +239,7 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
+        if upgraded { return }
         guard let responder else {
             // A response nobody asked for: the connection is out of step, drop it.
             context.close(promise: nil)

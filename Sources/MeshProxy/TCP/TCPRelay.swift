@@ -64,7 +64,10 @@ final class TCPRelay: ChannelDuplexHandler, RemovableChannelHandler {
         var buffer = unwrapInboundIn(data)
         onBytes?(buffer.readableBytes)
         if joined {
+            // Flushed at once rather than at read-complete: bytes handed on by a decoder
+            // leaving the pipeline (after a WebSocket upgrade) come without a read-complete.
             partner?.send(buffer)
+            partner?.flushOut()
         } else if (early?.readableBytes ?? 0) + buffer.readableBytes > Self.maxEarlyBytes {
             context.close(promise: nil)
         } else if early == nil {
@@ -72,10 +75,6 @@ final class TCPRelay: ChannelDuplexHandler, RemovableChannelHandler {
         } else {
             early?.writeBuffer(&buffer)
         }
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        partner?.flushOut()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -132,3 +131,4 @@ final class TCPRelay: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 }
+

@@ -1,0 +1,57 @@
+import Foundation
+import MeshCore
+import MeshTesting
+import XCTest
+
+/// WebSocket through both proxies: the upgrade is authorized and routed like a request, then
+/// frames flow both ways over the mTLS hop, including one the server sends with its 101.
+final class WebSocketTests: XCTestCase {
+    func testWebSocketPassesThroughBothProxies() async throws {
+        let mesh = try await TestMesh.start()
+        let server = try await WebSocketEchoServer.start()
+        do {
+            _ = try await mesh.proxy("chat", app: server.address)
+            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
+            _ = try await eventually { try await callThroughMesh(web.outbound, service: "chat", path: "/plain") }
+
+            let client = try RawTCPClient(web.outbound)
+            try client.send(WebSocketClient.handshake(path: "/socket", host: "chat"))
+            let (head, rest) = client.receiveHead(timeout: .seconds(10))
+            XCTAssertTrue(head.hasPrefix("HTTP/1.1 101 Switching Protocols\r\n"), head)
+            let lower = head.lowercased()
+            XCTAssertTrue(lower.contains("upgrade: websocket\r\n") && lower.contains("connection: upgrade\r\n"), head)
+            // The server's answer to the RFC 6455 sample key arrives untouched.
+            XCTAssertTrue(lower.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"), head)
+
+            // The greeting the server sent right after its 101.
+            let hello = WebSocketClient.serverTextFrame("hello")
+            let greeting = rest + client.receiveBytes(count: hello.count - rest.count, timeout: .seconds(5))
+            XCTAssertEqual(greeting, hello)
+            for i in 1...20 {
+                try client.send(bytes: WebSocketClient.textFrame("ping \(i)"))
+                let expected = WebSocketClient.serverTextFrame("echo: ping \(i)")
+                XCTAssertEqual(client.receiveBytes(count: expected.count, timeout: .seconds(5)), expected, "message \(i)")
+            }
+            // A close frame: the server answers and closes, and the close crosses both proxies.
+            try client.send(bytes: [0x88, 0x80, 1, 2, 3, 4])
+            XCTAssertEqual(client.receiveBytes(count: 2, timeout: .seconds(5)), [0x88, 0x00])
+            XCTAssertTrue(client.closedByPeer(within: .seconds(5)), "the server's close reaches the client")
+
+            // A refused upgrade is an ordinary answer, after which the connection closes.
+            let refused = try RawTCPClient(web.outbound)
+            try refused.send(WebSocketClient.handshake(path: "/refuse", host: "chat"))
+            let (refusal, _) = refused.receiveHead(timeout: .seconds(10))
+            XCTAssertTrue(refusal.hasPrefix("HTTP/1.1 403"), refusal)
+            XCTAssertTrue(refused.closedByPeer(within: .seconds(5)), "a connection whose upgrade failed is closed")
+
+            // Plain HTTP to the same service keeps working on its own connections.
+            let plain = try await callThroughMesh(web.outbound, service: "chat", path: "/plain")
+            XCTAssertEqual(plain.status.code, 403)
+            XCTAssertEqual(plain.text, "no websocket here\n")
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        await server.stop()
+        await mesh.shutdown()
+    }
+}

@@ -1,0 +1,109 @@
+import Foundation
+import MeshCore
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOWebSocket
+
+/// A WebSocket echo server (SwiftNIO's WebSocket upgrader): answers every text frame with
+/// `echo: TEXT`, and greets each new connection with a `hello` frame right after the 101 (so
+/// the frame rides in the same read as the handshake answer).
+public final class WebSocketEchoServer: Sendable {
+    private let channel: Channel
+    public var address: HostPort { HostPort(host: "127.0.0.1", port: channel.localAddress?.port ?? 0) }
+
+    public static func start() async throws -> WebSocketEchoServer {
+        let upgrader = NIOWebSocketServerUpgrader(
+            shouldUpgrade: { channel, head in
+                // `/refuse` is refused: the handshake is answered with a plain 403.
+                channel.eventLoop.makeSucceededFuture(head.uri == "/refuse" ? nil : HTTPHeaders())
+            },
+            upgradePipelineHandler: { channel, _ in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    // The plain-HTTP handler has no business with frames.
+                    if let plain = try? sync.handler(type: RefuseHandler.self) { sync.removeHandler(plain, promise: nil) }
+                    try sync.addHandler(EchoFrames())
+                }
+            })
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+                        withServerUpgrade: (upgraders: [upgrader], completionHandler: { _ in }))
+                    try channel.pipeline.syncOperations.addHandler(RefuseHandler())
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        return WebSocketEchoServer(channel: channel)
+    }
+
+    private init(channel: Channel) { self.channel = channel }
+    public func stop() async { try? await channel.close() }
+}
+
+/// Plain HTTP answers of the echo server (requests that did not upgrade).
+private final class RefuseHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case .end = unwrapInboundIn(data) else { return }
+        let body = ByteBuffer(string: "no websocket here\n")
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .forbidden,
+                                                               headers: ["content-length": "\(body.readableBytes)"]))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+    }
+}
+
+private final class EchoFrames: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        send("hello", context: context)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        switch frame.opcode {
+        case .text:
+            let data = frame.unmaskedData
+            let text = data.getString(at: data.readerIndex, length: data.readableBytes) ?? ""
+            send("echo: \(text)", context: context)
+        case .connectionClose:
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: ByteBuffer())))
+                .whenComplete { _ in context.close(promise: nil) }
+        default:
+            break
+        }
+    }
+
+    private func send(_ text: String, context: ChannelHandlerContext) {
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(string: text))), promise: nil)
+    }
+}
+
+/// The client side of RFC 6455 by hand over a ``RawTCPClient``: the opening handshake and
+/// masked text frames, so the test sees exactly the bytes that cross the mesh.
+public enum WebSocketClient {
+    /// The opening handshake request for `path` on `host`.
+    public static func handshake(path: String, host: String) -> String {
+        "GET \(path) HTTP/1.1\r\nHost: \(host)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    }
+
+    /// A masked text frame (clients must mask), payload under 126 bytes.
+    public static func textFrame(_ text: String) -> [UInt8] {
+        let payload = Array(text.utf8)
+        let mask: [UInt8] = [0x12, 0x34, 0x56, 0x78]
+        return [0x81, 0x80 | UInt8(payload.count)] + mask + payload.enumerated().map { $0.element ^ mask[$0.offset % 4] }
+    }
+
+    /// An unmasked text frame as a server sends it, for comparing with what arrived.
+    public static func serverTextFrame(_ text: String) -> [UInt8] {
+        let payload = Array(text.utf8)
+        return [0x81, UInt8(payload.count)] + payload
+    }
+}
