@@ -33,7 +33,7 @@ final class StaticModeTests: XCTestCase {
     }
 
     private func config(service: String, app: HostPort, certificate: String? = nil, services: [String: [HostPort]] = [:],
-                        allow: String? = nil) -> String {
+                        allow: String? = nil, extra: String = "") -> String {
         var text = """
             service: \(service)
             app: \(app)
@@ -51,7 +51,7 @@ final class StaticModeTests: XCTestCase {
         if !services.isEmpty {
             text += "\nservices:\n" + services.map { "  \($0.key): [\($0.value.map(\.description).joined(separator: ", "))]" }.joined(separator: "\n")
         }
-        return text + "\n"
+        return text + "\n" + extra
     }
 
     func testTwoStandaloneProxiesCarryARequestWithTheirOwnPKI() async throws {
@@ -65,7 +65,10 @@ final class StaticModeTests: XCTestCase {
             let apiFields = try await api.waitForLine(prefix: "mesh proxy ready:")
             let apiInbound = try HostPort(parsing: apiFields["inbound"] ?? "")
 
-            try write(config(service: "web", app: HostPort(host: "127.0.0.1", port: 9), services: ["api": [apiInbound]]), "web.yaml")
+            // TrafficPolicy works without a control plane too: api gets a 300 ms request timeout.
+            let traffic = "trafficPolicies:\n  - kind: TrafficPolicy\n    metadata: {name: api}\n    spec: {timeouts: {request: 300ms}}\n"
+            try write(config(service: "web", app: HostPort(host: "127.0.0.1", port: 9), services: ["api": [apiInbound]], extra: traffic),
+                      "web.yaml")
             let web = try MeshProcess(["proxy", "--config", directory.appendingPathComponent("web.yaml").path], logDirectory: directory)
             processes.append(web)
             let webFields = try await web.waitForLine(prefix: "mesh proxy ready:")
@@ -74,6 +77,9 @@ final class StaticModeTests: XCTestCase {
             let response = try await callThroughMesh(outbound, service: "api", path: "/static")
             XCTAssertEqual(response.status.code, 200, response.text)
             XCTAssertEqual(app.requests.last?.header("x-mesh-peer-identity"), ["spiffe://corp.example/ns/default/sa/web"])
+            let slow = try await callThroughMesh(outbound, service: "api", path: "/slow")
+            XCTAssertEqual(slow.status.code, 504, slow.text)
+            XCTAssertEqual(slow.headers.first(name: "x-mesh-error"), "request-timeout")
             let unknown = try await callThroughMesh(outbound, service: "billing")
             XCTAssertEqual(unknown.status.code, 503)
         } catch {

@@ -17,6 +17,36 @@ final class PolicyEvaluatorTests: XCTestCase {
                           headers: headers, now: now)
     }
 
+    /// Raw TCP streams have no HTTP attributes, ever: both kinds of rule fail closed.
+    func testOpaqueStreamsFailClosedOnHTTPConditions() {
+        let allowGet = AuthorizationPolicy(name: "web-gets", target: .service(api), rules: [
+            .init(from: [.init(identities: [IdentityMatch(web)])], to: [.init(methods: ["GET"])]),
+        ])
+        let allowBatch = AuthorizationPolicy(name: "batch-any", target: .service(api), rules: [
+            .init(from: [.init(identities: [IdentityMatch(batch)])]),
+        ])
+        let denyAdmin = AuthorizationPolicy(name: "batch-no-admin", target: .service(api), action: .deny, rules: [
+            .init(from: [.init(identities: [IdentityMatch(batch)])], to: [.init(paths: [PathMatch("/admin/*")])]),
+        ])
+        let evaluator = PolicyEvaluator(policies: [allowGet, allowBatch, denyAdmin])
+        func stream(from caller: String) -> RequestAttributes {
+            var attributes = request(from: caller, method: nil, path: nil)
+            attributes.opaque = true
+            return attributes
+        }
+        // An allow that needs a method cannot allow a stream.
+        let web = evaluator.evaluate(stream(from: self.web))
+        XCTAssertFalse(web.allowed)
+        XCTAssertTrue(web.explanation.joined().contains("opaque TCP stream"), "\(web.explanation)")
+        // A deny whose HTTP conditions cannot be checked covers the whole stream.
+        let batch = evaluator.evaluate(stream(from: self.batch))
+        XCTAssertFalse(batch.allowed)
+        XCTAssertEqual(batch.policy, "batch-no-admin")
+        // Over HTTP the same rules decide per request.
+        XCTAssertTrue(evaluator.evaluate(request(from: self.batch, path: "/orders")).allowed)
+        XCTAssertFalse(evaluator.evaluate(request(from: self.batch, path: "/admin/x")).allowed)
+    }
+
     func testDefaultDenyWithoutAMatchingAllow() {
         let evaluator = PolicyEvaluator(policies: [])
         let decision = evaluator.evaluate(request(from: web))

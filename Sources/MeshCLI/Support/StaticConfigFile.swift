@@ -22,6 +22,9 @@ import Yams
 ///   trustDomain: mesh.local        # optional when the CA names it in a spiffe:// URI SAN
 /// services:                        # endpoints (peers' inbound listeners) by service name
 ///   api: [10.0.0.5:15006, 10.0.0.6:15006]
+/// trafficPolicies: [...]             # optional TrafficPolicy resources
+/// appProtocol: http                  # optional: tcp for an opaque app
+/// upstreams: {db: 15432}             # optional: local ports bound to one service each
 /// ```
 /// Relative paths are resolved against the file's directory.
 enum StaticConfigFile {
@@ -43,6 +46,13 @@ enum StaticConfigFile {
         var services: [String: [String]]?
         /// AuthorizationPolicy documents for this proxy's inbound side.
         var policies: [PolicyDocument]?
+        /// TrafficPolicy resources: of the services this proxy calls (balancing, retries,
+        /// timeouts, splits …) and of its own service (rate limits).
+        var trafficPolicies: [TrafficPolicy]?
+        /// http (default) or tcp: what the app speaks.
+        var appProtocol: String?
+        /// Local ports bound to one service each, `SERVICE: [HOST:]PORT`.
+        var upstreams: [String: String]?
         /// deny (default) or audit.
         var defaultPolicy: String?
         /// strict (default) or permissive.
@@ -95,9 +105,11 @@ enum StaticConfigFile {
                                               bundleFile: resolve(file.tls.bundle), trustDomain: file.tls.trustDomain,
                                               services: services)
         var policySettings = settings
-        policySettings.policies = PolicySet(defaultMode: file.defaultPolicy ?? "deny", policies: file.policies ?? [])
+        policySettings.policies = PolicySet(defaultMode: file.defaultPolicy ?? "deny", policies: file.policies ?? [],
+                                            traffic: file.trafficPolicies ?? [])
         do {
             _ = try PolicyCompiler.compile(policySettings.policies)
+            for traffic in file.trafficPolicies ?? [] { try ResourceValidator.validate(traffic) }
         } catch let error as MeshError {
             throw ValidationError("\(path): \(error.message)")
         }
@@ -106,6 +118,17 @@ enum StaticConfigFile {
             inbound: try address(file.inbound, "inbound"), outbound: try address(file.outbound, "outbound"),
             admin: try address(file.admin, "admin"), source: .staticFiles(policySettings))
         config.accessLog = file.accessLog
+        if let appProtocol = file.appProtocol {
+            guard ["http", "tcp"].contains(appProtocol) else { throw ValidationError("\(path): field 'appProtocol' must be http or tcp") }
+            config.appProtocol = appProtocol
+        }
+        for (service, listen) in (file.upstreams ?? [:]).sorted(by: { $0.key < $1.key }) {
+            do {
+                config.upstreams.append(try ProxyCommand.parseUpstream("\(service)=\(listen)"))
+            } catch {
+                throw ValidationError("\(path): field 'upstreams.\(service)': write [HOST:]PORT, e.g. 127.0.0.1:15432")
+            }
+        }
         config.metricsEnabled = file.metrics ?? true
         config.traceEndpoint = file.tracing?.endpoint
         if let sampling = file.tracing?.sampling {
