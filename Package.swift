@@ -23,6 +23,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
@@ -66,6 +67,7 @@ let package = Package(
         ]),
         // Layer 2: data plane and control plane.
         .target(name: "MeshProxy", dependencies: ["MeshCore", "MeshIdentity", "MeshPolicy", "MeshTelemetry", "MeshTransport", log] + nio + tls + [
+            .product(name: "NIOHTTP2", package: "swift-nio-http2"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "Tracing", package: "swift-distributed-tracing"),
             .product(name: "X509", package: "swift-certificates"),

@@ -120,13 +120,15 @@ public struct Sidecar: Sendable {
         let install: @Sendable (SVID, TrustBundle) async -> Void = { svid, bundle in
             do {
                 let server = try MeshTLS.serverContext(svid: svid, bundle: bundle,
-                                                       protocols: [MeshTLS.ALPN.http1, MeshTLS.ALPN.opaque])
+                                                       protocols: [MeshTLS.ALPN.http1, MeshTLS.ALPN.http2, MeshTLS.ALPN.opaque])
                 let client = try MeshTLS.clientContext(svid: svid, bundle: bundle)
                 let opaque = try MeshTLS.clientContext(svid: svid, bundle: bundle, protocols: [MeshTLS.ALPN.opaque])
+                let http2 = try MeshTLS.clientContext(svid: svid, bundle: bundle, protocols: [MeshTLS.ALPN.http2])
                 await states.update { state in
                     state.serverTLS = server
                     state.clientTLS = client
                     state.clientOpaqueTLS = opaque
+                    state.clientH2TLS = http2
                     state.bundle = bundle
                 }
                 readiness.svidNotAfter = svid.notAfter

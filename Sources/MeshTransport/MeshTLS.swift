@@ -68,6 +68,8 @@ public enum MeshTLS {
     public enum ALPN {
         /// HTTP/1.1 requests.
         public static let http1 = "http/1.1"
+        /// HTTP/2 streams (gRPC, and any h2 request from an app).
+        public static let http2 = "h2"
         /// An opaque TCP stream (`appProtocol: tcp`, or a connection that is not HTTP),
         /// relayed byte for byte to the app.
         public static let opaque = "swiftmesh-opaque/1"

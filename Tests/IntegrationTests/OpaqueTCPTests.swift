@@ -67,6 +67,12 @@ final class OpaqueTCPTests: XCTestCase {
             try await waitUntil { db.process.log.contains("TCP stream denied by policy") }
             XCTAssertTrue(db.process.log.contains("caller=spiffe://mesh.local/ns/default/sa/intruder"), db.process.log.suffix(3000).description)
 
+            // A stream is authorized again when the policies change: revoking client's
+            // permission ends its open session (PostgreSQL itself would wait a minute for it).
+            let session = try RawTCPClient(port)
+            try session.send(bytes: [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]) // SSLRequest
+            XCTAssertEqual(session.receive(count: 1, timeout: .seconds(5)), "N", "the server answers through the mesh")
+
             // Metrics on both sides: streams opened and denied, bytes each way.
             let inbound = try await plainGet(db.admin, "/metrics").text
             XCTAssertTrue(inbound.contains(#"mesh_tcp_streams_total{direction="inbound",source_service="client",destination_service="db",outcome="opened"}"#), inbound)
@@ -74,6 +80,10 @@ final class OpaqueTCPTests: XCTestCase {
             let outbound = try await plainGet(client.admin, "/metrics").text
             let received = metricValue(outbound, #"mesh_tcp_stream_bytes_total{direction="outbound",source_service="client",destination_service="db",flow="from-destination"}"#)
             XCTAssertGreaterThan(received ?? 0, 4_194_304, outbound)
+
+            let revoked = try await mesh.cli(["delete", "policy", "db-clients"])
+            XCTAssertEqual(revoked.status, 0, revoked.err)
+            XCTAssertTrue(session.closedByPeer(within: .seconds(5)), "a revoked permission closes the open stream")
         } catch {
             XCTFail("\(error)\n\(mesh.logs)")
         }
@@ -81,6 +91,8 @@ final class OpaqueTCPTests: XCTestCase {
         postgres.stop()
     }
 
+    /// Declared opaque services are relayed at once (their server speaks first); an HTTP
+    /// service's port carries HTTP only, and refuses anything else without hanging.
     func testUpstreamPortsDetectHTTPAndNeverHangOnServerFirstProtocols() async throws {
         let mesh = try await TestMesh.start()
         let api = try await TestApp.start("api")
@@ -89,7 +101,7 @@ final class OpaqueTCPTests: XCTestCase {
             _ = try await mesh.proxy("api", app: api.address)
             // Declared opaque: callers relay at once.
             _ = try await mesh.proxy("smtp", app: greeter.address, extra: ["--app-protocol", "tcp"])
-            // Not declared: callers must detect, and a silent client is opaque after the timeout.
+            // Not declared tcp: an HTTP service, whatever listens behind it.
             _ = try await mesh.proxy("legacy", app: greeter.address)
             let quick = try await mesh.proxy("quick", app: HostPort(host: "127.0.0.1", port: 9),
                                              extra: ["--upstream", "api=0", "--upstream", "legacy=0", "--detect-timeout", "300ms"])
@@ -111,13 +123,15 @@ final class OpaqueTCPTests: XCTestCase {
             try smtp.send("HELO mesh\r\n")
             XCTAssertEqual(smtp.receive(count: 11, timeout: .seconds(5)), "HELO mesh\r\n")
 
-            // Undeclared: silence for the detection timeout means opaque; the greeting follows.
+            // An HTTP service's port: silence past the detection timeout is refused, never a
+            // hang, and raw bytes never reach its app (they would skip every HTTP check).
             let legacy = try RawTCPClient(try XCTUnwrap(quick.upstreams["legacy"]))
-            XCTAssertEqual(legacy.receive(count: 19, timeout: .seconds(10)), "220 greeter ready\r\n")
-            // A client that speaks first with something that is not HTTP is opaque at once.
+            XCTAssertTrue(legacy.closedByPeer(within: .seconds(5)), "a silent client is refused after the detection timeout")
             let talker = try RawTCPClient(try XCTUnwrap(quick.upstreams["legacy"]))
-            try talker.send("\u{1}\u{2}binary hello")
-            XCTAssertEqual(talker.receive(count: 19 + 14, timeout: .seconds(10)), "220 greeter ready\r\n\u{1}\u{2}binary hello")
+            try talker.send("\r\nGET /admin HTTP/1.1\r\nHost: legacy\r\n\r\n")
+            XCTAssertEqual(talker.receive(count: 19, timeout: .seconds(5)), "", "nothing of the app reaches a non-HTTP caller")
+            XCTAssertTrue(talker.closedByPeer(within: .seconds(5)))
+            XCTAssertTrue(quick.process.log.contains("connection refused: not HTTP, and the service speaks HTTP"), quick.process.log)
         } catch {
             XCTFail("\(error)\n\(mesh.logs)")
         }

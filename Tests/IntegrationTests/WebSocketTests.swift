@@ -44,6 +44,14 @@ final class WebSocketTests: XCTestCase {
             XCTAssertTrue(refusal.hasPrefix("HTTP/1.1 403"), refusal)
             XCTAssertTrue(refused.closedByPeer(within: .seconds(5)), "a connection whose upgrade failed is closed")
 
+            // An upgrade request with a body is refused: body and frames would be mixed.
+            let withBody = try RawTCPClient(web.outbound)
+            try withBody.send(WebSocketClient.handshake(path: "/socket", host: "chat")
+                .replacingOccurrences(of: "\r\n\r\n", with: "\r\nContent-Length: 4\r\n\r\nbody"))
+            let (bodyRefusal, _) = withBody.receiveHead(timeout: .seconds(10))
+            XCTAssertTrue(bodyRefusal.hasPrefix("HTTP/1.1 400"), bodyRefusal)
+            XCTAssertTrue(bodyRefusal.lowercased().contains("x-mesh-error: bad-upgrade"), bodyRefusal)
+
             // Plain HTTP to the same service keeps working on its own connections.
             let plain = try await callThroughMesh(web.outbound, service: "chat", path: "/plain")
             XCTAssertEqual(plain.status.code, 403)

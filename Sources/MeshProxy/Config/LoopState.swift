@@ -213,6 +213,8 @@ final class LoopState {
     var clientTLS: NIOSSLContext?
     /// The client context of opaque TCP streams (ALPN ``MeshTLS/ALPN/opaque``).
     var clientOpaqueTLS: NIOSSLContext?
+    /// The client context of HTTP/2 connections to peers (ALPN `h2`).
+    var clientH2TLS: NIOSSLContext?
     var bundle: TrustBundle?
     let pool: UpstreamPool
     /// This service's own TrafficPolicy (its rate limits apply here, on the inbound side).
@@ -226,6 +228,27 @@ final class LoopState {
     private var endpointStats: [UpstreamKey: EndpointStats] = [:]
     /// Requests being forwarded right now, for graceful shutdown.
     var inFlight = 0
+    /// Open opaque streams of the inbound side, authorized again when the policies change.
+    private var openStreams: [ObjectIdentifier: OpenStream] = [:]
+    /// While a policy of this workload expires: the streams are checked every second.
+    private var streamRecheck: RepeatedTask?
+
+    /// Keeps `stream` until its channel closes, for ``recheckStreams()``.
+    func track(_ stream: OpenStream) {
+        let id = ObjectIdentifier(stream.channel)
+        openStreams[id] = stream
+        stream.channel.closeFuture.whenComplete { [weak self] _ in
+            self?.eventLoop.execute { self?.openStreams[id] = nil }
+        }
+    }
+
+    /// Closes every open stream that its current policy no longer allows.
+    func recheckStreams() {
+        for (id, stream) in openStreams where !stream.stillAllowed(stream) {
+            openStreams[id] = nil
+            stream.channel.close(promise: nil)
+        }
+    }
 
     init(eventLoop: EventLoop, limits: ProxyLimits) {
         self.eventLoop = eventLoop
@@ -274,6 +297,15 @@ final class LoopState {
         }
         endpointStats = kept
         self.routes = routes
+        recheckStreams()
+        if policiesExpire, streamRecheck == nil {
+            streamRecheck = eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [weak self] _ in
+                self?.recheckStreams()
+            }
+        } else if !policiesExpire {
+            streamRecheck?.cancel()
+            streamRecheck = nil
+        }
     }
 
     private func applyServiceDefaults() {

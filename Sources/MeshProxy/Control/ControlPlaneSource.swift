@@ -74,7 +74,6 @@ struct ControlPlaneSource: SidecarSource {
             // The instance is advertised only once its proxy has the registry and the policies:
             // a caller never reaches a proxy that would refuse it for want of configuration.
             let (configured, configuredSignal) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
-            let health = self.health
             tasks.addTask {
                 for await _ in configured { break }
                 guard let registration, !Task.isCancelled else {
@@ -84,13 +83,8 @@ struct ControlPlaneSource: SidecarSource {
                 await registration.registerUntilDone()
                 if Task.isCancelled { return }
                 onFirstRegistry()
-                await withTaskGroup(of: Void.self) { beats in
-                    beats.addTask { await registration.heartbeatLoop() }
-                    if let changes = health?.changes {
-                        // A change of the app's health is reported at once, not at the next beat.
-                        beats.addTask { for await _ in changes { await registration.heartbeatOnce() } }
-                    }
-                }
+                // Also reports a change of the app's health within 100 ms.
+                await registration.heartbeatLoop()
             }
             if let registration {
                 let reporter = TrafficReporter(identity: identity, states: states, instanceID: registration.request.instanceID,

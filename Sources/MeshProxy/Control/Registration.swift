@@ -37,11 +37,18 @@ struct Registration: Sendable {
     }
 
     /// Heartbeats until cancelled; never throws (a dead control plane is logged, not fatal).
+    /// The one sender of heartbeats (so reports never overtake each other): every `interval`,
+    /// and within 100 ms of a change of the app's health.
     func heartbeatLoop() async {
         var registered = true
+        var reported = health?.healthy
         while !Task.isCancelled {
-            try? await Task.sleep(for: interval)
+            let due = ContinuousClock.now + interval
+            while ContinuousClock.now < due, !Task.isCancelled, health?.healthy == reported {
+                try? await Task.sleep(for: min(.milliseconds(100), due - ContinuousClock.now))
+            }
             if Task.isCancelled { return }
+            reported = health?.healthy
             do {
                 if !registered {
                     try await register()
@@ -64,18 +71,6 @@ struct Registration: Sendable {
                 registered = false
                 logger.warning("heartbeat failed; serving on the last known configuration", metadata: ["error": "\(error)"])
             }
-        }
-    }
-
-    /// One heartbeat now (the app's health changed); a failure is left to the loop, which
-    /// carries the same state at its next beat.
-    func heartbeatOnce() async {
-        do {
-            let body = ControlAPI.HeartbeatRequest(instanceID: request.instanceID,
-                                                   certificateExpiry: await identity.svid?.notAfter, appHealthy: health?.healthy)
-            _ = try await identity.controlClient().send(.POST, ControlAPI.heartbeatPath, json: body)
-        } catch {
-            logger.warning("could not report the app's health now; the next heartbeat carries it", metadata: ["error": "\(error)"])
         }
     }
 

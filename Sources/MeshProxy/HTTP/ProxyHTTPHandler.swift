@@ -58,6 +58,10 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     private static let maxReplayBytes = 64 * 1024
     /// The current request asks for `Upgrade: websocket`.
     var upgrading = false
+    /// The current request came over HTTP/2: it goes upstream over HTTP/2 too.
+    var http2 = false
+    /// gRPC status fields of a trailers-only answer, sent on as trailers (see `upstreamEvent`).
+    private var heldTrailers: HTTPHeaders?
 
     init(role: String, router: @escaping Router, states: LoopStates, logger: Logger) {
         self.role = role
@@ -160,16 +164,19 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
 
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         headerTimer?.headReceived()
-        keepAlive = head.isKeepAlive
+        http2 = head.version.major == 2
+        // An HTTP/2 stream ends with its exchange; the connection under it is not ours to close.
+        keepAlive = http2 || head.isKeepAlive
         // The parser stops at an upgrade request: unless the upstream switches protocols, the
         // connection closes after the answer.
-        upgrading = Self.isWebSocketUpgrade(head)
+        upgrading = !http2 && Self.isWebSocketUpgrade(head)
         if upgrading { keepAlive = false }
         guard let loopState else { return }
         serial &+= 1
         exchange = Exchange(start: Exchange.now())
         if !infoLoaded {
-            info = DownstreamInfo(peer: PeerIdentityReader.peer(of: context), remoteAddress: context.channel.remoteAddress)
+            info = DownstreamInfo(peer: PeerIdentityReader.peer(of: context),
+                                  remoteAddress: context.channel.remoteAddress ?? context.channel.parent?.remoteAddress)
             infoLoaded = true
         }
         // Inbound, the edge is the verified caller; outbound, the destination once routed
@@ -191,10 +198,17 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             return
         }
         var head = head
-        if let problem = ProxyHeaders.sanitizeFraming(&head) {
+        if let problem = ProxyHeaders.sanitizeFraming(&head, http2: http2) {
             // Ambiguous framing is how a second request gets smuggled past the checks.
             keepAlive = false
             respondLocally(.badRequest, code: "bad-framing", message: problem, context: context)
+            return
+        }
+        if upgrading, head.headers.contains(name: "transfer-encoding")
+            || (head.headers.first(name: "content-length").flatMap(Int.init) ?? 0) > 0 {
+            // Body bytes and frames would share the connection after a switch: refused.
+            respondLocally(.badRequest, code: "bad-upgrade", message: "a WebSocket upgrade request must not carry a body",
+                           context: context)
             return
         }
         let decision = router(head, &info, loopState)
@@ -269,6 +283,17 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             stats.inFlight += 1
             exchange.endpoint = stats
         }
+        if http2 {
+            let (serial, attempt) = (self.serial, exchange.attempt)
+            loopState.pool.acquireStream(key, clientTLS: loopState.clientH2TLS, bundle: loopState.bundle).whenComplete { [self] result in
+                guard self.serial == serial, exchange.attempt == attempt else {
+                    if case .success(let stream) = result { stream.channel.close(promise: nil) }
+                    return
+                }
+                connected(result, key: key, candidates: candidates, loopState: loopState)
+            }
+            return
+        }
         if !fresh, let upstream = loopState.pool.takeIdle(key) {
             // The common case on a busy proxy: a pooled connection, used at once.
             connected(.success(upstream), key: key, candidates: candidates, loopState: loopState)
@@ -339,11 +364,12 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         guard case .forwarding(let upstream, let requestEnded, let started) = state, let context else { return }
         switch event {
         case .part(.head(let head)) where head.status.code == 101:
-            guard upgrading, !started else {
+            guard upgrading, !started, requestEnded, head.headers.first(name: "upgrade")?.lowercased() == "websocket" else {
                 upstream.channel.close(promise: nil)
                 finishExchange()
                 state = .discarding
-                writeLocalResponse(.badGateway, code: "bad-upgrade", message: "the upstream switched protocols without being asked",
+                writeLocalResponse(.badGateway, code: "bad-upgrade",
+                                   message: "the upstream switched protocols without a WebSocket upgrade being asked and agreed",
                                    context: context)
                 return
             }
@@ -355,6 +381,18 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             }
             // The timeouts run until the response starts: a long body is not cut.
             cancelTimers()
+            if http2, head.headers.contains(name: "grpc-status") {
+                // A gRPC "trailers-only" answer (one HEADERS frame that ends the stream) reaches
+                // us as a head and an empty end, which would go out as HEADERS and an empty DATA
+                // frame without trailers, and the client would lose the status. The status
+                // fields go out as trailers instead: a valid answer with no messages.
+                var trailers = HTTPHeaders()
+                for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+                    for value in head.headers[name] { trailers.add(name: name, value: value) }
+                    head.headers.remove(name: name)
+                }
+                heldTrailers = trailers
+            }
             let upstreamKeepAlive = head.isKeepAlive
             ProxyHeaders.stripHopByHop(&head.headers)
             exchange.responseHead = Exchange.now()
@@ -369,10 +407,14 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         case .part(.body(let chunk)):
             exchange.responseBytes += chunk.readableBytes
             context.write(wrapOutboundOut(.body(.byteBuffer(chunk))), promise: nil)
-        case .part(.end(let trailers)):
+        case .part(.end(var trailers)):
+            if let held = heldTrailers {
+                heldTrailers = nil
+                trailers = trailers.map { HTTPHeaders(held.map { ($0.name, $0.value) } + $0.map { ($0.name, $0.value) }) } ?? held
+            }
             // A connection that carried a refused upgrade is not reused: the upstream's parser
             // may have stopped at the upgrade request, as ours does.
-            let reusable = upstream.handler.keepAlive && requestEnded && !upgrading
+            let reusable = upstream.handler.keepAlive && requestEnded && !upgrading && !upstream.isStream
             if reusable {
                 upstream.handler.responder = nil
                 loopState?.pool.release(upstream)

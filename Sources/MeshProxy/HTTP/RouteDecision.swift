@@ -44,7 +44,7 @@ struct DownstreamInfo {
 }
 
 /// Decides per request. Runs on the event loop with that loop's state: it must not block.
-typealias Router = (HTTPRequestHead, inout DownstreamInfo, LoopState) -> RouteDecision
+typealias Router = @Sendable (HTTPRequestHead, inout DownstreamInfo, LoopState) -> RouteDecision
 
 extension ServerBootstrap {
     /// The socket options every data-path listener uses: a deep accept backlog, address
@@ -91,7 +91,7 @@ enum ProxyHeaders {
     /// body as a second, unchecked request (smuggling). So: `Transfer-Encoding` must be
     /// exactly `chunked` (once) and wins over `Content-Length`, which is then dropped; TRACE
     /// carries no body; and every request goes upstream as HTTP/1.1.
-    static func sanitizeFraming(_ head: inout HTTPRequestHead) -> String? {
+    static func sanitizeFraming(_ head: inout HTTPRequestHead, http2: Bool = false) -> String? {
         let encodings = head.headers["transfer-encoding"]
         if !encodings.isEmpty {
             guard encodings.count == 1, encodings[0].trimmingCharacters(in: .whitespaces).lowercased() == "chunked" else {
@@ -111,7 +111,10 @@ enum ProxyHeaders {
         if head.method == .TRACE && (!encodings.isEmpty || (head.headers.first(name: "content-length").flatMap(Int.init) ?? 0) > 0) {
             return "a TRACE request must not carry a body"
         }
+        // HTTP/2 keeps `te: trailers` (the one value it allows; gRPC servers insist on it).
+        let trailers = http2 && head.headers["te"].map { $0.lowercased() } == ["trailers"]
         head.headers.remove(name: "te")
+        if trailers { head.headers.add(name: "te", value: "trailers") }
         head.version = .http1_1
         return nil
     }

@@ -28,6 +28,10 @@ final class UpstreamPool {
     var onHandshakeFailure: ((TLSFailureReason) -> Void)?
     /// Every open connection to a peer proxy (pooled or lent out), for TCP_INFO sampling.
     private var peers: [ObjectIdentifier: UpstreamConnection] = [:]
+    /// HTTP/2 connections (one per upstream, streams multiplexed) and those being made
+    /// (`HTTP/HTTP2Support.swift`).
+    var http2Open: [UpstreamKey: HTTP2Connection] = [:]
+    var http2Pending: [UpstreamKey: EventLoopFuture<HTTP2Connection>] = [:]
 
     init(eventLoop: EventLoop, limits: ProxyLimits) {
         self.eventLoop = eventLoop
@@ -102,6 +106,8 @@ final class UpstreamPool {
     func closeAll() {
         for connection in idle.values.joined() { connection.channel.close(promise: nil) }
         idle.removeAll()
+        for connection in http2Open.values { connection.channel.close(mode: .all, promise: nil) }
+        http2Open.removeAll()
     }
 
     private func connect(_ key: UpstreamKey, clientTLS: NIOSSLContext?, bundle: TrustBundle?) -> EventLoopFuture<UpstreamConnection> {
@@ -170,10 +176,13 @@ final class UpstreamConnection {
     let handler: UpstreamHandler
     /// Exchanges this connection has carried (1 for a new one).
     var uses = 1
+    /// An HTTP/2 stream: one exchange, then closed (the connection under it is shared).
+    let isStream: Bool
     /// The kernel's retransmission total at the last TCP_INFO sample.
     var reportedRetransmits: UInt32 = 0
 
-    init(key: UpstreamKey, channel: Channel, handler: UpstreamHandler) {
+    init(key: UpstreamKey, channel: Channel, handler: UpstreamHandler, isStream: Bool = false) {
+        self.isStream = isStream
         self.key = key
         self.channel = channel
         self.handler = handler

@@ -42,26 +42,17 @@ public struct HealthCheck: Sendable, Equatable {
     }
 }
 
-/// The app's health as last decided (nil before the first probe), and a stream of changes for
-/// the reporter. Shared between the checker and the control-plane source.
+/// The app's health as last decided (nil before the first probe), shared between the checker
+/// and the registration, whose heartbeat loop reports a change within 100 ms.
 public final class AppHealth: Sendable {
     private let box = NIOLockedValueBox<Bool?>(nil)
-    private let continuation: AsyncStream<Bool>.Continuation
-    /// Every change of health, newest kept (one consumer: the registration).
-    let changes: AsyncStream<Bool>
 
-    public init() {
-        (changes, continuation) = AsyncStream<Bool>.makeStream(bufferingPolicy: .bufferingNewest(1))
-    }
+    public init() {}
 
     public var healthy: Bool? { box.withLockedValue { $0 } }
 
     func set(_ healthy: Bool) {
-        let changed = box.withLockedValue { value -> Bool in
-            defer { value = healthy }
-            return value != healthy
-        }
-        if changed { continuation.yield(healthy) }
+        box.withLockedValue { $0 = healthy }
     }
 }
 

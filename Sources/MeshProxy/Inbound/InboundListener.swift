@@ -71,8 +71,26 @@ enum InboundListener {
                         let addALPNSwitch: (ChannelPipeline.SynchronousOperations) throws -> Void = { sync in
                             try sync.addHandler(ApplicationProtocolNegotiationHandler { result, channel in
                                 channel.eventLoop.makeCompletedFuture {
-                                    if case .negotiated(MeshTLS.ALPN.opaque) = result {
+                                    // What the caller carries must be what the app speaks: an opaque
+                                    // stream to an HTTP app would skip every HTTP check (path
+                                    // normalization, L7 rules, the identity header), and HTTP to an
+                                    // opaque app would pass L7 rules meant never to admit raw bytes.
+                                    let opaque: Bool
+                                    if case .negotiated(MeshTLS.ALPN.opaque) = result { opaque = true } else { opaque = false }
+                                    if opaque != (appProtocol == .tcp) {
+                                        logger.notice("connection refused: the caller's protocol is not the app's", metadata: [
+                                            "caller": "\(PeerIdentity.of(channel.pipeline.syncOperations)?.description ?? "unknown")",
+                                            "carries": "\(opaque ? "opaque TCP" : "HTTP")", "app_protocol": "\(appProtocol.rawValue)"])
+                                        channel.close(promise: nil)
+                                        return
+                                    }
+                                    if opaque {
                                         try addOpaque(channel)
+                                    } else if case .negotiated(MeshTLS.ALPN.http2) = result {
+                                        let sync = channel.pipeline.syncOperations
+                                        try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
+                                        try sync.addHandler(IdleCloseHandler())
+                                        try HTTP2Stack.configureServer(sync, role: "inbound", router: router, states: states, logger: logger)
                                     } else {
                                         try addHTTP(channel.pipeline.syncOperations)
                                     }
@@ -233,6 +251,13 @@ extension InboundListener {
         try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
         try sync.addHandler(IdleCloseHandler())
         try sync.addHandler(relay)
+        // Decided once, but not for ever: the stream is checked again whenever the policies
+        // change or one of them expires, and closed once it is no longer allowed.
+        state.track(OpenStream(channel: channel, info: info, appPort: app.port) { [weak state] stream in
+            guard let state else { return true }
+            if stream.info.peer == nil && state.mtlsMode == .strict { return false }
+            return authorize(nil, info: &stream.info, state: state, appPort: stream.appPort, logger: logger) == nil
+        })
         OpaqueStream.relayToApp(channel, relay: relay, app: app, edge: edge, limits: limits, logger: logger)
     }
 

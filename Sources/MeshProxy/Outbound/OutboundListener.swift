@@ -20,7 +20,18 @@ enum OutboundListener {
                     channel.eventLoop.makeCompletedFuture {
                         states.state(on: channel.eventLoop).connectionOpened(.outbound, peer: "src", channel)
                         let sync = channel.pipeline.syncOperations
-                        try addHTTPStack(sync, router: router, states: states, limits: limits, logger: logger)
+                        // HTTP/1.1, or HTTP/2 with prior knowledge (gRPC clients): told by the
+                        // first bytes; anything else meets the HTTP/1.1 parser and its 400.
+                        try sync.addHandler(ProtocolDetectHandler(timeout: limits.requestHeaderTimeout) { context, detected, _ in
+                            let sync = context.pipeline.syncOperations
+                            if detected == .http2 {
+                                try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
+                                try sync.addHandler(IdleCloseHandler())
+                                try HTTP2Stack.configureServer(sync, role: "outbound", router: router, states: states, logger: logger)
+                            } else {
+                                try addHTTPStack(sync, router: router, states: states, limits: limits, logger: logger)
+                            }
+                        })
                     }
                 }
                 .bind(host: address.host, port: address.port)

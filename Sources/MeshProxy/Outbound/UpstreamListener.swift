@@ -8,10 +8,11 @@ import NIOPosix
 /// app that cannot send a `Host` header — a database client, any raw TCP — dials to reach
 /// that service through the mesh.
 ///
-/// A service declared `appProtocol: tcp` is relayed opaquely at once. Otherwise the first
-/// bytes decide: HTTP/1.1 gets the full HTTP stack (routed to this service whatever the
-/// `Host`), anything else — or silence for `detectTimeout`, a server-first protocol — is an
-/// opaque stream.
+/// A service declared `appProtocol: tcp` is relayed opaquely at once (no waiting: server-first
+/// protocols work). Otherwise the service speaks HTTP and the first bytes decide: HTTP/1.1 or
+/// HTTP/2 gets the full HTTP stack (routed to this service whatever the `Host`); anything else
+/// — or silence for `detectTimeout` — is refused at once with a log line that says why. An HTTP
+/// app never receives raw bytes, which would skip every HTTP check of its proxy.
 enum UpstreamListener {
     static func bind(_ binding: Sidecar.Upstream, group: EventLoopGroup, states: LoopStates, limits: ProxyLimits,
                      logger: Logger) async throws -> Channel {
@@ -29,18 +30,23 @@ enum UpstreamListener {
                             return
                         }
                         try sync.addHandler(ProtocolDetectHandler(timeout: limits.detectTimeout) { context, detected, _ in
+                            let sync = context.pipeline.syncOperations
                             switch detected {
                             case .http1:
-                                try OutboundListener.addHTTPStack(context.pipeline.syncOperations, router: router, states: states,
-                                                                  limits: limits, logger: logger)
-                            case .http2, .opaque:
-                                // HTTP/2 from the app is relayed as it is (end to end, no L7 features).
-                                guard let route = state.routes[service] else {
-                                    logger.warning("opaque TCP stream refused: unknown service", metadata: ["service": "\(service)"])
-                                    context.close(promise: nil)
+                                try OutboundListener.addHTTPStack(sync, router: router, states: states, limits: limits, logger: logger)
+                            case .http2:
+                                try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
+                                try sync.addHandler(IdleCloseHandler())
+                                try HTTP2Stack.configureServer(sync, role: "outbound", router: router, states: states, logger: logger)
+                            case .opaque:
+                                if let route = state.routes[service], route.opaque {
+                                    try relay(context.channel, route: route, state: state, limits: limits, logger: logger)
                                     return
                                 }
-                                try relay(context.channel, route: route, state: state, limits: limits, logger: logger)
+                                logger.warning("connection refused: not HTTP, and the service speaks HTTP", metadata: [
+                                    "service": "\(service)",
+                                    "hint": "for a raw TCP service, start its proxies with --app-protocol tcp"])
+                                context.close(promise: nil)
                             }
                         })
                     }

@@ -91,7 +91,7 @@ enum OpaqueStream {
                     try sync.addHandler(try NIOSSLClientHandler(
                         context: tls, serverHostname: nil,
                         customVerificationCallbackWithMetadata: SPIFFEVerification.callback(verifier)))
-                    try sync.addHandler(OpaqueHandshake(ready: ready, timeout: limits.tlsHandshakeTimeout))
+                    try sync.addHandler(HandshakeWaiter(ready: ready, timeout: limits.tlsHandshakeTimeout, protocol: MeshTLS.ALPN.opaque))
                     try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
                     try sync.addHandler(IdleCloseHandler())
                     try sync.addHandler(relay.value)
@@ -141,17 +141,22 @@ enum OpaqueStream {
     }
 }
 
-/// Settles `ready` when the TLS handshake of an opaque stream's upstream completes, fails or
-/// times out; then steps aside.
-final class OpaqueHandshake: ChannelInboundHandler, RemovableChannelHandler {
+/// Settles `ready` when the TLS handshake of an upstream connection (an opaque stream, an
+/// HTTP/2 connection) completes, fails or times out; then steps aside.
+final class HandshakeWaiter: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
     private var ready: EventLoopPromise<Void>?
     private let timeout: TimeAmount
     private var timer: Scheduled<Void>?
+    /// The ALPN protocol the peer must have chosen: a peer that does not speak it (an older
+    /// proxy, a peer whose app speaks something else) is a failed connect, not a stream that
+    /// carries bytes it will misread.
+    private let expectedProtocol: String
 
-    init(ready: EventLoopPromise<Void>, timeout: TimeAmount) {
+    init(ready: EventLoopPromise<Void>, timeout: TimeAmount, protocol: String) {
         self.ready = ready
         self.timeout = timeout
+        self.expectedProtocol = `protocol`
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -165,9 +170,14 @@ final class OpaqueHandshake: ChannelInboundHandler, RemovableChannelHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         context.fireUserInboundEventTriggered(event)
-        if case TLSUserEvent.handshakeCompleted = event {
-            settle(.success(()))
-            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        if case TLSUserEvent.handshakeCompleted(let negotiated) = event {
+            if negotiated == expectedProtocol {
+                settle(.success(()))
+                context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+            } else {
+                settle(.failure(MeshError(.unavailable, "the peer does not speak \(expectedProtocol) (it chose \(negotiated ?? "nothing"))")))
+                context.close(promise: nil)
+            }
         }
     }
 
@@ -191,5 +201,21 @@ final class OpaqueHandshake: ChannelInboundHandler, RemovableChannelHandler {
         guard let ready else { return }
         self.ready = nil
         ready.completeWith(result)
+    }
+}
+
+/// An inbound opaque stream as authorization sees it: its channel, what is known of its
+/// caller, and the check that says whether it may stay open.
+final class OpenStream {
+    let channel: Channel
+    var info: DownstreamInfo
+    let appPort: Int
+    let stillAllowed: (OpenStream) -> Bool
+
+    init(channel: Channel, info: DownstreamInfo, appPort: Int, stillAllowed: @escaping (OpenStream) -> Bool) {
+        self.channel = channel
+        self.info = info
+        self.appPort = appPort
+        self.stillAllowed = stillAllowed
     }
 }

@@ -1,0 +1,137 @@
+import Logging
+import MeshCore
+import MeshIdentity
+import MeshTransport
+import NIOCore
+import NIOHTTP1
+import NIOHTTP2
+import NIOPosix
+import NIOSSL
+
+/// HTTP/2 in the data path (gRPC and any h2 traffic), built on swift-nio-http2.
+///
+/// Each HTTP/2 stream becomes a child channel whose HTTP/2 frames are mapped to HTTP/1-style
+/// parts (`HTTP2FramePayloadTo…Codec`), so the same ``ProxyHTTPHandler`` handles a stream as it
+/// handles an HTTP/1.1 connection: policy, routing, balancing, retries, timeouts, metrics.
+/// Trailers (`grpc-status`) travel as the parts' `.end(trailers)`.
+///
+/// The protocol follows the request, as in Linkerd: an h2 request from the app goes to the
+/// peer proxy over HTTP/2 (TLS, ALPN `h2`) and on to the app over HTTP/2 (prior-knowledge
+/// h2c), streams multiplexed on one connection per upstream; HTTP/1.1 requests keep their
+/// HTTP/1.1 path. Limits: swift-nio-http2's defaults (100 concurrent streams, its flood and
+/// header-list limits), DESIGN.md §6.
+enum HTTP2Stack {
+    /// The server side of an h2 connection: every stream gets the HTTP/1 codec and its own
+    /// ``ProxyHTTPHandler``.
+    static func configureServer(_ pipeline: ChannelPipeline.SynchronousOperations, role: String, router: @escaping Router,
+                                states: LoopStates, logger: Logger) throws {
+        _ = try pipeline.configureHTTP2Pipeline(mode: .server, connectionConfiguration: .init(), streamConfiguration: .init()) { stream in
+            stream.eventLoop.makeCompletedFuture {
+                let sync = stream.pipeline.syncOperations
+                try sync.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
+                try sync.addHandler(ProxyHTTPHandler(role: role, router: router, states: states, logger: logger))
+            }
+        }
+    }
+}
+
+/// One HTTP/2 connection to an upstream, with its stream multiplexer.
+final class HTTP2Connection {
+    let channel: Channel
+    let multiplexer: NIOHTTP2Handler.StreamMultiplexer
+
+    init(channel: Channel, multiplexer: NIOHTTP2Handler.StreamMultiplexer) {
+        self.channel = channel
+        self.multiplexer = multiplexer
+    }
+}
+
+extension UpstreamPool {
+    /// A new stream on the (shared) HTTP/2 connection to `key`, with the HTTP/1 client codec
+    /// and an ``UpstreamHandler``: an ``UpstreamConnection`` that is used for one exchange and
+    /// then closed, never pooled (the connection under it is).
+    func acquireStream(_ key: UpstreamKey, clientTLS: NIOSSLContext?, bundle: TrustBundle?) -> EventLoopFuture<UpstreamConnection> {
+        http2Connection(key, clientTLS: clientTLS, bundle: bundle).flatMap { connection in
+            let eventLoop = self.eventLoop
+            let limits = self.limits
+            let secure = key.peerIdentity != nil
+            return connection.multiplexer.createStreamChannel { stream in
+                stream.eventLoop.makeCompletedFuture {
+                    let sync = stream.pipeline.syncOperations
+                    try sync.addHandler(HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: secure ? .https : .http))
+                    try sync.addHandler(UpstreamHandler(ready: eventLoop.makePromise(of: Void.self), expectsTLS: false,
+                                                        handshakeTimeout: limits.tlsHandshakeTimeout))
+                }
+            }
+            .flatMapThrowing { stream in
+                let handler = try stream.pipeline.syncOperations.handler(type: UpstreamHandler.self)
+                return UpstreamConnection(key: key, channel: stream, handler: handler, isStream: true)
+            }
+        }
+    }
+
+    /// The HTTP/2 connection to `key`: the open one, the one being made, or a new one (mTLS with
+    /// ALPN `h2` to a peer proxy that must prove `key.peerIdentity`; h2c to the local app).
+    private func http2Connection(_ key: UpstreamKey, clientTLS: NIOSSLContext?, bundle: TrustBundle?) -> EventLoopFuture<HTTP2Connection> {
+        if let open = http2Open[key], open.channel.isActive { return eventLoop.makeSucceededFuture(open) }
+        if let pending = http2Pending[key] { return pending }
+        var verifier: SPIFFEPeerVerifier?
+        if let expected = key.peerIdentity {
+            guard clientTLS != nil, let bundle else {
+                return eventLoop.makeFailedFuture(MeshError(.unavailable, "this proxy has no SVID yet"))
+            }
+            verifier = SPIFFEPeerVerifier(bundle: bundle, expected: [expected], usage: .serverAuth)
+        }
+        let ready = eventLoop.makePromise(of: Void.self)
+        let limits = self.limits
+        let onConnection = self.onConnection
+        let future = ClientBootstrap(group: eventLoop)
+            .connectTimeout(limits.connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    do {
+                        if let verifier, let clientTLS {
+                            try sync.addHandler(try NIOSSLClientHandler(
+                                context: clientTLS, serverHostname: nil,
+                                customVerificationCallbackWithMetadata: SPIFFEVerification.callback(verifier)))
+                            try sync.addHandler(HandshakeWaiter(ready: ready, timeout: limits.tlsHandshakeTimeout,
+                                                                protocol: MeshTLS.ALPN.http2))
+                        }
+                        // Pushed streams are refused: the initializer closes them.
+                        _ = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(),
+                                                            streamConfiguration: .init()) { pushed in pushed.close() }
+                        if verifier == nil { ready.succeed(()) }
+                    } catch {
+                        ready.fail(error)
+                        throw error
+                    }
+                }
+            }
+            .connect(host: key.address.host, port: key.address.port)
+            .flatMap { channel in
+                ready.futureResult.flatMapThrowing { (_: Void) throws -> HTTP2Connection in
+                    let handler = try channel.pipeline.syncOperations.handler(type: NIOHTTP2Handler.self)
+                    onConnection?(channel)
+                    return HTTP2Connection(channel: channel, multiplexer: try handler.syncMultiplexer())
+                }
+                .flatMapErrorThrowing { error in
+                    channel.close(promise: nil)
+                    throw error
+                }
+            }
+        http2Pending[key] = future
+        future.whenComplete { [weak self] (result: Result<HTTP2Connection, Error>) in
+            guard let self else { return }
+            self.http2Pending[key] = nil
+            if case .success(let connection) = result {
+                self.http2Open[key] = connection
+                connection.channel.closeFuture.whenComplete { [weak self] _ in
+                    if self?.http2Open[key] === connection { self?.http2Open[key] = nil }
+                }
+            }
+        }
+        return future
+    }
+}
