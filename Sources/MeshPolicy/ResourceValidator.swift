@@ -79,6 +79,7 @@ public enum ResourceValidator {
         }
         try duration(policy.spec.timeouts?.request, "spec.timeouts.request", within: 0.001...3600)
         try duration(policy.spec.timeouts?.perTry, "spec.timeouts.perTry", within: 0.001...3600)
+        try duration(policy.spec.timeouts?.idle, "spec.timeouts.idle", within: 1...86400)
         if let retries = policy.spec.retries {
             if let attempts = retries.attempts, !(0...10).contains(attempts) {
                 throw fail("spec.retries.attempts", "must be 0 (none) to 10, not \(attempts)")

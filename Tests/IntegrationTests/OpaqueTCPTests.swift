@@ -123,6 +123,17 @@ final class OpaqueTCPTests: XCTestCase {
             try smtp.send("HELO mesh\r\n")
             XCTAssertEqual(smtp.receive(count: 11, timeout: .seconds(5)), "HELO mesh\r\n")
 
+            // timeouts.idle of the service's TrafficPolicy closes a stream that carries nothing.
+            let idle = mesh.directory.appendingPathComponent("idle.yaml")
+            try "kind: TrafficPolicy\nmetadata: {name: smtp}\nspec: {timeouts: {idle: 1s}}\n".write(to: idle, atomically: true, encoding: .utf8)
+            let applied = try await mesh.cli(["apply", "-f", idle.path])
+            XCTAssertEqual(applied.status, 0, applied.err)
+            try await Task.sleep(for: .milliseconds(500))
+            let quiet = try RawTCPClient(try XCTUnwrap(patient.upstreams["smtp"]))
+            XCTAssertEqual(quiet.receive(count: 19, timeout: .seconds(10)), "220 greeter ready\r\n")
+            XCTAssertTrue(quiet.closedByPeer(within: .seconds(5)), "an idle stream is closed after timeouts.idle")
+            XCTAssertFalse(smtp.closedByPeer(within: .milliseconds(10)), "streams opened before the change keep the old timeout")
+
             // An HTTP service's port: silence past the detection timeout is refused, never a
             // hang, and raw bytes never reach its app (they would skip every HTTP check).
             let legacy = try RawTCPClient(try XCTUnwrap(quick.upstreams["legacy"]))

@@ -18,6 +18,7 @@ final class TrafficPolicyTests: XCTestCase {
             (policy(.init(), name: "Not_A_Service"), "metadata.name"),
             (policy(.init(timeouts: .init(request: "0s"))), "spec.timeouts.request"),
             (policy(.init(timeouts: .init(perTry: "fast"))), "spec.timeouts.perTry"),
+            (policy(.init(timeouts: .init(idle: "500ms"))), "spec.timeouts.idle"),
             (policy(.init(retries: .init(attempts: 11))), "spec.retries.attempts"),
             (policy(.init(retries: .init(on: ["404"]))), "spec.retries.on"),
             (policy(.init(retries: .init(on: ["gateway-error"]))), "spec.retries.on"),
@@ -50,6 +51,7 @@ final class TrafficPolicyTests: XCTestCase {
         XCTAssertEqual(defaults.baseEjectionSeconds, 30)
         XCTAssertEqual(defaults.maxEjectedPercent, 50)
         XCTAssertEqual(defaults.requestTimeoutSeconds, 0, "no timeout unless set")
+        XCTAssertEqual(defaults.idleTimeoutSeconds, 0, "the proxy's own idle timeout unless set")
         XCTAssertEqual(defaults.retryAttempts, 2)
         XCTAssertTrue(defaults.retryOnConnectFailure && defaults.retryOnReset)
         XCTAssertEqual(defaults.retryStatuses, [], "a 5xx is retried only when asked")
@@ -57,11 +59,12 @@ final class TrafficPolicyTests: XCTestCase {
         XCTAssertEqual(defaults.budgetPercent, 20)
         XCTAssertEqual(defaults.budgetMinPerSecond, 10)
 
-        let retrying = TrafficPolicy(service: "api", spec: .init(timeouts: .init(request: "1s", perTry: "250ms"),
+        let retrying = TrafficPolicy(service: "api", spec: .init(timeouts: .init(request: "1s", perTry: "250ms", idle: "10m"),
                                                                  retries: .init(attempts: 3, on: ["503", "reset"])))
         let effectiveRetries = retrying.effective
         XCTAssertEqual(effectiveRetries.requestTimeoutSeconds, 1)
         XCTAssertEqual(effectiveRetries.perTryTimeoutSeconds, 0.25)
+        XCTAssertEqual(effectiveRetries.idleTimeoutSeconds, 600)
         XCTAssertEqual(effectiveRetries.retryAttempts, 3)
         XCTAssertEqual(effectiveRetries.retryStatuses, [503])
         XCTAssertTrue(effectiveRetries.retryOnReset)

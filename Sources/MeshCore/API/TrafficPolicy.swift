@@ -14,6 +14,7 @@
 ///   timeouts:
 ///     request: 10s                   # until the response head, retries included: 504 request-timeout
 ///     perTry: 2s                     # one attempt: retried if allowed, else 504 per-try-timeout
+///     idle: 10m                      # a connection or TCP stream to the service idle this long is closed (default 1h)
 ///   retries:
 ///     attempts: 2                    # further attempts after the first; 0: none
 ///     on: [connect-failure, reset, 503]   # conditions and 5xx statuses (default: the first two)
@@ -55,9 +56,14 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
     public struct Timeouts: Codable, Sendable, Equatable {
         public var request: String?
         public var perTry: String?
-        public init(request: String? = nil, perTry: String? = nil) {
+        /// No bytes either way for this long closes a connection to the service (HTTP
+        /// keep-alive, WebSocket, opaque TCP stream): at the service's own proxy and at
+        /// callers' `--upstream` ports. Applies to connections opened after the change.
+        public var idle: String?
+        public init(request: String? = nil, perTry: String? = nil, idle: String? = nil) {
             self.request = request
             self.perTry = perTry
+            self.idle = idle
         }
     }
 
@@ -223,6 +229,8 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
         /// 0: no timeout.
         public var requestTimeoutSeconds = 0.0
         public var perTryTimeoutSeconds = 0.0
+        /// 0: the proxy's own idle timeout (1 h).
+        public var idleTimeoutSeconds = 0.0
         /// Further attempts after the first. Failures where no response came (connect
         /// failure, reset) are retried by default: the app never saw the request.
         public var retryAttempts = 2
@@ -276,6 +284,7 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
         if let timeouts = spec.timeouts {
             if let request = seconds(timeouts.request) { result.requestTimeoutSeconds = request }
             if let perTry = seconds(timeouts.perTry) { result.perTryTimeoutSeconds = perTry }
+            if let idle = seconds(timeouts.idle) { result.idleTimeoutSeconds = idle }
         }
         if let retries = spec.retries {
             if let attempts = retries.attempts, (0...10).contains(attempts) { result.retryAttempts = attempts }

@@ -220,6 +220,16 @@ final class LoopState {
     /// This service's own TrafficPolicy (its rate limits apply here, on the inbound side).
     private(set) var selfTraffic = TrafficPolicy.Effective()
     let rateLimiter = RateLimiter()
+    /// The idle timeout of connections to this service: its TrafficPolicy's `timeouts.idle`,
+    /// else the proxy's limit.
+    func inboundIdleTimeout(_ limits: ProxyLimits) -> TimeAmount {
+        Self.idleTimeout(selfTraffic, limits)
+    }
+
+    static func idleTimeout(_ policy: TrafficPolicy.Effective, _ limits: ProxyLimits) -> TimeAmount {
+        policy.idleTimeoutSeconds > 0 ? .nanoseconds(Int64(policy.idleTimeoutSeconds * 1e9)) : limits.idleTimeout
+    }
+
     /// Number of loops of the proxy (rates are shared among them).
     var loopCount = 1
 

@@ -54,8 +54,9 @@ enum InboundListener {
                                 }
                             })
                         }
+                        let idle = state.inboundIdleTimeout(limits)
                         let addHTTP: (ChannelPipeline.SynchronousOperations) throws -> Void = { sync in
-                            try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
+                            try sync.addHandler(IdleStateHandler(allTimeout: idle))
                             try sync.addHandler(IdleCloseHandler())
                             try sync.addHandler(RequestHeaderTimer(limit: limits.requestHeaderTimeout))
                             try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
@@ -88,7 +89,7 @@ enum InboundListener {
                                         try addOpaque(channel)
                                     } else if case .negotiated(MeshTLS.ALPN.http2) = result {
                                         let sync = channel.pipeline.syncOperations
-                                        try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
+                                        try sync.addHandler(IdleStateHandler(allTimeout: idle))
                                         try sync.addHandler(IdleCloseHandler())
                                         try HTTP2Stack.configureServer(sync, role: "inbound", router: router, states: states, logger: logger)
                                     } else {
@@ -248,7 +249,7 @@ extension InboundListener {
         }
         let relay = TCPRelay(onBytes: { [weak edge] count in edge?.opaque?.toDestination.increment(by: Int64(count)) })
         let sync = channel.pipeline.syncOperations
-        try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
+        try sync.addHandler(IdleStateHandler(allTimeout: state.inboundIdleTimeout(limits)))
         try sync.addHandler(IdleCloseHandler())
         try sync.addHandler(relay)
         // Decided once, but not for ever: the stream is checked again whenever the policies

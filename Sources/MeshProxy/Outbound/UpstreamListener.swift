@@ -63,7 +63,7 @@ enum UpstreamListener {
         let edge = state.edge(LoopState.EdgeKey(direction: .outbound, peer: route.service, tls: true))
         let relay = TCPRelay(onBytes: { [weak edge] count in edge?.opaque?.toDestination.increment(by: Int64(count)) })
         let sync = channel.pipeline.syncOperations
-        try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
+        try sync.addHandler(IdleStateHandler(allTimeout: LoopState.idleTimeout(route.policy, limits)))
         try sync.addHandler(IdleCloseHandler())
         try sync.addHandler(relay)
         OpaqueStream.relayToService(channel, relay: relay, route: route, state: state, limits: limits, logger: logger)
