@@ -123,38 +123,13 @@ else:
     /// Calls `count` unary RPCs, one failing one and a `count`-message bidirectional stream
     /// through `target`, with `:authority` set to `authority` (the mesh service name).
     public static func call(_ target: HostPort, authority: String, count: Int) async throws -> CallResult {
-        let result = try await MeshProcessLike.run(["python3", try scriptFile.path, "call", target.description, authority, String(count)])
+        let script = try scriptFile.path
+        let result = try await Task.detached {
+            try runCapturingOutput("/usr/bin/env", ["python3", script, "call", target.description, authority, String(count)], timeout: 60)
+        }.value
         guard result.status == 0, let line = result.out.split(separator: "\n").last else {
             throw TestFailure("the gRPC client failed (\(result.status)): \(result.err.suffix(2000))")
         }
         return try JSONDecoder().decode(CallResult.self, from: Data(line.utf8))
-    }
-}
-
-/// Runs a command to its end with files for output (no pipe to fill).
-enum MeshProcessLike {
-    static func run(_ arguments: [String]) async throws -> (status: Int32, out: String, err: String) {
-        try await Task.detached {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = arguments
-            let base = FileManager.default.temporaryDirectory.appendingPathComponent("run-\(UUID().uuidString.prefix(8))")
-            let outURL = base.appendingPathExtension("out"), errURL = base.appendingPathExtension("err")
-            FileManager.default.createFile(atPath: outURL.path, contents: nil)
-            FileManager.default.createFile(atPath: errURL.path, contents: nil)
-            defer {
-                try? FileManager.default.removeItem(at: outURL)
-                try? FileManager.default.removeItem(at: errURL)
-            }
-            let out = try FileHandle(forWritingTo: outURL), err = try FileHandle(forWritingTo: errURL)
-            process.standardOutput = out
-            process.standardError = err
-            try process.run()
-            process.waitUntilExit()
-            try? out.close()
-            try? err.close()
-            return (process.terminationStatus, (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
-                    (try? String(contentsOf: errURL, encoding: .utf8)) ?? "")
-        }.value
     }
 }

@@ -40,3 +40,36 @@ public enum APIClientFactory {
         return client
     }
 }
+
+/// Runs `executable` to its end (killed after `timeout`) and returns its status and output.
+/// The output goes through files, not pipes: a large answer would fill a pipe that nobody
+/// reads until the process ends.
+public func runCapturingOutput(_ executable: String, _ arguments: [String], environment: [String: String]? = nil,
+                               timeout: TimeInterval) throws -> (status: Int32, out: String, err: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    if let environment { process.environment = environment }
+    let base = FileManager.default.temporaryDirectory.appendingPathComponent("run-\(UUID().uuidString.prefix(8))")
+    let outURL = base.appendingPathExtension("out"), errURL = base.appendingPathExtension("err")
+    FileManager.default.createFile(atPath: outURL.path, contents: nil)
+    FileManager.default.createFile(atPath: errURL.path, contents: nil)
+    defer {
+        try? FileManager.default.removeItem(at: outURL)
+        try? FileManager.default.removeItem(at: errURL)
+    }
+    let out = try FileHandle(forWritingTo: outURL), err = try FileHandle(forWritingTo: errURL)
+    defer {
+        try? out.close()
+        try? err.close()
+    }
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    let deadline = Date().addingTimeInterval(timeout)
+    while process.isRunning && Date() < deadline { usleep(20_000) }
+    if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    process.waitUntilExit()
+    return (process.terminationStatus, (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
+            (try? String(contentsOf: errURL, encoding: .utf8)) ?? "")
+}

@@ -76,37 +76,12 @@ public final class PostgresServer: @unchecked Sendable {
     /// it); returns psql's exit status and output (unaligned, tuples only).
     public static func psql(_ sql: String, at address: HostPort, timeout: TimeInterval = 20) throws -> (status: Int32, out: String, err: String) {
         guard let psql else { throw TestFailure("psql is not installed (apt-get install postgresql-client)") }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: psql)
-        process.arguments = ["-h", address.host, "-p", String(address.port), "-U", "postgres", "-d", "postgres",
-                             "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]
         var environment = ProcessInfo.processInfo.environment
         environment["PGCONNECT_TIMEOUT"] = "10"
         environment["PGSSLMODE"] = "disable"
-        process.environment = environment
-        // Files, not pipes: a large answer would fill a pipe that nobody reads yet.
-        let base = FileManager.default.temporaryDirectory.appendingPathComponent("psql-\(UUID().uuidString.prefix(8))")
-        let outURL = base.appendingPathExtension("out"), errURL = base.appendingPathExtension("err")
-        FileManager.default.createFile(atPath: outURL.path, contents: nil)
-        FileManager.default.createFile(atPath: errURL.path, contents: nil)
-        defer {
-            try? FileManager.default.removeItem(at: outURL)
-            try? FileManager.default.removeItem(at: errURL)
-        }
-        let out = try FileHandle(forWritingTo: outURL), err = try FileHandle(forWritingTo: errURL)
-        defer {
-            try? out.close()
-            try? err.close()
-        }
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(20_000) }
-        if process.isRunning { process.terminate() }
-        process.waitUntilExit()
-        return (process.terminationStatus, (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
-                (try? String(contentsOf: errURL, encoding: .utf8)) ?? "")
+        return try runCapturingOutput(psql, ["-h", address.host, "-p", String(address.port), "-U", "postgres", "-d", "postgres",
+                                             "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                                      environment: environment, timeout: timeout)
     }
 
     /// Fast shutdown (SIGINT: sessions end, no checkpoint wait), then the directory goes.
@@ -136,23 +111,11 @@ public final class PostgresServer: @unchecked Sendable {
         try process.run()
     }
 
+    /// Runs `tool` to its end (as `launch` does), output in `DIR/TOOL.out`.
     private func run(_ tool: String, _ arguments: [String]) throws {
         let process = Process()
-        let path = binDir.appendingPathComponent(tool).path
-        if asPostgres {
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-            process.arguments = ["--reuid=postgres", "--regid=postgres", "--init-groups", "--", path] + arguments
-        } else {
-            process.executableURL = URL(fileURLWithPath: path)
-            process.arguments = arguments
-        }
         let log = directory.appendingPathComponent("\(tool).out")
-        FileManager.default.createFile(atPath: log.path, contents: nil)
-        let output = try FileHandle(forWritingTo: log)
-        defer { try? output.close() }
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
+        try launch(process, tool, arguments, log: log)
         process.waitUntilExit()
         guard process.terminationStatus == 0 else {
             let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""

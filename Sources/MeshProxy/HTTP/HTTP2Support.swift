@@ -35,6 +35,23 @@ enum HTTP2Stack {
     }
 }
 
+extension HTTP2Stack {
+    /// A gRPC "trailers-only" answer (one HEADERS frame that ends the stream) reaches the
+    /// handler as a head and an empty end, which would go out as HEADERS and an empty DATA frame
+    /// without trailers: the client would lose the status. Its status fields are taken out of
+    /// the head here, to go out as trailers (a valid answer with no messages); nil when the
+    /// head carries no `grpc-status`.
+    static func takeTrailersOnlyStatus(_ headers: inout HTTPHeaders) -> HTTPHeaders? {
+        guard headers.contains(name: "grpc-status") else { return nil }
+        var trailers = HTTPHeaders()
+        for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+            for value in headers[name] { trailers.add(name: name, value: value) }
+            headers.remove(name: name)
+        }
+        return trailers
+    }
+}
+
 /// One HTTP/2 connection to an upstream, with its stream multiplexer.
 final class HTTP2Connection {
     let channel: Channel
@@ -85,17 +102,13 @@ extension UpstreamPool {
         let ready = eventLoop.makePromise(of: Void.self)
         let limits = self.limits
         let onConnection = self.onConnection
-        let future = ClientBootstrap(group: eventLoop)
-            .connectTimeout(limits.connectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+        let future = ClientBootstrap.dataPath(on: eventLoop, limits: limits)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
                     do {
                         if let verifier, let clientTLS {
-                            try sync.addHandler(try NIOSSLClientHandler(
-                                context: clientTLS, serverHostname: nil,
-                                customVerificationCallbackWithMetadata: SPIFFEVerification.callback(verifier)))
+                            try sync.addPeerTLS(clientTLS, verifier: verifier)
                             try sync.addHandler(HandshakeWaiter(ready: ready, timeout: limits.tlsHandshakeTimeout,
                                                                 protocol: MeshTLS.ALPN.http2))
                         }

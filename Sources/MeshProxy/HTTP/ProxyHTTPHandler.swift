@@ -381,18 +381,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             }
             // The timeouts run until the response starts: a long body is not cut.
             cancelTimers()
-            if http2, head.headers.contains(name: "grpc-status") {
-                // A gRPC "trailers-only" answer (one HEADERS frame that ends the stream) reaches
-                // us as a head and an empty end, which would go out as HEADERS and an empty DATA
-                // frame without trailers, and the client would lose the status. The status
-                // fields go out as trailers instead: a valid answer with no messages.
-                var trailers = HTTPHeaders()
-                for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
-                    for value in head.headers[name] { trailers.add(name: name, value: value) }
-                    head.headers.remove(name: name)
-                }
-                heldTrailers = trailers
-            }
+            if http2 { heldTrailers = HTTP2Stack.takeTrailersOnlyStatus(&head.headers) }
             let upstreamKeepAlive = head.isKeepAlive
             ProxyHeaders.stripHopByHop(&head.headers)
             exchange.responseHead = Exchange.now()
@@ -410,7 +399,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         case .part(.end(var trailers)):
             if let held = heldTrailers {
                 heldTrailers = nil
-                trailers = trailers.map { HTTPHeaders(held.map { ($0.name, $0.value) } + $0.map { ($0.name, $0.value) }) } ?? held
+                trailers = HTTPHeaders(held.map { ($0.name, $0.value) } + (trailers ?? [:]).map { ($0.name, $0.value) })
             }
             // A connection that carried a refused upgrade is not reused: the upstream's parser
             // may have stopped at the upgrade request, as ours does.

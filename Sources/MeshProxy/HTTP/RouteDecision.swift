@@ -4,6 +4,8 @@ import MeshIdentity
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
+import MeshTransport
 
 /// What a listener decided to do with one request.
 enum RouteDecision {
@@ -54,6 +56,24 @@ extension ServerBootstrap {
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+    }
+}
+
+extension ClientBootstrap {
+    /// Every upstream connection of the data path: on the caller's loop, the connect timeout,
+    /// no Nagle delay.
+    static func dataPath(on eventLoop: EventLoop, limits: ProxyLimits) -> ClientBootstrap {
+        ClientBootstrap(group: eventLoop)
+            .connectTimeout(limits.connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+    }
+}
+
+extension ChannelPipeline.SynchronousOperations {
+    /// The client side of an mTLS hop to a peer proxy: the peer must pass `verifier`.
+    func addPeerTLS(_ context: NIOSSLContext, verifier: SPIFFEPeerVerifier) throws {
+        try addHandler(try NIOSSLClientHandler(context: context, serverHostname: nil,
+                                               customVerificationCallbackWithMetadata: SPIFFEVerification.callback(verifier)))
     }
 }
 

@@ -123,16 +123,12 @@ final class UpstreamPool {
         let handshakeTimeout = limits.tlsHandshakeTimeout
         let onHandshakeFailure = self.onHandshakeFailure
         let onConnection = self.onConnection
-        return ClientBootstrap(group: eventLoop)
-            .connectTimeout(limits.connectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+        return ClientBootstrap.dataPath(on: eventLoop, limits: limits)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
                     if let verifier, let tlsContext {
-                        try sync.addHandler(try NIOSSLClientHandler(
-                            context: tlsContext, serverHostname: nil,
-                            customVerificationCallbackWithMetadata: SPIFFEVerification.callback(verifier)))
+                        try sync.addPeerTLS(tlsContext, verifier: verifier)
                     }
                     // Bytes past a 101 (WebSocket frames sent at once) are handed on, not dropped.
                     try sync.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes)

@@ -82,15 +82,11 @@ enum OpaqueStream {
         let ready = eventLoop.makePromise(of: Void.self)
         // The initializer runs on `eventLoop` (the channel is made on it), where the relay lives.
         let relay = NIOLoopBound(relay, eventLoop: eventLoop)
-        return ClientBootstrap(group: eventLoop)
-            .connectTimeout(limits.connectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+        return ClientBootstrap.dataPath(on: eventLoop, limits: limits)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(try NIOSSLClientHandler(
-                        context: tls, serverHostname: nil,
-                        customVerificationCallbackWithMetadata: SPIFFEVerification.callback(verifier)))
+                    try sync.addPeerTLS(tls, verifier: verifier)
                     try sync.addHandler(HandshakeWaiter(ready: ready, timeout: limits.tlsHandshakeTimeout, protocol: MeshTLS.ALPN.opaque))
                     try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
                     try sync.addHandler(IdleCloseHandler())
@@ -114,9 +110,7 @@ enum OpaqueStream {
         downstream.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
         let appRelay = TCPRelay(onBytes: { [weak edge] count in edge?.opaque?.fromDestination.increment(by: Int64(count)) })
         let boundRelay = NIOLoopBound(appRelay, eventLoop: downstream.eventLoop)
-        ClientBootstrap(group: downstream.eventLoop)
-            .connectTimeout(limits.connectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+        ClientBootstrap.dataPath(on: downstream.eventLoop, limits: limits)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(boundRelay.value) }
             }
