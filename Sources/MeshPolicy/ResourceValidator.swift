@@ -77,28 +77,33 @@ public enum ResourceValidator {
             do { seconds = try DurationParser.seconds(text) } catch let error as MeshError { throw fail(field, error.message) }
             guard range.contains(seconds) else { throw fail(field, "must be \(range.lowerBound)s to \(range.upperBound)s, not \(text)") }
         }
-        try duration(policy.spec.timeouts?.request, "spec.timeouts.request", within: 0.001...3600)
-        try duration(policy.spec.timeouts?.perTry, "spec.timeouts.perTry", within: 0.001...3600)
-        try duration(policy.spec.timeouts?.idle, "spec.timeouts.idle", within: 1...86400)
-        if let retries = policy.spec.retries {
+        func timeouts(_ timeouts: TrafficPolicy.Timeouts?, _ field: String) throws {
+            try duration(timeouts?.request, field + ".request", within: 0.001...3600)
+            try duration(timeouts?.perTry, field + ".perTry", within: 0.001...3600)
+        }
+        func retries(_ retries: TrafficPolicy.Retries?, _ field: String) throws {
+            guard let retries else { return }
             if let attempts = retries.attempts, !(0...10).contains(attempts) {
-                throw fail("spec.retries.attempts", "must be 0 (none) to 10, not \(attempts)")
+                throw fail(field + ".attempts", "must be 0 (none) to 10, not \(attempts)")
             }
             for condition in retries.on ?? [] {
                 let status = Int(condition).map { (500...599).contains($0) } ?? false
                 guard status || TrafficPolicy.retryConditions.contains(condition) else {
-                    throw fail("spec.retries.on", "holds '\(condition)'; use 5xx status codes, connect-failure or reset")
+                    throw fail(field + ".on", "holds '\(condition)'; use 5xx status codes, connect-failure or reset")
                 }
             }
             if let percent = retries.budget?.percent, !(0...1000).contains(percent) {
-                throw fail("spec.retries.budget.percent", "must be 0 to 1000, not \(percent)")
+                throw fail(field + ".budget.percent", "must be 0 to 1000, not \(percent)")
             }
             if let minimum = retries.budget?.minPerSecond, !(0...100_000).contains(minimum) {
-                throw fail("spec.retries.budget.minPerSecond", "must be 0 to 100000, not \(minimum)")
+                throw fail(field + ".budget.minPerSecond", "must be 0 to 100000, not \(minimum)")
             }
-            try duration(retries.backoff?.base, "spec.retries.backoff.base", within: 0.001...60)
-            try duration(retries.backoff?.max, "spec.retries.backoff.max", within: 0.001...60)
+            try duration(retries.backoff?.base, field + ".backoff.base", within: 0.001...60)
+            try duration(retries.backoff?.max, field + ".backoff.max", within: 0.001...60)
         }
+        try timeouts(policy.spec.timeouts, "spec.timeouts")
+        try duration(policy.spec.timeouts?.idle, "spec.timeouts.idle", within: 1...86400)
+        try retries(policy.spec.retries, "spec.retries")
         let limits = policy.spec.rateLimits ?? []
         guard limits.count <= 32 else { throw fail("spec.rateLimits", "may hold at most 32 entries") }
         for (index, limit) in limits.enumerated() {
@@ -116,7 +121,20 @@ public enum ResourceValidator {
         guard routes.count <= 64 else { throw fail("spec.routes", "may hold at most 64 routes") }
         for (index, route) in routes.enumerated() {
             let field = "spec.routes[\(index)]"
-            guard !route.to.isEmpty else { throw fail(field + ".to", "must name the labels of the instances to route to") }
+            if let to = route.to, to.isEmpty {
+                throw fail(field + ".to", "must name the labels of the instances to route to (or be left out when the route only sets timeouts or retries)")
+            }
+            guard route.to != nil || route.timeouts != nil || route.retries != nil else {
+                throw fail(field, "must route somewhere (to: the labels of the instances) or set timeouts or retries")
+            }
+            if route.timeouts?.idle != nil {
+                throw fail(field + ".timeouts.idle", "applies to whole connections, which carry requests of every route; set spec.timeouts.idle")
+            }
+            if route.retries?.budget != nil {
+                throw fail(field + ".retries.budget", "is the service's, shared by its routes; set spec.retries.budget")
+            }
+            try timeouts(route.timeouts, field + ".timeouts")
+            try retries(route.retries, field + ".retries")
             guard route.match.headers?.isEmpty == false || route.match.pathPrefix != nil else {
                 throw fail(field + ".match", "must give headers, pathPrefix or both")
             }

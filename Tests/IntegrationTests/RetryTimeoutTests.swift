@@ -114,6 +114,68 @@ final class RetryTimeoutTests: XCTestCase {
         await mesh.shutdown()
     }
 
+    /// Routes of a TrafficPolicy carry their own timeouts and retries: a long report path gets
+    /// more time than the service's default, a payment path is never retried while the rest
+    /// of the service is, and requests that match no route keep the service's settings.
+    func testRoutesHaveTheirOwnTimeoutsAndRetries() async throws {
+        let mesh = try await TestMesh.start(defaultPolicy: "audit")
+        let behaviour = TestApp.Behaviour()
+        let app = try await TestApp.start("api", behaviour: behaviour)
+        do {
+            let policy = mesh.directory.appendingPathComponent("routes.yaml")
+            try """
+                kind: TrafficPolicy
+                metadata: {name: api}
+                spec:
+                  timeouts: {request: 400ms}
+                  retries: {attempts: 2, on: ["503"], budget: {percent: 100, minPerSecond: 100}, backoff: {base: 1ms, max: 2ms}}
+                  routes:
+                    - match: {pathPrefix: /slow/report}
+                      timeouts: {request: 5s}
+                    - match: {pathPrefix: /pay}
+                      retries: {attempts: 0}
+                """.write(to: policy, atomically: true, encoding: .utf8)
+            let applied = try await mesh.cli(["apply", "-f", policy.path])
+            XCTAssertEqual(applied.status, 0, applied.err)
+            _ = try await mesh.proxy("api", app: app.address)
+            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
+            _ = try await eventually { try await callThroughMesh(web.outbound, service: "api", path: "/warm") }
+
+            // The app answers /slow… after one second: the report route waits for it, the
+            // service's 400 ms cut the others off.
+            let report = try await callThroughMesh(web.outbound, service: "api", path: "/slow/report")
+            XCTAssertEqual(report.status, .ok, report.text)
+            let other = try await callThroughMesh(web.outbound, service: "api", path: "/slow/other")
+            XCTAssertEqual(other.status, .gatewayTimeout, other.text)
+            XCTAssertEqual(other.headers.first(name: "x-mesh-error"), "request-timeout")
+
+            // Every answer is 503 now: /pay goes out once, /orders three times (1 + 2 retries).
+            behaviour.status = .serviceUnavailable
+            let before = app.requests.count
+            let pay = try await callThroughMesh(web.outbound, service: "api", path: "/pay")
+            XCTAssertEqual(pay.status, .serviceUnavailable)
+            XCTAssertEqual(app.requests.count - before, 1, "the /pay route is never retried")
+            let orders = try await callThroughMesh(web.outbound, service: "api", path: "/orders")
+            XCTAssertEqual(orders.status, .serviceUnavailable)
+            XCTAssertEqual(app.requests.count - before, 4, "the rest of the service is retried twice")
+
+            // A route must do something, and the budget and idle timeout stay the service's.
+            let bad = mesh.directory.appendingPathComponent("bad.yaml")
+            for (spec, complaint) in [("{match: {pathPrefix: /x}}", "spec.routes[0]' must route somewhere"),
+                                      ("{match: {pathPrefix: /x}, retries: {budget: {percent: 5}}}", "spec.routes[0].retries.budget"),
+                                      ("{match: {pathPrefix: /x}, timeouts: {idle: 5m}}", "spec.routes[0].timeouts.idle")] {
+                try "kind: TrafficPolicy\nmetadata: {name: api}\nspec: {routes: [\(spec)]}\n".write(to: bad, atomically: true, encoding: .utf8)
+                let refused = try await mesh.cli(["apply", "-f", bad.path])
+                XCTAssertNotEqual(refused.status, 0)
+                XCTAssertTrue(refused.err.contains(complaint), refused.err)
+            }
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        await app.stop()
+        await mesh.shutdown()
+    }
+
     /// Sends `count` GETs to `service`, four at a time; returns how many got 200.
     private func send(_ count: Int, to service: String, through outbound: HostPort) async throws -> Int {
         try await withThrowingTaskGroup(of: Int.self) { group in

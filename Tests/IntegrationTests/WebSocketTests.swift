@@ -62,4 +62,62 @@ final class WebSocketTests: XCTestCase {
         await server.stop()
         await mesh.shutdown()
     }
+
+    /// A WebSocket is authorized when it opens and again whenever the policies change: once
+    /// the permission is revoked, the open socket is closed (as a TCP stream would be).
+    func testRevokingThePermissionClosesAnOpenWebSocket() async throws {
+        let mesh = try await TestMesh.start(defaultPolicy: "deny")
+        let server = try await WebSocketEchoServer.start()
+        do {
+            let policy = mesh.directory.appendingPathComponent("chat.yaml")
+            try """
+                kind: AuthorizationPolicy
+                metadata: {name: web-chats}
+                spec:
+                  selector: {service: chat}
+                  action: allow
+                  rules: [{from: [{services: [web]}], to: [{methods: [GET], paths: [/socket]}]}]
+                ---
+                kind: AuthorizationPolicy
+                metadata: {name: web-plain}
+                spec:
+                  selector: {service: chat}
+                  action: allow
+                  rules: [{from: [{services: [web]}], to: [{paths: [/plain]}]}]
+                """.write(to: policy, atomically: true, encoding: .utf8)
+            let applied = try await mesh.cli(["apply", "-f", policy.path])
+            XCTAssertEqual(applied.status, 0, applied.err)
+            _ = try await mesh.proxy("chat", app: server.address)
+            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
+            _ = try await eventually { () async throws -> Void in
+                let answer = try await callThroughMesh(web.outbound, service: "chat", path: "/plain")
+                guard answer.text == "no websocket here\n" else { throw TestFailure("not allowed yet: \(answer.status)") }
+            }
+
+            let client = try RawTCPClient(web.outbound)
+            try client.send(WebSocketClient.handshake(path: "/socket", host: "chat"))
+            let (head, rest) = client.receiveHead(timeout: .seconds(10))
+            XCTAssertTrue(head.hasPrefix("HTTP/1.1 101 Switching Protocols\r\n"), head)
+            let hello = WebSocketClient.serverTextFrame("hello")
+            XCTAssertEqual(rest + client.receiveBytes(count: hello.count - rest.count, timeout: .seconds(5)), hello)
+
+            // An unrelated change: the socket stays and works.
+            let unrelated = try await mesh.cli(["delete", "policy", "web-plain"])
+            XCTAssertEqual(unrelated.status, 0, unrelated.err)
+            try await Task.sleep(for: .seconds(1))
+            try client.send(bytes: WebSocketClient.textFrame("still here"))
+            let echo = WebSocketClient.serverTextFrame("echo: still here")
+            XCTAssertEqual(client.receiveBytes(count: echo.count, timeout: .seconds(5)), echo)
+
+            let revoked = try await mesh.cli(["delete", "policy", "web-chats"])
+            XCTAssertEqual(revoked.status, 0, revoked.err)
+            XCTAssertTrue(client.closedByPeer(within: .seconds(5)), "a revoked permission closes the open WebSocket")
+            let chatLog = mesh.proxies.first?.log ?? ""
+            XCTAssertTrue(chatLog.contains("request denied by policy") && chatLog.contains("path=/socket"), chatLog)
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        await server.stop()
+        await mesh.shutdown()
+    }
 }

@@ -70,6 +70,19 @@ final class TrafficPolicyTests: XCTestCase {
         XCTAssertTrue(effectiveRetries.retryOnReset)
         XCTAssertFalse(effectiveRetries.retryOnConnectFailure, "a list given replaces the default conditions")
 
+        // A route's own settings replace only what it sets; routes without any have none.
+        var routed = retrying
+        routed.spec.routes = [.init(match: .init(pathPrefix: "/a"), to: ["version": "v2"]),
+                              .init(match: .init(pathPrefix: "/reports"), timeouts: .init(request: "30s"), retries: .init(attempts: 0))]
+        let routeSettings = routed.effective.routeSettings
+        XCTAssertEqual(routeSettings.count, 2)
+        XCTAssertNil(routeSettings[0])
+        let reports = try XCTUnwrap(routeSettings[1])
+        XCTAssertEqual(reports.requestTimeoutSeconds, 30)
+        XCTAssertEqual(reports.perTryTimeoutSeconds, 0.25, "the service's per-try timeout still applies")
+        XCTAssertEqual(reports.retryAttempts, 0)
+        XCTAssertEqual(reports.retryStatuses, [503], "the service's conditions still apply")
+
         let json = #"{"kind":"TrafficPolicy","metadata":{"name":"api"},"spec":{"loadBalancer":"round-robin","outlierDetection":{"baseEjection":"2s"}}}"#
         let resource = try JSONDecoder().decode(MeshResource.self, from: Data(json.utf8))
         let set = PolicySet(defaultMode: "deny", resources: [resource])

@@ -66,6 +66,9 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(help: "How long an --upstream port waits for the app's first bytes before taking the connection as opaque TCP (a server-first protocol).")
     var detectTimeout = DurationArgument(seconds: 1)
 
+    @Option(help: "How HTTP/1.1 requests travel to peer proxies: h2 (default: multiplexed on one HTTP/2 connection per peer and thread) or http1 (a pool of HTTP/1.1 connections). HTTP/2 requests always travel as HTTP/2.")
+    var peerProtocol: String?
+
     @Option(help: "Active health check of the app: 'http:/PATH' (2xx or 3xx within --health-timeout) or 'tcp' (connects). An unhealthy app (2 failures in a row) gets no traffic until a probe passes again.")
     var healthCheck: String?
 
@@ -139,6 +142,10 @@ struct ProxyCommand: AsyncParsableCommand {
         }
         sidecarConfig.limits.requestHeaderTimeout = .milliseconds(Int64(requestHeaderTimeout.seconds * 1000))
         sidecarConfig.limits.detectTimeout = .milliseconds(Int64(detectTimeout.seconds * 1000))
+        if let peerProtocol {
+            guard ["h2", "http1"].contains(peerProtocol) else { throw ValidationError("--peer-protocol must be h2 or http1") }
+            sidecarConfig.limits.http1OverHTTP2 = peerProtocol == "h2"
+        }
         if let appProtocol {
             guard ["http", "tcp"].contains(appProtocol) else { throw ValidationError("--app-protocol must be http or tcp") }
             sidecarConfig.appProtocol = appProtocol

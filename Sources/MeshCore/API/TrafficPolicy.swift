@@ -24,8 +24,11 @@
 ///   rateLimits:                      # enforced by each instance's own proxy: 429 beyond
 ///     - {pathPrefix: /checkout, requestsPerSecond: 5, burst: 10, by: caller}   # first match applies
 ///     - {requestsPerSecond: 100}     # by: caller (each caller identity) or all (shared)
-///   routes:                          # first match wins: requests to a subset of the instances
+///   routes:                          # first match wins: requests to a subset of the instances,
 ///     - {match: {headers: {x-canary: "1"}, pathPrefix: /}, to: {version: v2}}
+///     - match: {pathPrefix: /reports}    # and/or with their own timeouts and retries
+///       timeouts: {request: 30s}
+///       retries: {attempts: 0}
 ///   split:                           # otherwise, weighted subsets by instance labels (canary)
 ///     - {labels: {version: v1}, weight: 90}
 ///     - {labels: {version: v2}, weight: 10}
@@ -149,11 +152,19 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
             }
         }
         public var match: Match
-        /// Instance labels the subset must have.
-        public var to: [String: String]
-        public init(match: Match, to: [String: String]) {
+        /// Instance labels the subset must have; nil: every instance of the service (a route
+        /// that only sets its own timeouts or retries).
+        public var to: [String: String]?
+        /// Timeouts of matching requests (`request`, `perTry`), instead of the service's.
+        public var timeouts: Timeouts?
+        /// Retries of matching requests (`attempts`, `on`, `nonIdempotent`, `backoff`) instead
+        /// of the service's; the retry budget stays the service's.
+        public var retries: Retries?
+        public init(match: Match, to: [String: String]? = nil, timeouts: Timeouts? = nil, retries: Retries? = nil) {
             self.match = match
             self.to = to
+            self.timeouts = timeouts
+            self.retries = retries
         }
     }
 
@@ -254,6 +265,9 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
         public var maxPendingRequests = 0
         /// Header names lower-cased.
         public var routes: [Route] = []
+        /// Per route (same order as `routes`): the settings of a route that has its own
+        /// timeouts or retries, the service's with those replaced; nil for the others.
+        public var routeSettings: [Effective?] = []
         /// Only subsets with a positive weight.
         public var split: [Split] = []
         public init() {}
@@ -281,24 +295,8 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
         func seconds(_ text: String?) -> Double? {
             text.flatMap { try? DurationParser.seconds($0) }.flatMap { $0 >= 0 ? $0 : nil }
         }
-        if let timeouts = spec.timeouts {
-            if let request = seconds(timeouts.request) { result.requestTimeoutSeconds = request }
-            if let perTry = seconds(timeouts.perTry) { result.perTryTimeoutSeconds = perTry }
-            if let idle = seconds(timeouts.idle) { result.idleTimeoutSeconds = idle }
-        }
-        if let retries = spec.retries {
-            if let attempts = retries.attempts, (0...10).contains(attempts) { result.retryAttempts = attempts }
-            if let on = retries.on {
-                result.retryOnConnectFailure = on.contains("connect-failure")
-                result.retryOnReset = on.contains("reset")
-                result.retryStatuses = Set(on.compactMap { Int($0) }.filter { (500...599).contains($0) })
-            }
-            if let nonIdempotent = retries.nonIdempotent { result.retryNonIdempotent = nonIdempotent }
-            if let percent = retries.budget?.percent, (0...1000).contains(percent) { result.budgetPercent = percent }
-            if let minimum = retries.budget?.minPerSecond, (0...100_000).contains(minimum) { result.budgetMinPerSecond = minimum }
-            if let base = seconds(retries.backoff?.base) { result.backoffBaseSeconds = base }
-            if let max = seconds(retries.backoff?.max) { result.backoffMaxSeconds = Swift.max(max, result.backoffBaseSeconds) }
-        }
+        result.apply(spec.timeouts)
+        result.apply(spec.retries)
         result.rateLimits = (spec.rateLimits ?? []).filter { $0.requestsPerSecond > 0 && $0.requestsPerSecond.isFinite }.map { limit in
             EffectiveRateLimit(pathPrefix: limit.pathPrefix ?? "/", requestsPerSecond: limit.requestsPerSecond,
                                burst: Swift.max(1, limit.burst ?? limit.requestsPerSecond), perCaller: limit.by != "all")
@@ -306,6 +304,7 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
         result.routes = (spec.routes ?? []).map { route in
             var route = route
             route.match.headers = route.match.headers.map { Dictionary($0.map { ($0.key.lowercased(), $0.value) }, uniquingKeysWith: { a, _ in a }) }
+            if route.to?.isEmpty == true { route.to = nil }
             return route
         }
         result.split = (spec.split ?? []).filter { $0.weight > 0 }
@@ -319,6 +318,47 @@ public struct TrafficPolicy: Codable, Sendable, Equatable {
             result.faultAbortPercent = abort.percent
             result.faultAbortStatus = abort.status
         }
+        // Last: a route's settings are the service's, everything else included, with the
+        // route's timeouts and retries on top.
+        let service = result
+        result.routeSettings = result.routes.map { route in
+            guard route.timeouts != nil || route.retries != nil else { return nil }
+            var settings = service
+            settings.routes = []
+            settings.apply(route.timeouts)
+            settings.apply(route.retries)
+            return settings
+        }
         return result
+    }
+}
+
+extension TrafficPolicy.Effective {
+    private static func seconds(_ text: String?) -> Double? {
+        text.flatMap { try? DurationParser.seconds($0) }.flatMap { $0 >= 0 ? $0 : nil }
+    }
+
+    /// Takes the timeouts that are set; the others stay.
+    mutating func apply(_ timeouts: TrafficPolicy.Timeouts?) {
+        guard let timeouts else { return }
+        if let request = Self.seconds(timeouts.request) { requestTimeoutSeconds = request }
+        if let perTry = Self.seconds(timeouts.perTry) { perTryTimeoutSeconds = perTry }
+        if let idle = Self.seconds(timeouts.idle) { idleTimeoutSeconds = idle }
+    }
+
+    /// Takes the retry settings that are set; the others stay.
+    mutating func apply(_ retries: TrafficPolicy.Retries?) {
+        guard let retries else { return }
+        if let attempts = retries.attempts, (0...10).contains(attempts) { retryAttempts = attempts }
+        if let on = retries.on {
+            retryOnConnectFailure = on.contains("connect-failure")
+            retryOnReset = on.contains("reset")
+            retryStatuses = Set(on.compactMap { Int($0) }.filter { (500...599).contains($0) })
+        }
+        if let nonIdempotent = retries.nonIdempotent { retryNonIdempotent = nonIdempotent }
+        if let percent = retries.budget?.percent, (0...1000).contains(percent) { budgetPercent = percent }
+        if let minimum = retries.budget?.minPerSecond, (0...100_000).contains(minimum) { budgetMinPerSecond = minimum }
+        if let base = Self.seconds(retries.backoff?.base) { backoffBaseSeconds = base }
+        if let max = Self.seconds(retries.backoff?.max) { backoffMaxSeconds = Swift.max(max, backoffBaseSeconds) }
     }
 }

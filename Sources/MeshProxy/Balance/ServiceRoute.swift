@@ -80,16 +80,29 @@ final class ServiceRoute {
     }
 
     /// The subset a request goes to: the first route whose match it meets, else a weighted
-    /// draw among the split's subsets; nil for every endpoint.
-    func subset(for head: HTTPRequestHead, random: inout FastRandom) -> [String: String]? {
+    /// draw among the split's subsets; nil for every endpoint. `route`: the index of the
+    /// route that matched (its own timeouts and retries, ``settings(route:)``).
+    func subset(for head: HTTPRequestHead, random: inout FastRandom) -> (labels: [String: String]?, route: Int?) {
         if !policy.routes.isEmpty {
             let path = head.uri.prefix { $0 != "?" }
-            for route in policy.routes {
+            for (index, route) in policy.routes.enumerated() {
                 if let prefix = route.match.pathPrefix, !path.hasPrefix(prefix) { continue }
                 if let headers = route.match.headers, !headers.allSatisfy({ head.headers.first(name: $0.key) == $0.value }) { continue }
-                return route.to
+                // A route without `to` sets only timeouts or retries: the split still applies.
+                if let labels = route.to { return (labels, index) }
+                return (splitDraw(random: &random), index)
             }
         }
+        return (splitDraw(random: &random), nil)
+    }
+
+    /// The timeouts and retries of a request that matched `route` (nil: none matched).
+    func settings(route: Int?) -> TrafficPolicy.Effective {
+        guard let route, route < policy.routeSettings.count, let settings = policy.routeSettings[route] else { return policy }
+        return settings
+    }
+
+    private func splitDraw(random: inout FastRandom) -> [String: String]? {
         guard !policy.split.isEmpty else { return nil }
         var draw = random.below(policy.split.reduce(0) { $0 + $1.weight })
         for entry in policy.split {

@@ -412,6 +412,10 @@ public struct ProxyLimits: Sendable {
     public var detectTimeout: TimeAmount = .seconds(1)
     /// Idle pooled connections kept per upstream.
     public var maxIdlePerUpstream = 64
+    /// HTTP/1.1 requests to peer proxies ride multiplexed HTTP/2 connections (one per peer
+    /// and event loop, as Linkerd does); false keeps a pool of HTTP/1.1 connections per peer.
+    /// HTTP/2 requests always go as HTTP/2.
+    public var http1OverHTTP2 = true
     public var drainTimeout: Duration = .seconds(10)
     public init() {}
 }

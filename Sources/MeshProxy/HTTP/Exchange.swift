@@ -65,6 +65,8 @@ struct Exchange {
     var pendingOn: ServiceRoute?
     /// The instance labels a route or split chose; retries stay within them.
     var subset: [String: String]?
+    /// The timeouts and retries that apply: the matched route's, else the service's.
+    var settings: TrafficPolicy.Effective?
     /// 1 for the first try; retries count up.
     var attempt = 1
     /// The endpoint of the current (or last) attempt; a retry goes elsewhere if it can.

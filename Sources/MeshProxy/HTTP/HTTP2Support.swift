@@ -56,6 +56,20 @@ extension HTTP2Stack {
 final class HTTP2Connection {
     let channel: Channel
     let multiplexer: NIOHTTP2Handler.StreamMultiplexer
+    /// Streams opened on it so far: a stream on a connection that already carried others may
+    /// meet a close the peer started before it saw the stream (then the request is replayed
+    /// once on a new connection, as for a reused HTTP/1.1 connection).
+    var streamsOpened = 0
+    /// Streams open right now; a retired connection closes when this reaches 0.
+    var streamsActive = 0
+    /// No new streams: the peer sent GOAWAY, or the connection used up its stream budget.
+    var retired = false
+    /// The kernel's retransmission total at the last TCP_INFO sample.
+    var reportedRetransmits: UInt32 = 0
+
+    /// Stream IDs are 31 bits and odd for a client: a long-lived connection is replaced well
+    /// before it runs out of them.
+    static let maxStreams = 1 << 29
 
     init(channel: Channel, multiplexer: NIOHTTP2Handler.StreamMultiplexer) {
         self.channel = channel
@@ -63,16 +77,38 @@ final class HTTP2Connection {
     }
 }
 
+/// Watches the connection-level frames of an HTTP/2 client connection: a GOAWAY from the peer
+/// (it is shutting down) retires the connection, so that new requests open a new one while
+/// the streams already running finish.
+final class HTTP2GoAwayWatcher: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+    private let onGoAway: () -> Void
+
+    init(onGoAway: @escaping () -> Void) { self.onGoAway = onGoAway }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .goAway = unwrapInboundIn(data).payload { onGoAway() }
+    }
+}
+
 extension UpstreamPool {
     /// A new stream on the (shared) HTTP/2 connection to `key`, with the HTTP/1 client codec
     /// and an ``UpstreamHandler``: an ``UpstreamConnection`` that is used for one exchange and
     /// then closed, never pooled (the connection under it is).
-    func acquireStream(_ key: UpstreamKey, clientTLS: NIOSSLContext?, bundle: TrustBundle?) -> EventLoopFuture<UpstreamConnection> {
-        http2Connection(key, clientTLS: clientTLS, bundle: bundle).flatMap { connection in
+    /// - Parameter fresh: open a new connection rather than the current one (a replay after
+    ///   the current one was closed under a stream).
+    func acquireStream(_ key: UpstreamKey, clientTLS: NIOSSLContext?, bundle: TrustBundle?,
+                       fresh: Bool = false) -> EventLoopFuture<UpstreamConnection> {
+        if fresh, let open = http2Open[key] { retire(open, key: key) }
+        return http2Connection(key, clientTLS: clientTLS, bundle: bundle).flatMap { connection in
             let eventLoop = self.eventLoop
             let limits = self.limits
             let secure = key.peerIdentity != nil
-            return connection.multiplexer.createStreamChannel { stream in
+            connection.streamsOpened += 1
+            connection.streamsActive += 1
+            let reused = connection.streamsOpened
+            if connection.streamsOpened >= HTTP2Connection.maxStreams { self.retire(connection, key: key) }
+            let stream = connection.multiplexer.createStreamChannel { stream in
                 stream.eventLoop.makeCompletedFuture {
                     let sync = stream.pipeline.syncOperations
                     try sync.addHandler(HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: secure ? .https : .http))
@@ -82,15 +118,33 @@ extension UpstreamPool {
             }
             .flatMapThrowing { stream in
                 let handler = try stream.pipeline.syncOperations.handler(type: UpstreamHandler.self)
-                return UpstreamConnection(key: key, channel: stream, handler: handler, isStream: true)
+                let upstream = UpstreamConnection(key: key, channel: stream, handler: handler, isStream: true)
+                upstream.uses = reused
+                stream.closeFuture.whenComplete { _ in self.streamEnded(on: connection, key: key) }
+                return upstream
             }
+            stream.whenFailure { _ in self.streamEnded(on: connection, key: key) }
+            return stream
         }
+    }
+
+    private func streamEnded(on connection: HTTP2Connection, key: UpstreamKey) {
+        connection.streamsActive -= 1
+        if connection.retired, connection.streamsActive == 0 { connection.channel.close(promise: nil) }
+    }
+
+    /// Takes a connection out of use: new streams go to a new connection; this one closes
+    /// once its last stream has ended.
+    func retire(_ connection: HTTP2Connection, key: UpstreamKey) {
+        connection.retired = true
+        if http2Open[key] === connection { http2Open[key] = nil }
+        if connection.streamsActive == 0 { connection.channel.close(promise: nil) }
     }
 
     /// The HTTP/2 connection to `key`: the open one, the one being made, or a new one (mTLS with
     /// ALPN `h2` to a peer proxy that must prove `key.peerIdentity`; h2c to the local app).
     private func http2Connection(_ key: UpstreamKey, clientTLS: NIOSSLContext?, bundle: TrustBundle?) -> EventLoopFuture<HTTP2Connection> {
-        if let open = http2Open[key], open.channel.isActive { return eventLoop.makeSucceededFuture(open) }
+        if let open = http2Open[key], open.channel.isActive, !open.retired { return eventLoop.makeSucceededFuture(open) }
         if let pending = http2Pending[key] { return pending }
         var verifier: SPIFFEPeerVerifier?
         if let expected = key.peerIdentity {
@@ -127,7 +181,12 @@ extension UpstreamPool {
                 ready.futureResult.flatMapThrowing { (_: Void) throws -> HTTP2Connection in
                     let handler = try channel.pipeline.syncOperations.handler(type: NIOHTTP2Handler.self)
                     onConnection?(channel)
-                    return HTTP2Connection(channel: channel, multiplexer: try handler.syncMultiplexer())
+                    let connection = HTTP2Connection(channel: channel, multiplexer: try handler.syncMultiplexer())
+                    try channel.pipeline.syncOperations.addHandler(HTTP2GoAwayWatcher { [weak self, weak connection] in
+                        guard let self, let connection else { return }
+                        self.retire(connection, key: key)
+                    })
+                    return connection
                 }
                 .flatMapErrorThrowing { error in
                     channel.close(promise: nil)

@@ -57,7 +57,7 @@ extension ProxyHTTPHandler {
     private func timedOut(_ kind: String, retryable: Bool) {
         guard let context, let loopState else { return }
         if let destination = exchange.route?.service { loopState.countResilience("timeout", destination: destination, reason: kind) }
-        let limit = kind == "request-timeout" ? exchange.route?.policy.requestTimeoutSeconds : exchange.route?.policy.perTryTimeoutSeconds
+        let limit = kind == "request-timeout" ? exchange.settings?.requestTimeoutSeconds : exchange.settings?.perTryTimeoutSeconds
         let message = "no response within \(limit.map { "\($0)" } ?? "?") s (\(kind == "request-timeout" ? "timeouts.request" : "timeouts.perTry") of the destination's TrafficPolicy)"
         switch state {
         case .connecting(let pending, let bytes, let ended):
@@ -98,7 +98,7 @@ extension ProxyHTTPHandler {
     func retry(_ reason: String, upstream: UpstreamConnection?,
                pending held: (parts: [HTTPServerRequestPart], bytes: Int, ended: Bool)? = nil) -> Bool {
         guard let route = exchange.route, let loopState, let context else { return false }
-        let policy = route.policy
+        let policy = exchange.settings ?? route.policy
         guard exchange.attempt <= policy.retryAttempts else { return false }
         let request: (parts: [HTTPServerRequestPart], bytes: Int, ended: Bool)
         if let held {

@@ -44,6 +44,14 @@ extension ProxyHTTPHandler {
         settleEndpoint(failed: false)
         recordExchange()
         finishExchange()
+        if let authorize = streamAuthorizer, let upgradeHead, let loopState {
+            // Allowed when it opened, but not for ever: like a TCP stream, the WebSocket is
+            // checked again whenever the policies change, and closed once they deny it.
+            loopState.track(OpenStream(channel: context.channel, info: info, appPort: 0) { [weak loopState] stream in
+                guard let loopState else { return true }
+                return authorize(upgradeHead, &stream.info, loopState)
+            })
+        }
         // After the current read: a decoder that is still delivering parts of this read must
         // not hand an HTTP part to the relay.
         let downstream = context.channel

@@ -60,10 +60,28 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     var upgrading = false
     /// The current request came over HTTP/2: it goes upstream over HTTP/2 too.
     var http2 = false
+    /// The current request is a HEAD: a local answer has headers only (HTTP/1.1's encoder
+    /// drops such a body by itself, HTTP/2's would send it and break the stream).
+    private var headRequest = false
+    /// Inbound: the request is an HTTP/1.1 request the caller's proxy carried over HTTP/2; it
+    /// goes to the app as HTTP/1.1.
+    private var carriedHTTP1 = false
+    /// Inbound, a carried HTTP/1.1 request that had no body: DATA that still arrives is
+    /// dropped, never written unframed to the app (where it would read as another request).
+    private var carriedWithoutBody = false
+    /// Outbound: an HTTP/1.1 request that goes to a peer proxy over HTTP/2
+    /// (``ProxyLimits/http1OverHTTP2``).
+    private var peerOverHTTP2 = false
     /// gRPC status fields of a trailers-only answer, sent on as trailers (see `upstreamEvent`).
     private var heldTrailers: HTTPHeaders?
 
-    init(role: String, router: @escaping Router, states: LoopStates, logger: Logger) {
+    /// Inbound: re-authorizes an upgraded connection (``StreamAuthorizer``).
+    let streamAuthorizer: StreamAuthorizer?
+    /// Inbound: the upgrade request as it was authorized and forwarded, while upgrading.
+    var upgradeHead: HTTPRequestHead?
+
+    init(role: String, router: @escaping Router, streamAuthorizer: StreamAuthorizer? = nil, states: LoopStates, logger: Logger) {
+        self.streamAuthorizer = streamAuthorizer
         self.role = role
         self.direction = role == "inbound" ? .inbound : .outbound
         self.router = router
@@ -90,6 +108,8 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             begin(head, context: context)
         case (.idle, _):
             break // Stray body after a local answer was completed; ignore.
+        case (.connecting, .body) where carriedWithoutBody:
+            break
         case (.connecting(var pending, var bytes, _), _):
             if case .body(let chunk) = part { bytes += chunk.readableBytes }
             let ended: Bool
@@ -103,6 +123,8 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                     context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
                 }
             }
+        case (.forwarding, .body) where carriedWithoutBody:
+            break
         case (.forwarding(let upstream, _, let started), _):
             let ended: Bool
             if case .end = part { ended = true } else { ended = false }
@@ -165,6 +187,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         headerTimer?.headReceived()
         http2 = head.version.major == 2
+        headRequest = head.method == .HEAD
         // An HTTP/2 stream ends with its exchange; the connection under it is not ours to close.
         keepAlive = http2 || head.isKeepAlive
         // The parser stops at an upgrade request: unless the upstream switches protocols, the
@@ -198,6 +221,19 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             return
         }
         var head = head
+        carriedHTTP1 = false
+        carriedWithoutBody = false
+        if head.headers.contains(name: ProxyHeaders.originalProtocol) {
+            // Only a proxy sets it, on the HTTP/2 hop; whatever an app sent is dropped.
+            if http2, direction == .inbound, let marker = head.headers.first(name: ProxyHeaders.originalProtocol) {
+                carriedHTTP1 = true
+                ProxyHeaders.restoreHTTP1Framing(&head.headers, marker: marker, withoutBody: &carriedWithoutBody)
+            }
+            head.headers.remove(name: ProxyHeaders.originalProtocol)
+        }
+        // HTTP/2 needs an origin-form path and an authority; anything else keeps HTTP/1.1.
+        peerOverHTTP2 = direction == .outbound && !http2 && !upgrading && loopState.pool.limits.http1OverHTTP2
+            && head.uri.utf8.first == UInt8(ascii: "/") && head.headers.contains(name: "host")
         if let problem = ProxyHeaders.sanitizeFraming(&head, http2: http2) {
             // Ambiguous framing is how a second request gets smuggled past the checks.
             keepAlive = false
@@ -223,9 +259,12 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             respondDenied(code: code, requestID: requestID, context: context)
         case .respond(let status, let code, let message):
             respondLocally(status, code: code, message: message, context: context)
-        case .forward(let candidates, var forwardHead, let subset):
+        case .forward(let candidates, var forwardHead, let subset, let matchedRoute):
             exchange.subset = subset
-            if upgrading { Self.markUpgrade(&forwardHead.headers) }
+            if upgrading {
+                Self.markUpgrade(&forwardHead.headers)
+                if direction == .inbound { upgradeHead = forwardHead }
+            }
             if let span = exchange.span, let tracer = loopState.tracer?.tracer {
                 // The next hop (the peer proxy, or the app) continues this span's trace.
                 tracer.inject(span.context, into: &forwardHead.headers, using: HTTPHeadersInjector())
@@ -238,8 +277,10 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                 exchange.route = loopState.routes[destination]
             }
             if let route = exchange.route {
+                let settings = route.settings(route: matchedRoute)
+                exchange.settings = settings
                 route.budget.request(now: exchange.start)
-                armTimers(route.policy, context: context)
+                armTimers(settings, context: context)
                 enterPending()
             }
             if direction == .inbound, exchange.topPath != nil {
@@ -255,7 +296,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             case .GET, .HEAD, .OPTIONS, .PUT, .DELETE, .TRACE: idempotent = true
             default: idempotent = false
             }
-            replay = idempotent || exchange.route?.policy.retryNonIdempotent == true ? [.head(forwardHead)] : nil
+            replay = idempotent || exchange.settings?.retryNonIdempotent == true ? [.head(forwardHead)] : nil
             replayBytes = 0
             replayed = false
             loopState.inFlight += 1
@@ -283,9 +324,12 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             stats.inFlight += 1
             exchange.endpoint = stats
         }
-        if http2 {
+        // A peer proxy gets HTTP/2 (an HTTP/1.1 request rides it, marked); the app gets the
+        // protocol the request was made in.
+        if key.peerIdentity != nil ? http2 || peerOverHTTP2 : http2 && !carriedHTTP1 {
             let (serial, attempt) = (self.serial, exchange.attempt)
-            loopState.pool.acquireStream(key, clientTLS: loopState.clientH2TLS, bundle: loopState.bundle).whenComplete { [self] result in
+            loopState.pool.acquireStream(key, clientTLS: loopState.clientH2TLS, bundle: loopState.bundle,
+                                         fresh: fresh).whenComplete { [self] result in
                 guard self.serial == serial, exchange.attempt == attempt else {
                     if case .success(let stream) = result { stream.channel.close(promise: nil) }
                     return
@@ -313,8 +357,11 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     private func connected(_ result: Result<UpstreamConnection, Error>, key: UpstreamKey,
                            candidates: ArraySlice<UpstreamKey>, loopState: LoopState) {
         guard case .connecting(let pending, let pendingBytes, let ended) = state, let context else {
-            // The downstream went away meanwhile: give the connection back unused.
-            if case .success(let upstream) = result { loopState.pool.release(upstream) }
+            // The downstream went away meanwhile: give the connection back unused (a stream
+            // is never pooled).
+            if case .success(let upstream) = result {
+                if upstream.isStream { upstream.channel.close(promise: nil) } else { loopState.pool.release(upstream) }
+            }
             return
         }
         switch result {
@@ -324,7 +371,15 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             state = .forwarding(upstream, requestEnded: ended, responseStarted: false)
             exchange.upstreamStart = Exchange.now()
             upstream.handler.responder = self
-            for part in pending { upstream.channel.write(clientPart(part), promise: nil) }
+            let marksHTTP1 = upstream.isStream && !http2
+            for part in pending {
+                if marksHTTP1, case .head(var head) = part {
+                    ProxyHeaders.markHTTP1(&head.headers)
+                    upstream.channel.write(HTTPClientRequestPart.head(head), promise: nil)
+                } else {
+                    upstream.channel.write(clientPart(part), promise: nil)
+                }
+            }
             upstream.channel.flush()
             resumeReading(context)
         case .failure(let error):
@@ -342,7 +397,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                 return
             }
             exchange.lastKey = key
-            if exchange.route?.policy.retryOnConnectFailure == true,
+            if exchange.settings?.retryOnConnectFailure == true,
                retry("connect-failure", upstream: nil, pending: (pending, pendingBytes, ended)) {
                 return
             }
@@ -375,13 +430,13 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             }
             switchToWebSocket(head, upstream: upstream, context: context)
         case .part(.head(var head)):
-            if !started, requestEnded, let policy = exchange.route?.policy, policy.retryStatuses.contains(Int(head.status.code)),
+            if !started, requestEnded, let policy = exchange.settings, policy.retryStatuses.contains(Int(head.status.code)),
                retry("status-\(head.status.code)", upstream: upstream) {
                 return
             }
             // The timeouts run until the response starts: a long body is not cut.
             cancelTimers()
-            if http2 { heldTrailers = HTTP2Stack.takeTrailersOnlyStatus(&head.headers) }
+            if http2 && !carriedHTTP1 { heldTrailers = HTTP2Stack.takeTrailersOnlyStatus(&head.headers) }
             let upstreamKeepAlive = head.isKeepAlive
             ProxyHeaders.stripHopByHop(&head.headers)
             exchange.responseHead = Exchange.now()
@@ -407,7 +462,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             if reusable {
                 upstream.handler.responder = nil
                 loopState?.pool.release(upstream)
-            } else {
+            } else if !(upstream.isStream && requestEnded) {
+                // A finished HTTP/2 stream closes by itself: closing it here would reset it,
+                // and a peer counts resets (a flood of them ends the connection).
                 upstream.channel.close(promise: nil)
             }
             recordExchange()
@@ -427,7 +484,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                 connect([upstream.key], loopState: loopState, fresh: true)
                 return
             }
-            if !started, requestEnded, exchange.route?.policy.retryOnReset == true, retry("reset", upstream: nil) {
+            if !started, requestEnded, exchange.settings?.retryOnReset == true, retry("reset", upstream: nil) {
                 return
             }
             finishExchange()
@@ -538,7 +595,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         headers.add(contentsOf: extra)
         if !keepAlive { headers.add(name: "connection", value: "close") }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        if !headRequest { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
         let closeAfter = !keepAlive
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
             if closeAfter { self.closeWhenRequestRead(context) }

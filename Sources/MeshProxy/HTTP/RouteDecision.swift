@@ -12,7 +12,8 @@ enum RouteDecision {
     /// Forward `head` to the first candidate that accepts a connection (a candidate is only
     /// tried after the previous one failed to connect, so the request is never sent twice).
     /// `subset`: the instance labels a route or split chose (outbound); retries stay in it.
-    case forward(candidates: [UpstreamKey], head: HTTPRequestHead, subset: [String: String]? = nil)
+    /// `route`: the TrafficPolicy route the request matched (its timeouts and retries apply).
+    case forward(candidates: [UpstreamKey], head: HTTPRequestHead, subset: [String: String]? = nil, route: Int? = nil)
     /// Answer locally, e.g. 503 for an unknown service; `code` goes in `x-mesh-error`.
     case respond(HTTPResponseStatus, code: String, message: String)
     /// 403 by policy: the decision code and a correlation id go to the caller, the details
@@ -47,6 +48,10 @@ struct DownstreamInfo {
 
 /// Decides per request. Runs on the event loop with that loop's state: it must not block.
 typealias Router = @Sendable (HTTPRequestHead, inout DownstreamInfo, LoopState) -> RouteDecision
+
+/// Inbound: whether a connection that left HTTP (a WebSocket) may stay open, asked again with
+/// the upgrade request as it was authorized whenever the policies change.
+typealias StreamAuthorizer = @Sendable (HTTPRequestHead, inout DownstreamInfo, LoopState) -> Bool
 
 extension ServerBootstrap {
     /// The socket options every data-path listener uses: a deep accept backlog, address
@@ -86,6 +91,9 @@ enum ProxyHeaders {
     static let decision = "x-mesh-decision"
     /// Correlates a denial with the proxy's log line.
     static let requestID = "x-mesh-request-id"
+    /// Set by the outbound proxy on an HTTP/1.1 request it carries over HTTP/2 to the peer
+    /// proxy, which then talks HTTP/1.1 to its app; never reaches an app.
+    static let originalProtocol = "x-mesh-orig-proto"
     static let hopByHop = ["connection", "keep-alive", "proxy-connection", "upgrade", "proxy-authenticate"]
 
     /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
@@ -137,6 +145,27 @@ enum ProxyHeaders {
         if trailers { head.headers.add(name: "te", value: "trailers") }
         head.version = .http1_1
         return nil
+    }
+
+    /// Marks an HTTP/1.1 request (framing already sanitized) that rides HTTP/2 to the peer
+    /// proxy. HTTP/2 keeps `Content-Length` but has no `Transfer-Encoding`, so the marker says
+    /// whether the body was chunked: the peer needs that to frame the body for its app.
+    static func markHTTP1(_ headers: inout HTTPHeaders) {
+        let chunked = headers.contains(name: "transfer-encoding")
+        headers.add(name: originalProtocol, value: chunked ? "HTTP/1.1; chunked" : "HTTP/1.1")
+    }
+
+    /// The peer's side of ``markHTTP1``: the framing headers the app gets. A request that was
+    /// neither chunked nor had a `Content-Length` had no body (`withoutBody`), whatever the
+    /// HTTP/2 layer may add for its method.
+    static func restoreHTTP1Framing(_ headers: inout HTTPHeaders, marker: String, withoutBody: inout Bool) {
+        headers.remove(name: "transfer-encoding")
+        if marker.hasSuffix("; chunked") {
+            headers.remove(name: "content-length")
+            headers.add(name: "transfer-encoding", value: "chunked")
+        } else if !headers.contains(name: "content-length") {
+            withoutBody = true
+        }
     }
 
     /// Whether a header name is the identity header in any spelling an app might fold it to

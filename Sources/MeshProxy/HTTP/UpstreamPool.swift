@@ -99,6 +99,16 @@ final class UpstreamPool {
                                      retransmits: retransmits))
             }
         }
+        for (key, connection) in http2Open {
+            guard let service = key.peerIdentity?.service,
+                  let provider = connection.channel as? SocketOptionProvider else { continue }
+            provider.getTCPInfo().whenSuccess { info in
+                let retransmits = info.tcpi_total_retrans &- connection.reportedRetransmits
+                connection.reportedRetransmits = info.tcpi_total_retrans
+                report(TCPPathSample(destination: service, rttMicros: info.tcpi_rtt, rttVarianceMicros: info.tcpi_rttvar,
+                                     retransmits: retransmits))
+            }
+        }
         #endif
     }
 

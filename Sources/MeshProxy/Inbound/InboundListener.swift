@@ -31,6 +31,12 @@ enum InboundListener {
         let router: Router = { head, info, state in
             route(head, info: &info, state: state, appPort: app.port, logger: logger, app: app)
         }
+        let streamAuthorizer: StreamAuthorizer = { head, info, state in
+            if info.peer == nil && state.mtlsMode == .strict { return false }
+            // The target was normalized when the upgrade was authorized: this gives the same path.
+            guard case .success(let normalized) = PathNormalizer.normalize(head.uri) else { return false }
+            return authorize((head, normalized.path), info: &info, state: state, appPort: app.port, logger: logger) == nil
+        }
         do {
             return try await ServerBootstrap.dataPath(group: group)
                 .childChannelInitializer { channel in
@@ -61,7 +67,8 @@ enum InboundListener {
                             try sync.addHandler(RequestHeaderTimer(limit: limits.requestHeaderTimeout))
                             try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
                             try sync.addHandler(HTTPParseErrorResponder())
-                            try sync.addHandler(ProxyHTTPHandler(role: "inbound", router: router, states: states, logger: logger))
+                            try sync.addHandler(ProxyHTTPHandler(role: "inbound", router: router, streamAuthorizer: streamAuthorizer,
+                                                                 states: states, logger: logger))
                         }
                         // An opaque stream is relayed to the app at L4 instead of the HTTP stack.
                         let addOpaque: (Channel) throws -> Void = { channel in

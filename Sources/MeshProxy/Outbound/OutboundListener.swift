@@ -78,7 +78,7 @@ enum OutboundListener {
         if let reason = route.overloaded() {
             return .respond(.serviceUnavailable, code: "overloaded", message: reason)
         }
-        let subset = route.subset(for: head, random: &state.random)
+        let (subset, matched) = route.subset(for: head, random: &state.random)
         let candidates = route.pick(now: Exchange.now(), random: &state.random, subset: subset)
         if candidates.isEmpty {
             let wanted = subset.map { " with labels " + $0.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",") } ?? ""
@@ -88,7 +88,7 @@ enum OutboundListener {
         var head = head
         ProxyHeaders.stripHopByHop(&head.headers)
         ProxyHeaders.removePeerIdentity(&head.headers)
-        return .forward(candidates: candidates, head: head, subset: subset)
+        return .forward(candidates: candidates, head: head, subset: subset, route: matched)
     }
 
     /// The HTTP/1.1 stack of a connection from the local app.
