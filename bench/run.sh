@@ -7,6 +7,8 @@
 # Every sidecar gets one worker thread; all mTLS hops use the same CA and certificates.
 # Reports closed-loop throughput (wrk -c32), open-loop latency at a fixed rate (corrected for
 # coordinated omission, bench/tools/openloop.c), CPU time per request and peak RSS per sidecar.
+# Then the same four shapes with HTTP/2 end to end (h2load: h2c in, h2 over mTLS between the
+# sidecars, h2c to an nginx backend), for plain requests and for gRPC-shaped unary calls.
 #
 #   bench/run.sh            full run (≈ 2 min of load after the build)
 #   bench/run.sh --quick    short runs for a regression check (< 2 min including setup)
@@ -25,6 +27,7 @@ CONNS=32
 
 need=()
 for tool in haproxy nginx wrk openssl gcc; do command -v "$tool" >/dev/null || need+=("$tool"); done
+command -v h2load >/dev/null || need+=(nghttp2-client)
 if (( ${#need[@]} )); then
   echo "== installing ${need[*]} from Debian"
   apt-get update -qq >/dev/null
@@ -59,6 +62,7 @@ for svc in web api; do
 done
 
 BACKEND=18080
+BACKEND_H2=18081
 OTLP_SINK=18090
 # The shared backend: nginx with one worker answering a fixed 200.
 mkdir -p nginx-backend
@@ -67,6 +71,12 @@ worker_processes 1; daemon off; pid $WORK/nginx-backend/pid; error_log $WORK/ngi
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$BACKEND; location / { return 200 "hello from backend\n"; } }
+  # The same answer over h2c (prior knowledge), and a gRPC-shaped one (application/grpc,
+  # grpc-status 0 in the trailers; the proxies do not parse messages).
+  server { listen 127.0.0.1:$BACKEND_H2 http2;
+    location / { return 200 "hello from backend\n"; }
+    location /bench.Echo/ { default_type application/grpc; add_trailer grpc-status 0 always;
+      return 200 "grpc-shaped answer\n"; } }
   # An OTLP/HTTP sink for the tracing cases: accepts every export (an empty response message).
   server { listen 127.0.0.1:$OTLP_SINK; location / { default_type application/x-protobuf; return 200 ""; } } }
 CONF
@@ -223,6 +233,9 @@ variant trace-1pct 30 "tracing: {endpoint: \"http://127.0.0.1:$OTLP_SINK/v1/trac
 echo "== swiftmesh with tracing at 100 %"
 variant trace-100pct 40 "tracing: {endpoint: \"http://127.0.0.1:$OTLP_SINK/v1/traces\", sampling: 1}"
 
+echo "== swiftmesh with HTTP/1.1 connections between the sidecars (--peer-protocol http1)"
+variant http1-peers 50 "peerProtocol: http1"
+
 echo "== swiftmesh with 1000 policies (L7 rule evaluated per request)"
 sed -e 's/18102/18112/; s/18104/18114/; s/18105/18115/' api.yaml > api-1000.yaml
 cat >> api-1000.yaml <<CONF
@@ -256,6 +269,105 @@ NIW=$(pgrep -P "$NI" | head -1); NOW=$(pgrep -P "$NO" | head -1)
 measure nginx 18301 api "$NOW" "$NIW"
 kill "$NO" "$NI"; wait "$NO" "$NI" 2>/dev/null || true
 
+# HTTP/2 end to end. h2load opens 32 connections with 10 streams each; "plain" is GET /,
+# "grpc" a POST of a framed message with gRPC's headers (content-type, te: trailers) answered
+# with a grpc-status trailer. Throughput, mean request time, CPU per request and peak RSS.
+RESULTS_H2=()
+printf '\x00\x00\x00\x00\x05hello' > grpc-body.bin
+# measure_h2 NAME PORT PID...
+measure_h2() {
+  local name=$1 port=$2; shift 2
+  local pids=("$@")
+  for kind in plain grpc; do
+    local args=(-t1 -c$CONNS -m10 -H ":authority: api")
+    local url="http://127.0.0.1:$port/"
+    if [[ $kind == grpc ]]; then
+      args+=(-d "$WORK/grpc-body.bin" -H "content-type: application/grpc" -H "te: trailers"); url="http://127.0.0.1:$port/bench.Echo/Unary"
+    fi
+    h2load "${args[@]}" -D $WARM "$url" >/dev/null 2>&1 || true
+    local before=0 after=0
+    (( ${#pids[@]} )) && before=$(cpu_ticks "${pids[@]}")
+    local out; out=$(h2load "${args[@]}" -D $DURATION "$url" 2>&1 || true)
+    (( ${#pids[@]} )) && after=$(cpu_ticks "${pids[@]}")
+    local rps ok failed mean
+    rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' <<<"$out")
+    ok=$(awk '/^requests:/ {print $8}' <<<"$out"); failed=$(awk '/^requests:/ {print $10 + $12}' <<<"$out")
+    mean=$(awk '/^time for request:/ {print $6}' <<<"$out")
+    local cpu_us="-" peak="-"
+    if (( ${#pids[@]} )) && (( ${ok:-0} > 0 )); then
+      cpu_us=$(awk -v d=$((after - before)) -v t=$TICK -v n=$ok -v k=${#pids[@]} 'BEGIN { printf "%.1f", d / t * 1e6 / n / k }')
+      peak=$(for p in "${pids[@]}"; do echo -n "$(( $(hwm_kb $p) / 1024 ))/"; done)
+    fi
+    RESULTS_H2+=("$name|$kind|${rps:-0}|${ok:-0}|${failed:-0}|${mean:--}|$cpu_us|${peak%/}")
+    echo "   $name $kind: ${rps:-0} req/s (${ok:-0} ok, ${failed:-0} failed), mean ${mean:--}, cpu/req/sidecar ${cpu_us} us, rss peak ${peak%/} MB"
+  done
+}
+
+echo "== HTTP/2: DIRECT"
+measure_h2 direct $BACKEND_H2
+
+echo "== HTTP/2: swiftmesh"
+sed -e "s/18102/18162/; s/18104/18164/; s/18105/18165/; s/127.0.0.1:$BACKEND\$/127.0.0.1:$BACKEND_H2/" api.yaml > api-h2.yaml
+sed -e "s/18100/18160/; s/18101/18161/; s/18103/18163/; s/18102/18162/" web.yaml > web-h2.yaml
+start "$MESH" proxy --config api-h2.yaml --log-level warning; A=$LAST
+start "$MESH" proxy --config web-h2.yaml --log-level warning; W=$LAST
+wait_port 18161; wait_port 18162
+measure_h2 swiftmesh 18161 "$W" "$A"
+kill "$W" "$A"; wait "$W" "$A" 2>/dev/null || true
+
+echo "== HTTP/2: haproxy"
+{ haproxy_common; cat <<CONF
+frontend out
+  bind 127.0.0.1:18211 proto h2
+  default_backend peer
+backend peer
+  server api 127.0.0.1:18212 ssl crt $WORK/web-combined.pem ca-file $WORK/ca.pem verify required ssl-min-ver TLSv1.3 alpn h2
+CONF
+} > haproxy-out-h2.cfg
+{ haproxy_common; cat <<CONF
+frontend in
+  bind 127.0.0.1:18212 ssl crt $WORK/api-combined.pem ca-file $WORK/ca.pem verify required ssl-min-ver TLSv1.3 alpn h2
+  default_backend app
+backend app
+  server app 127.0.0.1:$BACKEND_H2 proto h2
+CONF
+} > haproxy-in-h2.cfg
+start haproxy -db -f haproxy-in-h2.cfg; HI=$LAST
+start haproxy -db -f haproxy-out-h2.cfg; HO=$LAST
+wait_port 18211; wait_port 18212
+measure_h2 haproxy 18211 "$HO" "$HI"
+kill "$HO" "$HI"; wait "$HO" "$HI" 2>/dev/null || true
+
+echo "== HTTP/2: nginx (grpc_pass: nginx proxies HTTP/2 upstream only through its gRPC module)"
+mkdir -p nginx-out-h2 nginx-in-h2
+cat > nginx-out-h2/nginx.conf <<CONF
+worker_processes 1; daemon off; pid $WORK/nginx-out-h2/pid; error_log $WORK/nginx-out-h2/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream peer { server 127.0.0.1:18312; keepalive 64; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:18311 http2;
+    location / { grpc_pass grpcs://peer;
+      grpc_ssl_certificate $WORK/web.pem; grpc_ssl_certificate_key $WORK/web-key.pem;
+      grpc_ssl_protocols TLSv1.3; grpc_ssl_session_reuse on; } } }
+CONF
+cat > nginx-in-h2/nginx.conf <<CONF
+worker_processes 1; daemon off; pid $WORK/nginx-in-h2/pid; error_log $WORK/nginx-in-h2/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:$BACKEND_H2; keepalive 64; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:18312 ssl http2; ssl_protocols TLSv1.3;
+    ssl_certificate $WORK/api.pem; ssl_certificate_key $WORK/api-key.pem;
+    ssl_client_certificate $WORK/ca.pem; ssl_verify_client on; ssl_verify_depth 2;
+    location / { grpc_pass grpc://app; } } }
+CONF
+start nginx -c "$WORK/nginx-in-h2/nginx.conf" -p "$WORK/nginx-in-h2"; NI=$LAST
+start nginx -c "$WORK/nginx-out-h2/nginx.conf" -p "$WORK/nginx-out-h2"; NO=$LAST
+wait_port 18311; wait_port 18312
+sleep 0.5
+NIW=$(pgrep -P "$NI" | head -1); NOW=$(pgrep -P "$NO" | head -1)
+measure_h2 nginx 18311 "$NOW" "$NIW"
+kill "$NO" "$NI"; wait "$NO" "$NI" 2>/dev/null || true
+
 cd "$ROOT"
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 DATE=$(date -u +%Y-%m-%dT%H:%MZ)
@@ -272,11 +384,24 @@ for row in "${RESULTS[@]}"; do
 done
 MODE=$([[ $QUICK == 1 ]] && echo quick || echo full)
 HEADER="Benchmark ($MODE) $DATE, commit $COMMIT, $(nproc) cores, $(uname -r), $(haproxy -v | head -1 | cut -d' ' -f1-3), nginx $(nginx -v 2>&1 | cut -d/ -f2), wrk -t1 -c$CONNS ${DURATION}s; openloop ${RATE}/s for ${RATE_SECONDS}s over $CONNS connections"
+TABLE_H2="| config (HTTP/2) | requests | throughput (req/s) | × direct | ok / failed | mean request time | CPU/req/sidecar (µs) | RSS peak (MB, out/in) |
+|---|---|---|---|---|---|---|---|"
+for row in "${RESULTS_H2[@]}"; do
+  IFS='|' read -r name kind rps ok failed mean cpu peak <<<"$row"
+  direct=$(for r in "${RESULTS_H2[@]}"; do IFS='|' read -r n k v _ <<<"$r"; [[ $n == direct && $k == "$kind" ]] && echo "$v"; done)
+  TABLE_H2+=$'\n'"$(awk -v n="$name" -v k="$kind" -v r="$rps" -v d="${direct:-0}" -v o="$ok" -v f="$failed" -v m="$mean" -v c="$cpu" -v p="$peak" \
+    'BEGIN { printf "| %s | %s | %.0f | %s | %s / %s | %s | %s | %s |", n, k, r, (d > 0 ? sprintf("%.2f", r/d) : "-"), o, f, m, c, p }')"
+done
+H2_NOTE="HTTP/2: h2load -t1 -c$CONNS -m10 for ${DURATION}s per row: h2c in, h2 over mTLS 1.3 between the sidecars, h2c to the backend."
 echo
 echo "$HEADER"
 echo
 echo "$TABLE"
+echo
+echo "$H2_NOTE"
+echo
+echo "$TABLE_H2"
 OUT="bench/results/$(date -u +%Y%m%d-%H%M)-$MODE-$COMMIT.md"
-printf '%s\n\n%s\n' "$HEADER" "$TABLE" > "$OUT"
+printf '%s\n\n%s\n\n%s\n\n%s\n' "$HEADER" "$TABLE" "$H2_NOTE" "$TABLE_H2" > "$OUT"
 echo
 echo "written to $OUT"

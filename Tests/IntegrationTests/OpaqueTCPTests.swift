@@ -151,6 +151,35 @@ final class OpaqueTCPTests: XCTestCase {
         await greeter.stop()
     }
 
+    /// A client that sends its request and then shuts down its sending side still gets the
+    /// answer: the FIN crosses both proxies (as close_notify on the mTLS hop) while the other
+    /// direction stays open, and the stream closes once both directions are done.
+    func testHalfCloseIsCarriedThroughBothProxies() async throws {
+        let mesh = try await TestMesh.start()
+        let server = try await HalfCloseServer.start()
+        do {
+            _ = try await mesh.proxy("batch", app: server.address, extra: ["--app-protocol", "tcp"])
+            let client = try await mesh.proxy("client", app: HostPort(host: "127.0.0.1", port: 9), extra: ["--upstream", "batch=0"])
+            try await waitUntil { (try? await mesh.services().count) == 2 }
+            let port = try XCTUnwrap(client.upstreams["batch"])
+            let payload = String(repeating: "0123456789abcdef", count: 20_000)
+            let answer = try await eventually { () async throws -> String in
+                let connection = try RawTCPClient(port)
+                try connection.send(payload)
+                connection.shutdownWrite()
+                let text = connection.receive(count: 64, timeout: .seconds(10))
+                guard !text.isEmpty else { throw TestFailure("no answer after the half-close") }
+                XCTAssertTrue(connection.closedByPeer(within: .seconds(5)), "closed once both directions are done")
+                return text
+            }
+            XCTAssertEqual(answer, "received 320000 bytes\n")
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        await mesh.shutdown()
+        await server.stop()
+    }
+
     private func metricValue(_ exposition: String, _ series: String) -> Double? {
         exposition.split(separator: "\n").first { $0.hasPrefix(series + " ") }
             .flatMap { Double($0.split(separator: " ").last ?? "") }

@@ -46,6 +46,46 @@ private final class EchoHandler: ChannelInboundHandler {
     }
 }
 
+/// A raw TCP app that reads until its client shuts down its sending side, then answers
+/// `received N bytes` and closes: the pattern of request-then-FIN protocols (and of
+/// `nc -N`, `curl telnet://`), which works only if a half-close is carried through.
+public final class HalfCloseServer: Sendable {
+    private let channel: Channel
+    public var address: HostPort { HostPort(host: "127.0.0.1", port: channel.localAddress?.port ?? 0) }
+
+    public static func start() async throws -> HalfCloseServer {
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(CountingHandler()) }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        return HalfCloseServer(channel: channel)
+    }
+
+    private init(channel: Channel) { self.channel = channel }
+
+    public func stop() async { try? await channel.close() }
+
+    private final class CountingHandler: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+        var count = 0
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            count += unwrapInboundIn(data).readableBytes
+        }
+
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            guard case ChannelEvent.inputClosed = event else { return context.fireUserInboundEventTriggered(event) }
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: "received \(count) bytes\n"))).whenComplete { _ in
+                context.close(promise: nil)
+            }
+        }
+    }
+}
+
 /// A blocking TCP client for tests: connect, send, read with a deadline.
 public final class RawTCPClient: @unchecked Sendable {
     private let fd: Int32
@@ -67,6 +107,11 @@ public final class RawTCPClient: @unchecked Sendable {
     }
 
     deinit { close(fd) }
+
+    /// Shuts the sending side (a FIN); reading goes on.
+    public func shutdownWrite() {
+        shutdown(fd, Int32(SHUT_WR))
+    }
 
     public func send(_ text: String) throws {
         try send(bytes: Array(text.utf8))

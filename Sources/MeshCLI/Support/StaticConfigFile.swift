@@ -24,6 +24,7 @@ import Yams
 ///   api: [10.0.0.5:15006, 10.0.0.6:15006]
 /// trafficPolicies: [...]             # optional TrafficPolicy resources
 /// appProtocol: http                  # optional: tcp for an opaque app
+/// peerProtocol: h2                   # optional: http1 keeps HTTP/1.1 connections between proxies
 /// upstreams: {db: 15432}             # optional: local ports bound to one service each
 /// ```
 /// Relative paths are resolved against the file's directory.
@@ -53,6 +54,8 @@ enum StaticConfigFile {
         var appProtocol: String?
         /// Local ports bound to one service each, `SERVICE: [HOST:]PORT`.
         var upstreams: [String: String]?
+        /// h2 (default) or http1: how HTTP/1.1 requests travel to peer proxies.
+        var peerProtocol: String?
         /// deny (default) or audit.
         var defaultPolicy: String?
         /// strict (default) or permissive.
@@ -128,6 +131,10 @@ enum StaticConfigFile {
             } catch {
                 throw ValidationError("\(path): field 'upstreams.\(service)': write [HOST:]PORT, e.g. 127.0.0.1:15432")
             }
+        }
+        if let peerProtocol = file.peerProtocol {
+            guard ["h2", "http1"].contains(peerProtocol) else { throw ValidationError("\(path): field 'peerProtocol' must be h2 or http1") }
+            config.limits.http1OverHTTP2 = peerProtocol == "h2"
         }
         config.metricsEnabled = file.metrics ?? true
         config.traceEndpoint = file.tracing?.endpoint

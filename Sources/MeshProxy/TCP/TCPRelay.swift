@@ -5,9 +5,11 @@ import NIOCore
 /// buffer, so a slow reader slows the writer down instead of filling memory).
 ///
 /// When either side closes, whatever it had already sent is flushed to the other before that
-/// one is closed too. Half-closes are treated as closes: the mesh hop is TLS, which has no
-/// portable half-close, and the protocols carried here (PostgreSQL, Redis, SMTP …) close
-/// fully.
+/// one is closed too. A half-close is carried through: a side whose peer stops sending (a TCP
+/// FIN, or TLS 1.3's close_notify on the mesh hop) makes its partner stop sending too
+/// (`shutdown(SHUT_WR)`, or close_notify), while the other direction keeps flowing — a client
+/// that sends its request and then shuts down its sending side still gets the answer. A side
+/// closed in both directions is closed; the idle timeout bounds a half-open one.
 final class TCPRelay: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -27,6 +29,10 @@ final class TCPRelay: ChannelDuplexHandler, RemovableChannelHandler {
     private let onBytes: ((Int) -> Void)?
     /// Called once when this side closes.
     private let onClose: (() -> Void)?
+    /// This side's peer sent everything it will send (FIN or close_notify).
+    private var inputClosed = false
+    /// Everything for this side's peer was sent and its sending side shut.
+    private var outputClosed = false
 
     init(onBytes: ((Int) -> Void)? = nil, onClose: (() -> Void)? = nil) {
         self.onBytes = onBytes
@@ -49,10 +55,30 @@ final class TCPRelay: ChannelDuplexHandler, RemovableChannelHandler {
             relay.partner = nil
             other.partnerClosed()
         }
+        for (relay, other) in [(first, second), (second, first)] where relay.inputClosed && relay.partner != nil {
+            other.partnerFinishedSending()
+        }
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        // A FIN (or close_notify) becomes an `inputClosed` event rather than a close.
+        try? context.channel.syncOptions?.setOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard case ChannelEvent.inputClosed = event else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        guard !inputClosed else { return }
+        inputClosed = true
+        if outputClosed {
+            context.close(promise: nil)
+        } else if joined {
+            partner?.partnerFinishedSending()
+        }
+        // Not joined yet: ``join`` passes it on after the early bytes.
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -118,6 +144,22 @@ final class TCPRelay: ChannelDuplexHandler, RemovableChannelHandler {
         guard pendingRead, let context else { return }
         pendingRead = false
         context.read()
+    }
+
+    /// The partner's peer will send nothing more: after what it sent, shut this side's sending
+    /// direction (or close, when this side's peer is done sending too).
+    private func partnerFinishedSending() {
+        guard let context, !outputClosed else { return }
+        outputClosed = true
+        let channel = context.channel
+        let closeAll = inputClosed
+        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in
+            if closeAll {
+                channel.close(promise: nil)
+            } else {
+                channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
+            }
+        }
     }
 
     /// The partner is gone: flush what it sent, then close (writes complete in order, so the
