@@ -30,6 +30,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         // Tracing: the OTLP/HTTP exporter only (no gRPC stack in the binary).
@@ -52,6 +53,9 @@ let package = Package(
         .target(name: "MeshStore", dependencies: [
             "MeshCore", log,
             .product(name: "SQLiteNIO", package: "sqlite-nio"),
+            .product(name: "PostgresNIO", package: "postgres-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ]),
         .target(name: "MeshTransport", dependencies: ["MeshCore", "MeshIdentity", log] + nio + tls + [
             .product(name: "X509", package: "swift-certificates"),
@@ -106,7 +110,7 @@ let package = Package(
             .product(name: "SwiftASN1", package: "swift-asn1"),
         ]),
         .testTarget(name: "MeshControlTests", dependencies: ["MeshControl", "MeshStore", "MeshCore", log]),
-        .testTarget(name: "MeshStoreTests", dependencies: ["MeshStore", "MeshCore", log]),
+        .testTarget(name: "MeshStoreTests", dependencies: ["MeshStore", "MeshCore", "MeshTesting", log]),
         .testTarget(name: "MeshTelemetryTests", dependencies: ["MeshTelemetry"]),
         // Depends on `mesh` so that `swift test` builds the binary the tests start.
         .testTarget(name: "IntegrationTests", dependencies: [

@@ -388,7 +388,7 @@ TABLE_H2="| config (HTTP/2) | requests | throughput (req/s) | × direct | ok / f
 |---|---|---|---|---|---|---|---|"
 for row in "${RESULTS_H2[@]}"; do
   IFS='|' read -r name kind rps ok failed mean cpu peak <<<"$row"
-  direct=$(for r in "${RESULTS_H2[@]}"; do IFS='|' read -r n k v _ <<<"$r"; [[ $n == direct && $k == "$kind" ]] && echo "$v"; done)
+  direct=$(for r in "${RESULTS_H2[@]}"; do IFS='|' read -r n k v _ <<<"$r"; if [[ $n == direct && $k == "$kind" ]]; then echo "$v"; fi; done)
   TABLE_H2+=$'\n'"$(awk -v n="$name" -v k="$kind" -v r="$rps" -v d="${direct:-0}" -v o="$ok" -v f="$failed" -v m="$mean" -v c="$cpu" -v p="$peak" \
     'BEGIN { printf "| %s | %s | %.0f | %s | %s / %s | %s | %s | %s |", n, k, r, (d > 0 ? sprintf("%.2f", r/d) : "-"), o, f, m, c, p }')"
 done

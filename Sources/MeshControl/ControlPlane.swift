@@ -23,6 +23,9 @@ public struct ControlPlane: Sendable {
         public var historyStep: Duration = .seconds(10)
         /// What happens to a request no policy allows: `deny` (default) or `audit`.
         public var defaultPolicy = "deny"
+        /// `postgres://…`: keep the registry, tokens and resources in PostgreSQL instead of
+        /// the embedded SQLite file of the data directory.
+        public var storeURL: String?
 
         public init(dataDirectory: String) { self.dataDirectory = dataDirectory }
     }
@@ -48,7 +51,12 @@ public struct ControlPlane: Sendable {
         try dir.prepare()
         let ca = try dir.loadOrCreateCA(trustDomain: config.trustDomain)
         let adminToken = try dir.loadOrCreateAdminToken()
-        let store = try await SQLiteStore.open(path: dir.sqliteFile.path, logger: logger)
+        let store: any MeshStore
+        if let url = config.storeURL {
+            store = try await PostgresStore.open(url: url, logger: logger)
+        } else {
+            store = try await SQLiteStore.open(path: dir.sqliteFile.path, logger: logger)
+        }
         defer { Task { await store.close() } }
         guard ["deny", "audit"].contains(config.defaultPolicy) else {
             throw MeshError(.invalidRequest, "--default-policy must be deny or audit, not '\(config.defaultPolicy)'")

@@ -75,4 +75,46 @@ final class GRPCTests: XCTestCase {
         second.stop()
         await mesh.shutdown()
     }
+
+    /// Callers that go away with hundreds of calls in flight (h2load stops mid-run three
+    /// times, cancelling every open stream) leave the mesh serving: the next calls succeed.
+    /// Cancelled streams once stayed counted as open inside swift-nio-http2 until a
+    /// connection took no new stream; connections that saw many resets are now replaced.
+    func testCancelledStreamsNeverWedgeTheMesh() async throws {
+        let h2load = "/usr/bin/h2load"
+        guard GRPCPeer.available, FileManager.default.isExecutableFile(atPath: h2load) else {
+            if ProcessInfo.processInfo.environment["MESH_REQUIRE_TOOLS"] == "1" {
+                XCTFail("grpcio (PyPI) and h2load (nghttp2-client) are required (MESH_REQUIRE_TOOLS=1)")
+            }
+            throw XCTSkip("grpcio or h2load not installed")
+        }
+        let mesh = try await TestMesh.start(defaultPolicy: "audit")
+        let server = try await GRPCPeer.startServer(name: "a")
+        do {
+            _ = try await mesh.proxy("greeter", app: server.address)
+            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
+            try await waitUntil { ((try? await mesh.services()) ?? []).contains { $0.service.rawValue == "greeter" } }
+            _ = try await eventually { try await GRPCPeer.call(web.outbound, authority: "greeter", count: 1) }
+
+            // A gRPC-framed "hello" posted as unary calls, 160 in flight, cut off after 2 s.
+            let body = mesh.directory.appendingPathComponent("call.bin")
+            try Data([0, 0, 0, 0, 5] + Array("hello".utf8)).write(to: body)
+            for round in 1...3 {
+                let run = try await Task.detached {
+                    try runCapturingOutput(h2load, ["-t1", "-c16", "-m10", "-D", "2", "-d", body.path,
+                                                   "-H", ":authority: greeter", "-H", "content-type: application/grpc",
+                                                   "-H", "te: trailers", "http://\(web.outbound)/test.Echo/Unary"], timeout: 30)
+                }.value
+                let done = run.out.split(separator: "\n").first { $0.hasPrefix("requests:") } ?? ""
+                print("cancellation round \(round): \(done)")
+                XCTAssertTrue(done.contains(" succeeded") && !done.contains(" 0 succeeded"), "round \(round): \(run.out.suffix(1500))")
+            }
+            let after = try await GRPCPeer.call(web.outbound, authority: "greeter", count: 10)
+            XCTAssertEqual(after.unary.count, 10, "calls after the cancellations are served")
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        server.stop()
+        await mesh.shutdown()
+    }
 }

@@ -4,7 +4,8 @@ import MeshCore
 import MeshStore
 import XCTest
 
-/// The embedded store keeps tokens single-use and the registry across restarts.
+/// The embedded store: the behaviour every store has (``StoreBehaviour``), and a clear error
+/// for a directory it cannot write.
 final class SQLiteStoreTests: XCTestCase {
     private var directory: URL!
 
@@ -17,91 +18,28 @@ final class SQLiteStoreTests: XCTestCase {
         try? FileManager.default.removeItem(at: directory)
     }
 
-    private func open() async throws -> SQLiteStore {
+    private func open() async throws -> any MeshStore {
         try await SQLiteStore.open(path: directory.appendingPathComponent("mesh.sqlite").path, logger: Logger(label: "test"))
     }
 
     func testJoinTokenIsConsumedExactlyOnceEvenUnderConcurrentRedemption() async throws {
-        let store = try await open()
-        let now = Date()
-        try await store.insertJoinToken(StoredJoinToken(hash: "h1", service: try ServiceName("api"), expiresAt: now.addingTimeInterval(60)))
-        let results = await withTaskGroup(of: Result<StoredJoinToken, Error>.self) { group in
-            for _ in 0..<16 {
-                group.addTask {
-                    do { return .success(try await store.consumeJoinToken(hash: "h1", now: now)) } catch { return .failure(error) }
-                }
-            }
-            var all: [Result<StoredJoinToken, Error>] = []
-            for await result in group { all.append(result) }
-            return all
-        }
-        XCTAssertEqual(results.filter { if case .success = $0 { return true } else { return false } }.count, 1)
-        for case .failure(let error) in results { XCTAssertEqual((error as? MeshError)?.code, .tokenUsed) }
-        await store.close()
+        try await StoreBehaviour.joinTokenIsConsumedExactlyOnce(open)
     }
 
     func testExpiredAndUnknownTokensAreRefused() async throws {
-        let store = try await open()
-        let now = Date()
-        try await store.insertJoinToken(StoredJoinToken(hash: "old", service: try ServiceName("api"), expiresAt: now.addingTimeInterval(-1)))
-        await XCTAssertThrowsCode(.tokenExpired) { _ = try await store.consumeJoinToken(hash: "old", now: now) }
-        await XCTAssertThrowsCode(.tokenUnknown) { _ = try await store.consumeJoinToken(hash: "nope", now: now) }
-        await store.close()
+        try await StoreBehaviour.expiredAndUnknownTokensAreRefused(open)
     }
 
     func testRegistryAndVersionSurviveAReopen() async throws {
-        let store = try await open()
-        let instance = ServiceInstance(id: "api-1", service: try ServiceName("api"), address: "10.1.2.3", inboundPort: 15006,
-                                       labels: Labels(["version": "v2"]), lastHeartbeat: Date(timeIntervalSince1970: 1000),
-                                       certificateExpiry: Date(timeIntervalSince1970: 2000), mtls: "permissive")
-        try await store.upsertInstance(instance)
-        try await store.saveRegistryVersion(42)
-        try await store.saveRegistryVersion(41) // a late, older save never lowers it
-        await store.close()
-
-        let reopened = try await open()
-        let listed = try await reopened.listInstances()
-        XCTAssertEqual(listed, [instance])
-        let version = try await reopened.loadRegistryVersion()
-        XCTAssertEqual(version, 42)
-        try await reopened.deleteInstance(id: "api-1")
-        let remaining = try await reopened.listInstances()
-        XCTAssertTrue(remaining.isEmpty)
-        await reopened.close()
+        try await StoreBehaviour.registryAndVersionSurviveAReopen(open)
     }
 
     func testResourcesOfEveryKindAreVersionedAuditedAndSurviveAReopen() async throws {
-        let store = try await open()
-        let policy = MeshResource.authorizationPolicy(PolicyDocument(name: "web-to-api", spec: .init(
-            selector: .init(service: "api"), rules: [.init(from: [.init(services: ["web"])])])))
-        var defaults = ServiceDefaults(service: "api", spec: .init(mtls: "permissive", labels: ["team": "payments"]))
-        let created = try await store.applyResources([policy, .serviceDefaults(defaults)], actor: "alice", at: Date(timeIntervalSince1970: 10))
-        XCTAssertEqual(created.map { "\($0.action.rawValue) \($0.kind)/\($0.name) v\($0.version)" },
-                       ["created AuthorizationPolicy/web-to-api v1", "created ServiceDefaults/api v1"])
-        // Re-applying the same resources changes nothing and records nothing.
-        let again = try await store.applyResources([policy, .serviceDefaults(defaults)], actor: "alice", at: Date(timeIntervalSince1970: 11))
-        XCTAssertTrue(again.isEmpty)
-        defaults.spec.mtls = "strict"
-        let updated = try await store.applyResources([.serviceDefaults(defaults)], actor: "bob", at: Date(timeIntervalSince1970: 12))
-        XCTAssertEqual(updated.first?.version, 2)
-        XCTAssertEqual(updated.first?.before?.contains("permissive"), true)
-        await store.close()
+        try await StoreBehaviour.resourcesAreVersionedAuditedAndSurviveAReopen(open)
+    }
 
-        let reopened = try await open()
-        let listed = try await reopened.listResources()
-        XCTAssertEqual(listed, [policy, .serviceDefaults(defaults)])
-        // Deleting one kind leaves a same-named resource of another kind alone.
-        let missing = try await reopened.deleteResource(kind: PolicyDocument.kindName, name: "api", actor: "bob", at: Date())
-        XCTAssertNil(missing)
-        let deleted = try await reopened.deleteResource(kind: ServiceDefaults.kindName, name: "api", actor: "bob", at: Date())
-        XCTAssertEqual(deleted?.action, .deleted)
-        let remaining = try await reopened.listResources()
-        XCTAssertEqual(remaining, [policy])
-        let history = try await reopened.history(limit: 10)
-        XCTAssertEqual(history.map { "\($0.actor) \($0.action.rawValue) \($0.kind)/\($0.name)" },
-                       ["bob deleted ServiceDefaults/api", "bob updated ServiceDefaults/api",
-                        "alice created ServiceDefaults/api", "alice created AuthorizationPolicy/web-to-api"])
-        await reopened.close()
+    func testConcurrentAppliesLoseNoUpdate() async throws {
+        try await StoreBehaviour.concurrentAppliesLoseNoUpdate(open)
     }
 
     func testAnUnwritableDirectoryGivesAClearError() async throws {

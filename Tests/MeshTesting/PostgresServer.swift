@@ -124,7 +124,7 @@ public final class PostgresServer: @unchecked Sendable {
     }
 
     /// A port nothing listens on right now (bound, read, released).
-    private static func freePort() throws -> Int {
+    public static func freePort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw TestFailure("socket() failed") }
         defer { close(fd) }

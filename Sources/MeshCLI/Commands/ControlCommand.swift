@@ -30,6 +30,9 @@ struct ControlCommand: AsyncParsableCommand {
     @Option(help: "Requests no AuthorizationPolicy allows: deny (default) or audit (let through and log, for migrations).")
     var defaultPolicy = "deny"
 
+    @Option(help: "Where the registry, join tokens and resources live: the embedded SQLite file of --data-dir (default), or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=disable|prefer|require] (the password may also come from PGPASSWORD).")
+    var store: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -42,6 +45,7 @@ struct ControlCommand: AsyncParsableCommand {
         config.svidLifetime = svidTtl.seconds
         config.heartbeatTTL = heartbeatTtl.seconds
         config.defaultPolicy = defaultPolicy
+        config.storeURL = store
         let plane = ControlPlane(configuration: config, logger: Logger(label: "mesh.control"))
         try await SignalScope.run {
             try await plane.run { addresses in

@@ -62,14 +62,31 @@ final class HTTP2Connection {
     var streamsOpened = 0
     /// Streams open right now; a retired connection closes when this reaches 0.
     var streamsActive = 0
-    /// No new streams: the peer sent GOAWAY, or the connection used up its stream budget.
+    /// No new streams: the peer sent GOAWAY, the connection used up its stream budget, or too
+    /// many of its streams were reset.
     var retired = false
+    /// Streams that ended without a complete response (cancelled by the caller, timed out,
+    /// reset by the peer).
+    var resets = 0
     /// The kernel's retransmission total at the last TCP_INFO sample.
     var reportedRetransmits: UInt32 = 0
 
     /// Stream IDs are 31 bits and odd for a client: a long-lived connection is replaced well
     /// before it runs out of them.
     static let maxStreams = 1 << 29
+    /// Streams open at once on one connection; beyond, another connection to the same
+    /// endpoint is used. 100 is what RFC 9113 recommends as the least a server allows (and
+    /// swift-nio-http2's default): staying within it means no stream ever waits in the HTTP/2
+    /// layer's own queue, where a stream cancelled while queued was seen to stay counted and
+    /// wedge the connection.
+    static let maxConcurrentStreams = 100
+
+    /// After this many resets the connection is replaced. Peers count resets (a flood of them
+    /// is an attack they cut off), and a stream cancelled at the wrong moment was seen to stay
+    /// counted as open by swift-nio-http2 for good: a fresh connection bounds both.
+    static let maxResets = 32
+
+    var hasRoom: Bool { !retired && streamsActive < Self.maxConcurrentStreams && channel.isActive }
 
     init(channel: Channel, multiplexer: NIOHTTP2Handler.StreamMultiplexer) {
         self.channel = channel
@@ -99,8 +116,10 @@ extension UpstreamPool {
     ///   the current one was closed under a stream).
     func acquireStream(_ key: UpstreamKey, clientTLS: NIOSSLContext?, bundle: TrustBundle?,
                        fresh: Bool = false) -> EventLoopFuture<UpstreamConnection> {
-        if fresh, let open = http2Open[key] { retire(open, key: key) }
+        if fresh { for open in http2Open[key] ?? [] { retire(open, key: key) } }
         return http2Connection(key, clientTLS: clientTLS, bundle: bundle).flatMap { connection in
+            // Filled up while it was being made (many requests waited for it): another one.
+            guard connection.hasRoom else { return self.acquireStream(key, clientTLS: clientTLS, bundle: bundle) }
             let eventLoop = self.eventLoop
             let limits = self.limits
             let secure = key.peerIdentity != nil
@@ -120,7 +139,10 @@ extension UpstreamPool {
                 let handler = try stream.pipeline.syncOperations.handler(type: UpstreamHandler.self)
                 let upstream = UpstreamConnection(key: key, channel: stream, handler: handler, isStream: true)
                 upstream.uses = reused
-                stream.closeFuture.whenComplete { _ in self.streamEnded(on: connection, key: key) }
+                stream.closeFuture.whenComplete { _ in
+                    if !handler.responseCompleted { connection.resets += 1 }
+                    self.streamEnded(on: connection, key: key)
+                }
                 return upstream
             }
             stream.whenFailure { _ in self.streamEnded(on: connection, key: key) }
@@ -130,21 +152,32 @@ extension UpstreamPool {
 
     private func streamEnded(on connection: HTTP2Connection, key: UpstreamKey) {
         connection.streamsActive -= 1
-        if connection.retired, connection.streamsActive == 0 { connection.channel.close(promise: nil) }
+        if connection.resets >= HTTP2Connection.maxResets, !connection.retired { retire(connection, key: key) }
+        guard connection.streamsActive == 0 else { return }
+        // An extra connection opened for a burst goes once it is idle; the first one stays.
+        if connection.retired || (http2Open[key]?.first.map { $0 !== connection } ?? true) {
+            retire(connection, key: key)
+        }
     }
 
-    /// Takes a connection out of use: new streams go to a new connection; this one closes
+    /// Takes a connection out of use: new streams go to another connection; this one closes
     /// once its last stream has ended.
     func retire(_ connection: HTTP2Connection, key: UpstreamKey) {
         connection.retired = true
-        if http2Open[key] === connection { http2Open[key] = nil }
+        forgetHTTP2(connection, key: key)
         if connection.streamsActive == 0 { connection.channel.close(promise: nil) }
+    }
+
+    private func forgetHTTP2(_ connection: HTTP2Connection, key: UpstreamKey) {
+        guard var list = http2Open[key] else { return }
+        list.removeAll { $0 === connection }
+        http2Open[key] = list.isEmpty ? nil : list
     }
 
     /// The HTTP/2 connection to `key`: the open one, the one being made, or a new one (mTLS with
     /// ALPN `h2` to a peer proxy that must prove `key.peerIdentity`; h2c to the local app).
     private func http2Connection(_ key: UpstreamKey, clientTLS: NIOSSLContext?, bundle: TrustBundle?) -> EventLoopFuture<HTTP2Connection> {
-        if let open = http2Open[key], open.channel.isActive, !open.retired { return eventLoop.makeSucceededFuture(open) }
+        if let open = http2Open[key]?.first(where: \.hasRoom) { return eventLoop.makeSucceededFuture(open) }
         if let pending = http2Pending[key] { return pending }
         var verifier: SPIFFEPeerVerifier?
         if let expected = key.peerIdentity {
@@ -198,10 +231,8 @@ extension UpstreamPool {
             guard let self else { return }
             self.http2Pending[key] = nil
             if case .success(let connection) = result {
-                self.http2Open[key] = connection
-                connection.channel.closeFuture.whenComplete { [weak self] _ in
-                    if self?.http2Open[key] === connection { self?.http2Open[key] = nil }
-                }
+                self.http2Open[key, default: []].append(connection)
+                connection.channel.closeFuture.whenComplete { [weak self] _ in self?.forgetHTTP2(connection, key: key) }
             }
         }
         return future

@@ -28,9 +28,10 @@ final class UpstreamPool {
     var onHandshakeFailure: ((TLSFailureReason) -> Void)?
     /// Every open connection to a peer proxy (pooled or lent out), for TCP_INFO sampling.
     private var peers: [ObjectIdentifier: UpstreamConnection] = [:]
-    /// HTTP/2 connections (one per upstream, streams multiplexed) and those being made
+    /// HTTP/2 connections per upstream (streams multiplexed; another one only while the
+    /// first has ``HTTP2Connection/maxConcurrentStreams`` open) and the one being made
     /// (`HTTP/HTTP2Support.swift`).
-    var http2Open: [UpstreamKey: HTTP2Connection] = [:]
+    var http2Open: [UpstreamKey: [HTTP2Connection]] = [:]
     var http2Pending: [UpstreamKey: EventLoopFuture<HTTP2Connection>] = [:]
 
     init(eventLoop: EventLoop, limits: ProxyLimits) {
@@ -99,14 +100,16 @@ final class UpstreamPool {
                                      retransmits: retransmits))
             }
         }
-        for (key, connection) in http2Open {
-            guard let service = key.peerIdentity?.service,
-                  let provider = connection.channel as? SocketOptionProvider else { continue }
-            provider.getTCPInfo().whenSuccess { info in
-                let retransmits = info.tcpi_total_retrans &- connection.reportedRetransmits
-                connection.reportedRetransmits = info.tcpi_total_retrans
-                report(TCPPathSample(destination: service, rttMicros: info.tcpi_rtt, rttVarianceMicros: info.tcpi_rttvar,
-                                     retransmits: retransmits))
+        for (key, connections) in http2Open {
+            guard let service = key.peerIdentity?.service else { continue }
+            for connection in connections {
+                guard let provider = connection.channel as? SocketOptionProvider else { continue }
+                provider.getTCPInfo().whenSuccess { info in
+                    let retransmits = info.tcpi_total_retrans &- connection.reportedRetransmits
+                    connection.reportedRetransmits = info.tcpi_total_retrans
+                    report(TCPPathSample(destination: service, rttMicros: info.tcpi_rtt, rttVarianceMicros: info.tcpi_rttvar,
+                                         retransmits: retransmits))
+                }
             }
         }
         #endif
@@ -116,7 +119,7 @@ final class UpstreamPool {
     func closeAll() {
         for connection in idle.values.joined() { connection.channel.close(promise: nil) }
         idle.removeAll()
-        for connection in http2Open.values { connection.channel.close(mode: .all, promise: nil) }
+        for connection in http2Open.values.joined() { connection.channel.close(mode: .all, promise: nil) }
         http2Open.removeAll()
     }
 
@@ -207,6 +210,8 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     var keepAlive = true
     /// The connection switched to WebSocket: HTTP parts still in this read are not anyone's.
     var upgraded = false
+    /// A response was read to its end (an HTTP/2 stream that closes without one was reset).
+    private(set) var responseCompleted = false
     private var ready: EventLoopPromise<Void>?
     private let expectsTLS: Bool
     private let handshakeTimeout: TimeAmount
@@ -260,7 +265,10 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.close(promise: nil)
             return
         }
-        if case .end = part { self.responder = nil }
+        if case .end = part {
+            self.responder = nil
+            responseCompleted = true
+        }
         responder.upstreamEvent(.part(part))
     }
 
