@@ -233,8 +233,8 @@ variant trace-1pct 30 "tracing: {endpoint: \"http://127.0.0.1:$OTLP_SINK/v1/trac
 echo "== swiftmesh with tracing at 100 %"
 variant trace-100pct 40 "tracing: {endpoint: \"http://127.0.0.1:$OTLP_SINK/v1/traces\", sampling: 1}"
 
-echo "== swiftmesh with HTTP/1.1 connections between the sidecars (--peer-protocol http1)"
-variant http1-peers 50 "peerProtocol: http1"
+echo "== swiftmesh with HTTP/1.1 requests multiplexed on HTTP/2 between the sidecars (--peer-protocol h2)"
+variant h2-peers 50 "peerProtocol: h2"
 
 echo "== swiftmesh with 1000 policies (L7 rule evaluated per request)"
 sed -e 's/18102/18112/; s/18104/18114/; s/18105/18115/' api.yaml > api-1000.yaml

@@ -3,19 +3,21 @@ import MeshCore
 import MeshTesting
 import XCTest
 
-/// HTTP/1.1 requests between proxies ride multiplexed HTTP/2 connections (as Linkerd does):
-/// the app on each side still speaks plain HTTP/1.1 (curl and Python's http.server here), with
-/// chunked bodies in both directions, and many concurrent requests share one connection
-/// between the proxies. `--peer-protocol http1` keeps a pool of HTTP/1.1 connections.
+/// With `--peer-protocol h2`, HTTP/1.1 requests between proxies ride multiplexed HTTP/2
+/// connections (as Linkerd does): the app on each side still speaks plain HTTP/1.1 (curl and
+/// Python's http.server here), with chunked bodies in both directions, and many concurrent
+/// requests share one connection between the proxies. The default keeps a pool of HTTP/1.1
+/// connections.
 final class PeerHTTP2Tests: XCTestCase {
     func testHTTP1RequestsShareOneHTTP2ConnectionBetweenProxies() async throws {
         let mesh = try await TestMesh.start()
         let backend = try await HTTP1Peer.start()
         do {
             _ = try await mesh.proxy("api", app: backend.address, extra: ["--threads", "1"])
-            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9), extra: ["--threads", "1"])
-            let legacy = try await mesh.proxy("legacy", app: HostPort(host: "127.0.0.1", port: 9),
-                                              extra: ["--threads", "1", "--peer-protocol", "http1"])
+            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9),
+                                           extra: ["--threads", "1", "--peer-protocol", "h2"])
+            // The default: a pool of HTTP/1.1 connections.
+            let legacy = try await mesh.proxy("legacy", app: HostPort(host: "127.0.0.1", port: 9), extra: ["--threads", "1"])
             _ = try await eventually { () async throws -> Void in
                 let answer = try curl(web.outbound, "/ready")
                 guard answer.status == 200 else { throw TestFailure("not routed yet: \(answer.head)") }

@@ -66,7 +66,7 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(help: "How long an --upstream port waits for the app's first bytes before taking the connection as opaque TCP (a server-first protocol).")
     var detectTimeout = DurationArgument(seconds: 1)
 
-    @Option(help: "How HTTP/1.1 requests travel to peer proxies: h2 (default: multiplexed on one HTTP/2 connection per peer and thread) or http1 (a pool of HTTP/1.1 connections). HTTP/2 requests always travel as HTTP/2.")
+    @Option(help: "How HTTP/1.1 requests travel to peer proxies: http1 (default: a pool of keep-alive HTTP/1.1 connections) or h2 (multiplexed on one HTTP/2 connection per peer and thread: fewer connections and handshakes, more CPU per request). HTTP/2 requests always travel as HTTP/2.")
     var peerProtocol: String?
 
     @Option(help: "Active health check of the app: 'http:/PATH' (2xx or 3xx within --health-timeout) or 'tcp' (connects). An unhealthy app (2 failures in a row) gets no traffic until a probe passes again.")

@@ -24,7 +24,7 @@ import Yams
 ///   api: [10.0.0.5:15006, 10.0.0.6:15006]
 /// trafficPolicies: [...]             # optional TrafficPolicy resources
 /// appProtocol: http                  # optional: tcp for an opaque app
-/// peerProtocol: h2                   # optional: http1 keeps HTTP/1.1 connections between proxies
+/// peerProtocol: http1                # optional: h2 multiplexes HTTP/1.1 requests on HTTP/2 between proxies
 /// upstreams: {db: 15432}             # optional: local ports bound to one service each
 /// ```
 /// Relative paths are resolved against the file's directory.
@@ -54,7 +54,7 @@ enum StaticConfigFile {
         var appProtocol: String?
         /// Local ports bound to one service each, `SERVICE: [HOST:]PORT`.
         var upstreams: [String: String]?
-        /// h2 (default) or http1: how HTTP/1.1 requests travel to peer proxies.
+        /// http1 (default) or h2: how HTTP/1.1 requests travel to peer proxies.
         var peerProtocol: String?
         /// deny (default) or audit.
         var defaultPolicy: String?
