@@ -53,7 +53,12 @@ public struct ControlPlane: Sendable {
         let adminToken = try dir.loadOrCreateAdminToken()
         let store: any MeshStore
         if let url = config.storeURL {
-            store = try await PostgresStore.open(url: url, logger: logger)
+            let logger = self.logger
+            store = try await PostgresStore.open(url: url, logger: logger) {
+                // Another control plane serves the database now: two would diverge.
+                logger.critical("stopping: another mesh control took over the PostgreSQL database")
+                exit(75)
+            }
         } else {
             store = try await SQLiteStore.open(path: dir.sqliteFile.path, logger: logger)
         }

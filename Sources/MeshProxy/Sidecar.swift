@@ -251,12 +251,22 @@ public struct Sidecar: Sendable {
     private func drain(listeners: [Channel], states: LoopStates) async {
         for listener in listeners { try? await listener.close() }
         let deadline = ContinuousClock.now + configuration.limits.drainTimeout
+        await waitForIdle(states, until: deadline)
+        // Nothing in flight: the connections callers keep alive close now, while the proxy
+        // can still serve, so that no request arrives as it goes away (a caller's proxy sends
+        // a request whose pooled connection closed unanswered again, on a new one). Then the
+        // requests that slipped in meanwhile finish.
+        await states.update { $0.closeDownstreams() }
+        await waitForIdle(states, until: min(deadline, ContinuousClock.now + .seconds(1)))
+        await states.update { $0.pool.closeAll() }
+    }
+
+    private func waitForIdle(_ states: LoopStates, until deadline: ContinuousClock.Instant) async {
         while ContinuousClock.now < deadline {
             let inFlight = await states.sum { $0.inFlight }
-            if inFlight == 0 { break }
+            if inFlight == 0 { return }
             try? await Task.sleep(for: .milliseconds(50))
         }
-        await states.update { $0.pool.closeAll() }
     }
 }
 

@@ -25,11 +25,16 @@ public final class PostgresStore: MeshStore {
     private static let replicaLock: Int64 = 0x5357_4D45_5348_0003
     /// Background tasks that hold a connection for the store's lifetime (the replica lock).
     private let holders = NIOLockedValueBox<[Task<Void, Never>]>([])
+    private let closed = NIOLockedValueBox(false)
+    private var isClosed: Bool { closed.withLockedValue { $0 } }
+    /// Called when another control plane took the database after this one lost its session:
+    /// the caller must stop serving (two control planes on one database would diverge).
+    private let onLost: (@Sendable () -> Void)?
 
     /// Connects to `url` (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=…]`) and
     /// migrates the schema. `sslmode`: `disable`, `prefer` (default, as libpq) or `require`
     /// (TLS with the server's certificate verified against the system roots).
-    public static func open(url: String, logger: Logger) async throws -> PostgresStore {
+    public static func open(url: String, logger: Logger, onLost: (@Sendable () -> Void)? = nil) async throws -> PostgresStore {
         let settings = try Settings(url: url)
         // One direct connection first: the pool retries for a minute before it gives up, and a
         // control plane that cannot reach its database should say so at once.
@@ -41,7 +46,7 @@ public final class PostgresStore: MeshStore {
         }
         let client = PostgresClient(configuration: settings.configuration, backgroundLogger: logger)
         let runner = Task { await client.run() }
-        let store = PostgresStore(client: client, runner: runner, logger: logger, target: settings.display)
+        let store = PostgresStore(client: client, runner: runner, logger: logger, target: settings.display, onLost: onLost)
         do {
             try await store.migrate()
             try await store.claimDatabase()
@@ -52,7 +57,9 @@ public final class PostgresStore: MeshStore {
         return store
     }
 
-    private init(client: PostgresClient, runner: Task<Void, Never>, logger: Logger, target: String) {
+    private init(client: PostgresClient, runner: Task<Void, Never>, logger: Logger, target: String,
+                 onLost: (@Sendable () -> Void)?) {
+        self.onLost = onLost
         self.client = client
         self.runner = runner
         self.logger = logger
@@ -115,41 +122,80 @@ public final class PostgresStore: MeshStore {
     private func claimDatabase() async throws {
         // A control plane that just stopped may still hold it for a moment (the server
         // notices the closed session a little later): a few tries before giving up.
+        var last = MeshError(.storeFailure, "cannot reserve the PostgreSQL database at \(target)")
         for _ in 0..<10 {
-            do {
-                return try await claimDatabaseOnce()
-            } catch let error as MeshError where error.code == .storeFailure {
-                try? await Task.sleep(for: .milliseconds(300))
+            switch await claimOnce() {
+            case .held:
+                return
+            case .taken:
+                last = MeshError(.storeFailure, "another mesh control already uses the PostgreSQL database at \(target); run one control plane per database (several replicas on one database come with issue #7's coordination)")
+            case .failed(let why):
+                last = MeshError(.storeFailure, "cannot reserve the PostgreSQL database at \(target): \(why)")
             }
+            try? await Task.sleep(for: .milliseconds(300))
         }
-        try await claimDatabaseOnce()
+        throw last
     }
 
-    private func claimDatabaseOnce() async throws {
-        let claimed = AsyncStream<Bool>.makeStream()
-        let holder = Task { [client, logger] in
+    private enum Claim: Sendable { case held, taken, failed(String) }
+
+    /// Takes the lock on a connection of its own and keeps both in a background task, which
+    /// checks every 5 s that the session is alive. A lost session (the database restarted,
+    /// the network broke) is reclaimed; if another control plane took the database meanwhile,
+    /// `onLost` is called.
+    private func claimOnce() async -> Claim {
+        let claimed = AsyncStream<Claim>.makeStream()
+        let holder = Task { [client, logger, target] in
+            var held = false
             do {
                 try await client.withConnection { connection in
-                    var held = false
                     for try await value in try await connection.query("SELECT pg_try_advisory_lock(\(Self.replicaLock))", logger: logger)
                         .decode(Bool.self) {
                         held = value
                     }
-                    claimed.continuation.yield(held)
+                    claimed.continuation.yield(held ? .held : .taken)
                     guard held else { return }
-                    // Keep the connection, and with it the lock, until the store closes.
-                    while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+                    while true {
+                        try await Task.sleep(for: .seconds(5))
+                        try await connection.query("SELECT 1", logger: logger)
+                    }
                 }
+            } catch is CancellationError {
+                // The store closed.
             } catch {
-                claimed.continuation.yield(false)
+                if held, !Task.isCancelled {
+                    logger.error("lost the PostgreSQL session that reserves the database; reclaiming it",
+                                 metadata: ["database": "\(target)", "error": "\(Self.storeError(error, target: target).message)"])
+                    Task { await self.reclaim() }
+                } else {
+                    claimed.continuation.yield(.failed(Self.storeError(error, target: target).message))
+                }
             }
             claimed.continuation.finish()
         }
         holders.withLockedValue { $0.append(holder) }
         var iterator = claimed.stream.makeAsyncIterator()
-        guard await iterator.next() == true else {
-            holder.cancel()
-            throw MeshError(.storeFailure, "another mesh control already uses the PostgreSQL database at \(target); run one control plane per database (several replicas on one database come with issue #7's coordination)")
+        let result = await iterator.next() ?? .failed("the reservation ended before it answered")
+        if case .held = result { return result }
+        holder.cancel()
+        return result
+    }
+
+    /// After a lost session: takes the lock again as soon as the database answers.
+    private func reclaim() async {
+        while !isClosed {
+            switch await claimOnce() {
+            case .held:
+                logger.notice("the PostgreSQL database is reserved again", metadata: ["database": "\(target)"])
+                return
+            case .taken:
+                logger.critical("another mesh control took the PostgreSQL database while this one had lost its session",
+                                metadata: ["database": "\(target)"])
+                onLost?()
+                return
+            case .failed:
+                try? await Task.sleep(for: .seconds(1))
+            }
         }
     }
 
@@ -368,6 +414,7 @@ public final class PostgresStore: MeshStore {
     }
 
     public func close() async {
+        closed.withLockedValue { $0 = true }
         for holder in holders.withLockedValue({ $0 }) {
             holder.cancel()
             await holder.value
@@ -383,8 +430,6 @@ public final class PostgresStore: MeshStore {
     private func guarded<T>(_ body: () async throws -> T) async throws -> T {
         do {
             return try await body()
-        } catch let error as MeshError {
-            throw error
         } catch {
             throw Self.storeError(error, target: target)
         }
@@ -397,6 +442,12 @@ public final class PostgresStore: MeshStore {
     }
 
     static func storeError(_ error: Error, target: String) -> MeshError {
+        if let error = error as? MeshError { return error }
+        // postgres-nio wraps what happened inside a transaction.
+        if let wrapped = error as? PostgresTransactionError,
+           let inner = wrapped.closureError ?? wrapped.beginError ?? wrapped.commitError {
+            return storeError(inner, target: target)
+        }
         if let error = error as? PSQLError {
             if let message = error.serverInfo?[.message] {
                 return MeshError(.storeFailure, "PostgreSQL at \(target): \(message)")
@@ -436,20 +487,23 @@ extension PostgresStore {
         init(url: String) throws {
             guard let components = URLComponents(string: url), ["postgres", "postgresql"].contains(components.scheme ?? ""),
                   let host = components.host, !host.isEmpty else {
-                throw MeshError(.invalidRequest, "'\(url)' is not a PostgreSQL URL; write postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=disable|prefer|require]")
+                // The URL may hold a password: only its start is repeated.
+                let shown = url.split(separator: "@").count > 1 ? String(url.prefix { $0 != ":" }) + "://…" : url
+                throw MeshError(.invalidRequest, "'\(shown)' is not a PostgreSQL URL; write postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=disable|prefer|require] (percent-encode @ : / # in the password, or pass it in PGPASSWORD)")
             }
-            let user = components.user.flatMap { $0.removingPercentEncoding } ?? "postgres"
-            let password = components.password.flatMap { $0.removingPercentEncoding }
-                ?? ProcessInfo.processInfo.environment["PGPASSWORD"]
-            let database = String(components.path.dropFirst()).removingPercentEncoding.flatMap { $0.isEmpty ? nil : $0 }
+            // URLComponents decodes these already: decoding again would turn a password like
+            // "50%off" into nothing.
+            let user = components.user ?? "postgres"
+            let password = components.password ?? ProcessInfo.processInfo.environment["PGPASSWORD"]
+            let database = components.path.isEmpty || components.path == "/" ? nil : String(components.path.dropFirst())
             mode = components.queryItems?.first { $0.name == "sslmode" }?.value ?? "prefer"
             let tls: PostgresClient.Configuration.TLS
             switch mode {
             case "disable": tls = .disable
             case "prefer": tls = .prefer(.makeClientConfiguration())
-            case "require", "verify-full": tls = .require(.makeClientConfiguration())
+            case "require": tls = .require(.makeClientConfiguration())
             default:
-                throw MeshError(.invalidRequest, "sslmode '\(mode)' is not supported; use disable, prefer or require")
+                throw MeshError(.invalidRequest, "sslmode '\(mode)' is not supported; use disable, prefer or require (both check the server's certificate against the system roots)")
             }
             configuration = PostgresClient.Configuration(host: host, port: components.port ?? 5432, username: user,
                                                          password: password, database: database, tls: tls)

@@ -1,7 +1,7 @@
 import Foundation
 import Logging
 import MeshCore
-import MeshStore
+@testable import MeshStore
 import MeshTesting
 import XCTest
 
@@ -96,6 +96,26 @@ final class PostgresStoreTests: XCTestCase {
             } catch let error as MeshError {
                 XCTAssertEqual(error.code, .invalidRequest, error.message)
             }
+        }
+    }
+}
+
+/// How `--store` URLs are read: percent-encoding decoded once, passwords never in messages.
+final class PostgresURLTests: XCTestCase {
+    func testPasswordsAreDecodedOnceAndNeverShown() throws {
+        let settings = try PostgresStore.Settings(url: "postgres://mesh:50%25off%40home@db.internal:6543/mesh?sslmode=require")
+        XCTAssertEqual(settings.configuration.password, "50%off@home")
+        XCTAssertEqual(settings.configuration.username, "mesh")
+        XCTAssertEqual(settings.configuration.database, "mesh")
+        XCTAssertEqual(settings.configuration.port, 6543)
+        XCTAssertEqual(settings.display, "postgres://mesh@db.internal:6543/mesh")
+        // An unescaped '#' breaks the URL: the error says how to write it, without the password.
+        do {
+            _ = try PostgresStore.Settings(url: "postgres://mesh:se#cret@db.internal/mesh")
+            XCTFail("accepted a URL whose password was not percent-encoded")
+        } catch let error as MeshError {
+            XCTAssertFalse(error.message.contains("se#cret") || error.message.contains("cret@"), error.message)
+            XCTAssertTrue(error.message.contains("percent-encode"), error.message)
         }
     }
 }

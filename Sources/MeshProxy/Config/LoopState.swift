@@ -80,7 +80,17 @@ final class LoopState {
     private var handshakeFailures: [FailureKey: Counter] = [:]
 
     /// Counts a TCP connection (`peer`: `src` accepted, `dst` made) until it closes.
+    /// Connections accepted by this loop's listeners, closed at the end of a drain.
+    private var downstreams: [ObjectIdentifier: Channel] = [:]
+
     func connectionOpened(_ direction: ProxyMetrics.Direction, peer: String, _ channel: Channel) {
+        if peer == "src" {
+            let id = ObjectIdentifier(channel)
+            downstreams[id] = channel
+            channel.closeFuture.whenComplete { [weak self] _ in
+                self?.eventLoop.execute { self?.downstreams[id] = nil }
+            }
+        }
         guard let metrics else { return }
         let key = ConnectionKey(direction: direction, peer: peer)
         let handles = connectionMetrics[key] ?? metrics.connections(direction: direction, peer: peer)
@@ -250,6 +260,12 @@ final class LoopState {
         stream.channel.closeFuture.whenComplete { [weak self] _ in
             self?.eventLoop.execute { self?.openStreams[id] = nil }
         }
+    }
+
+    /// Closes every connection the listeners accepted (shutdown, once nothing is in flight).
+    func closeDownstreams() {
+        for channel in downstreams.values { channel.close(promise: nil) }
+        downstreams.removeAll()
     }
 
     /// Closes every open stream that its current policy no longer allows.

@@ -47,10 +47,18 @@ extension ProxyHTTPHandler {
         if let authorize = streamAuthorizer, let upgradeHead, let loopState {
             // Allowed when it opened, but not for ever: like a TCP stream, the WebSocket is
             // checked again whenever the policies change, and closed once they deny it.
-            loopState.track(OpenStream(channel: context.channel, info: info, appPort: 0) { [weak loopState] stream in
+            let stream = OpenStream(channel: context.channel, info: info, appPort: 0) { [weak loopState] stream in
                 guard let loopState else { return true }
                 return authorize(upgradeHead, &stream.info, loopState)
-            })
+            }
+            loopState.track(stream)
+            // Policies that changed while the app was answering the upgrade were checked
+            // before this socket was tracked: check it now.
+            if loopState.generation != upgradeGeneration, !stream.stillAllowed(stream) {
+                context.close(promise: nil)
+                upstream.channel.close(promise: nil)
+                return
+            }
         }
         // After the current read: a decoder that is still delivering parts of this read must
         // not hand an HTTP part to the relay.

@@ -77,8 +77,10 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
 
     /// Inbound: re-authorizes an upgraded connection (``StreamAuthorizer``).
     let streamAuthorizer: StreamAuthorizer?
-    /// Inbound: the upgrade request as it was authorized and forwarded, while upgrading.
+    /// Inbound: the upgrade request as it was authorized and forwarded, while upgrading, and
+    /// the policy generation it was authorized under.
     var upgradeHead: HTTPRequestHead?
+    var upgradeGeneration: UInt64 = 0
 
     init(role: String, router: @escaping Router, streamAuthorizer: StreamAuthorizer? = nil, states: LoopStates, logger: Logger) {
         self.streamAuthorizer = streamAuthorizer
@@ -101,6 +103,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
+        // A carried request without a body gets none: DATA is dropped before anything (the
+        // replay copy included) could write it unframed to the app.
+        if carriedWithoutBody, case .body = part { return }
         keepForReplay(part)
         if case .body(let chunk) = part { exchange.requestBytes += chunk.readableBytes }
         switch (state, part) {
@@ -108,8 +113,6 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             begin(head, context: context)
         case (.idle, _):
             break // Stray body after a local answer was completed; ignore.
-        case (.connecting, .body) where carriedWithoutBody:
-            break
         case (.connecting(var pending, var bytes, _), _):
             if case .body(let chunk) = part { bytes += chunk.readableBytes }
             let ended: Bool
@@ -123,8 +126,6 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                     context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
                 }
             }
-        case (.forwarding, .body) where carriedWithoutBody:
-            break
         case (.forwarding(let upstream, _, let started), _):
             let ended: Bool
             if case .end = part { ended = true } else { ended = false }
@@ -263,7 +264,10 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             exchange.subset = subset
             if upgrading {
                 Self.markUpgrade(&forwardHead.headers)
-                if direction == .inbound { upgradeHead = forwardHead }
+                if direction == .inbound {
+                    upgradeHead = forwardHead
+                    upgradeGeneration = loopState.generation
+                }
             }
             if let span = exchange.span, let tracer = loopState.tracer?.tracer {
                 // The next hop (the peer proxy, or the app) continues this span's trace.

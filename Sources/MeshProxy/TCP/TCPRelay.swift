@@ -31,8 +31,11 @@ final class TCPRelay: ChannelDuplexHandler, RemovableChannelHandler {
     private let onClose: (() -> Void)?
     /// This side's peer sent everything it will send (FIN or close_notify).
     private var inputClosed = false
-    /// Everything for this side's peer was sent and its sending side shut.
-    private var outputClosed = false
+    /// The partner's peer finished: this side's sending direction is being shut (after the
+    /// bytes still queued for it).
+    private var outputClosing = false
+    /// This side's sending direction is shut: everything for its peer was written.
+    private var outputShut = false
 
     init(onBytes: ((Int) -> Void)? = nil, onClose: (() -> Void)? = nil) {
         self.onBytes = onBytes
@@ -73,12 +76,11 @@ final class TCPRelay: ChannelDuplexHandler, RemovableChannelHandler {
         }
         guard !inputClosed else { return }
         inputClosed = true
-        if outputClosed {
-            context.close(promise: nil)
-        } else if joined {
-            partner?.partnerFinishedSending()
-        }
         // Not joined yet: ``join`` passes it on after the early bytes.
+        if joined { partner?.partnerFinishedSending() }
+        // Done both ways. While this side's output is still being shut, the shutdown's
+        // completion closes it instead: closing now would drop the bytes still queued.
+        if outputShut { context.close(promise: nil) }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -149,15 +151,18 @@ final class TCPRelay: ChannelDuplexHandler, RemovableChannelHandler {
     /// The partner's peer will send nothing more: after what it sent, shut this side's sending
     /// direction (or close, when this side's peer is done sending too).
     private func partnerFinishedSending() {
-        guard let context, !outputClosed else { return }
-        outputClosed = true
+        guard let context, !outputClosing else { return }
+        outputClosing = true
         let channel = context.channel
-        let closeAll = inputClosed
-        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in
-            if closeAll {
+        // Writes complete in order: the empty write's completion means all earlier bytes are out.
+        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).assumeIsolated().whenComplete { _ in
+            if self.inputClosed {
                 channel.close(promise: nil)
-            } else {
-                channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
+                return
+            }
+            channel.close(mode: .output).assumeIsolated().whenComplete { result in
+                self.outputShut = true
+                if case .failure = result { channel.close(promise: nil) } else if self.inputClosed { channel.close(promise: nil) }
             }
         }
     }
