@@ -89,9 +89,11 @@ final class GRPCTests: XCTestCase {
             throw XCTSkip("grpcio or h2load not installed")
         }
         let mesh = try await TestMesh.start(defaultPolicy: "audit")
-        let server = try await GRPCPeer.startServer(name: "a")
+        // The app takes 8 streams at once per connection: the proxy in front of it opens more
+        // connections rather than queue streams inside the HTTP/2 layer.
+        let server = try await GRPCPeer.startServer(name: "a", maxStreams: 8)
         do {
-            _ = try await mesh.proxy("greeter", app: server.address)
+            let greeter = try await mesh.proxy("greeter", app: server.address, extra: ["--threads", "1"])
             let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
             try await waitUntil { ((try? await mesh.services()) ?? []).contains { $0.service.rawValue == "greeter" } }
             _ = try await eventually { try await GRPCPeer.call(web.outbound, authority: "greeter", count: 1) }
@@ -108,9 +110,16 @@ final class GRPCTests: XCTestCase {
                 let done = run.out.split(separator: "\n").first { $0.hasPrefix("requests:") } ?? ""
                 print("cancellation round \(round): \(done)")
                 XCTAssertTrue(done.contains(" succeeded") && !done.contains(" 0 succeeded"), "round \(round): \(run.out.suffix(1500))")
+                XCTAssertTrue(done.contains(" 0 failed"), "no call fails for the app's stream limit: \(done)")
             }
             let after = try await GRPCPeer.call(web.outbound, authority: "greeter", count: 10)
             XCTAssertEqual(after.unary.count, 10, "calls after the cancellations are served")
+            let metrics = try await plainGet(greeter.admin, "/metrics").text
+            let toApp = metrics.split(separator: "\n")
+                .first { $0.hasPrefix(#"mesh_tcp_connections_total{direction="outbound",peer="dst"}"#) }
+                .flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
+            print("connections from greeter's proxy to its app (8 streams each): \(Int(toApp))")
+            XCTAssertGreaterThanOrEqual(toApp, 4, "160 calls in flight need several connections of 8 streams")
         } catch {
             XCTFail("\(error)\n\(mesh.logs)")
         }

@@ -22,7 +22,7 @@ import sys, json, time
 from concurrent import futures
 import grpc
 
-def serve(port, name):
+def serve(port, name, max_streams):
     def unary(request, context):
         if request == b"notfound":
             context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
@@ -34,7 +34,8 @@ def serve(port, name):
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Chat": grpc.stream_stream_rpc_method_handler(chat),
     })
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    options = [("grpc.max_concurrent_streams", max_streams)] if max_streams > 0 else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=options)
     server.add_generic_rpc_handlers((handler,))
     bound = server.add_insecure_port("127.0.0.1:%d" % port)
     server.start()
@@ -61,7 +62,7 @@ def call(target, authority, count):
     print(json.dumps(result), flush=True)
 
 if sys.argv[1] == "serve":
-    serve(int(sys.argv[2]), sys.argv[3])
+    serve(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else 0)
 else:
     call(sys.argv[2], sys.argv[3], int(sys.argv[4]))
 """#
@@ -89,10 +90,12 @@ else:
         }
     }
 
-    public static func startServer(name: String) async throws -> Server {
+    /// - Parameter maxStreams: the SETTINGS_MAX_CONCURRENT_STREAMS the server advertises (0:
+    ///   grpcio's default).
+    public static func startServer(name: String, maxStreams: Int = 0) async throws -> Server {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", try scriptFile.path, "serve", "0", name]
+        process.arguments = ["python3", try scriptFile.path, "serve", "0", name, String(maxStreams)]
         let out = Pipe()
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice

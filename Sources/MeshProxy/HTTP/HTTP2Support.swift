@@ -56,6 +56,7 @@ extension HTTP2Stack {
 final class HTTP2Connection {
     let channel: Channel
     let multiplexer: NIOHTTP2Handler.StreamMultiplexer
+    let watcher: HTTP2GoAwayWatcher
     /// Streams opened on it so far: a stream on a connection that already carried others may
     /// meet a close the peer started before it saw the stream (then the request is replayed
     /// once on a new connection, as for a reused HTTP/1.1 connection).
@@ -86,25 +87,59 @@ final class HTTP2Connection {
     /// counted as open by swift-nio-http2 for good: a fresh connection bounds both.
     static let maxResets = 32
 
-    var hasRoom: Bool { !retired && streamsActive < Self.maxConcurrentStreams && channel.isActive }
+    /// Room for one more stream: within our cap and within what the peer takes at once (an
+    /// app may allow fewer than 100).
+    var hasRoom: Bool {
+        !retired && streamsActive < min(Self.maxConcurrentStreams, watcher.peerMaxStreams ?? Self.maxConcurrentStreams)
+            && channel.isActive
+    }
 
-    init(channel: Channel, multiplexer: NIOHTTP2Handler.StreamMultiplexer) {
+    init(channel: Channel, multiplexer: NIOHTTP2Handler.StreamMultiplexer, watcher: HTTP2GoAwayWatcher) {
         self.channel = channel
         self.multiplexer = multiplexer
+        self.watcher = watcher
     }
 }
 
 /// Watches the connection-level frames of an HTTP/2 client connection: a GOAWAY from the peer
 /// (it is shutting down) retires the connection, so that new requests open a new one while
-/// the streams already running finish.
+/// the streams already running finish; the peer's SETTINGS say how many streams it takes at
+/// once. In the pipeline from the start, so that the first SETTINGS is not missed.
 final class HTTP2GoAwayWatcher: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
-    private let onGoAway: () -> Void
+    var onGoAway: (() -> Void)?
+    /// SETTINGS_MAX_CONCURRENT_STREAMS of the peer, once it said so.
+    private(set) var peerMaxStreams: Int?
+    /// Succeeded by the peer's first SETTINGS: streams sent before it could exceed a limit the
+    /// peer has not told yet, and be refused.
+    private var firstSettings: EventLoopPromise<Void>?
 
-    init(onGoAway: @escaping () -> Void) { self.onGoAway = onGoAway }
+    init(firstSettings: EventLoopPromise<Void>) { self.firstSettings = firstSettings }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .goAway = unwrapInboundIn(data).payload { onGoAway() }
+        switch unwrapInboundIn(data).payload {
+        case .goAway:
+            onGoAway?()
+        case .settings(.settings(let settings)):
+            for setting in settings where setting.parameter == .maxConcurrentStreams {
+                peerMaxStreams = setting.value
+            }
+            firstSettings?.succeed(())
+            firstSettings = nil
+        default:
+            break
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        firstSettings?.fail(MeshError(.unavailable, "the HTTP/2 peer closed the connection before its SETTINGS"))
+        firstSettings = nil
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        firstSettings?.fail(MeshError(.unavailable, "the HTTP/2 connection closed before the peer's SETTINGS"))
+        firstSettings = nil
     }
 }
 
@@ -187,6 +222,8 @@ extension UpstreamPool {
             verifier = SPIFFEPeerVerifier(bundle: bundle, expected: [expected], usage: .serverAuth)
         }
         let ready = eventLoop.makePromise(of: Void.self)
+        // h2c: ready once the peer's SETTINGS arrived; TLS: once the handshake is done too.
+        let settings = eventLoop.makePromise(of: Void.self)
         let limits = self.limits
         let onConnection = self.onConnection
         let future = ClientBootstrap.dataPath(on: eventLoop, limits: limits)
@@ -202,23 +239,31 @@ extension UpstreamPool {
                         // Pushed streams are refused: the initializer closes them.
                         _ = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(),
                                                             streamConfiguration: .init()) { pushed in pushed.close() }
+                        try sync.addHandler(HTTP2GoAwayWatcher(firstSettings: settings))
                         if verifier == nil { ready.succeed(()) }
+                        // A peer that never sends its SETTINGS: the connection closes, which
+                        // fails the wait (in the watcher, once).
+                        let timeout = channel.eventLoop.scheduleTask(in: limits.tlsHandshakeTimeout) { channel.close(promise: nil) }
+                        settings.futureResult.whenComplete { _ in timeout.cancel() }
                     } catch {
                         ready.fail(error)
+                        settings.fail(error)
                         throw error
                     }
                 }
             }
             .connect(host: key.address.host, port: key.address.port)
             .flatMap { channel in
-                ready.futureResult.flatMapThrowing { (_: Void) throws -> HTTP2Connection in
+                (verifier == nil ? settings.futureResult : ready.futureResult.and(settings.futureResult).map { _ in })
+                    .flatMapThrowing { (_: Void) throws -> HTTP2Connection in
                     let handler = try channel.pipeline.syncOperations.handler(type: NIOHTTP2Handler.self)
                     onConnection?(channel)
-                    let connection = HTTP2Connection(channel: channel, multiplexer: try handler.syncMultiplexer())
-                    try channel.pipeline.syncOperations.addHandler(HTTP2GoAwayWatcher { [weak self, weak connection] in
+                    let watcher = try channel.pipeline.syncOperations.handler(type: HTTP2GoAwayWatcher.self)
+                    let connection = HTTP2Connection(channel: channel, multiplexer: try handler.syncMultiplexer(), watcher: watcher)
+                    watcher.onGoAway = { [weak self, weak connection] in
                         guard let self, let connection else { return }
                         self.retire(connection, key: key)
-                    })
+                    }
                     return connection
                 }
                 .flatMapErrorThrowing { error in
