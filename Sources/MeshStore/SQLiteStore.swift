@@ -114,12 +114,8 @@ public actor SQLiteStore: MeshStore {
         try await exclusive {
             let rows = try await query("SELECT kind, name, spec FROM resources ORDER BY kind, name")
             return try rows.map { row in
-                guard let text = row.column("spec")?.string,
-                      let resource = try? Self.decoder.decode(MeshResource.self, from: Data(text.utf8)) else {
-                    let what = "\(row.column("kind")?.string ?? "?")/\(row.column("name")?.string ?? "?")"
-                    throw MeshError(.storeFailure, "the stored resource \(what) does not decode; the store may be damaged or written by a newer mesh")
-                }
-                return resource
+                try ResourceCoding.decode(row.column("spec")?.string,
+                                          what: "\(row.column("kind")?.string ?? "?")/\(row.column("name")?.string ?? "?")")
             }
         }
     }
@@ -130,7 +126,7 @@ public actor SQLiteStore: MeshStore {
             do {
                 var entries: [AuditEntry] = []
                 for resource in resources {
-                    let after = String(decoding: try Self.encoder.encode(resource), as: UTF8.self)
+                    let after = try ResourceCoding.encode(resource)
                     let existing = try await query("SELECT version, spec FROM resources WHERE kind = ? AND name = ?",
                                                    [.text(resource.kind), .text(resource.name)])
                     let before = existing.first?.column("spec")?.string
@@ -196,19 +192,6 @@ public actor SQLiteStore: MeshStore {
                       [.float(entry.at.timeIntervalSince1970), .text(entry.actor), .text(entry.action.rawValue), .text(entry.kind),
                        .text(entry.name), .integer(entry.version), entry.before.map { .text($0) } ?? .null,
                        entry.after.map { .text($0) } ?? .null])
-    }
-
-    private static var encoder: JSONEncoder {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        return encoder
-    }
-
-    private static var decoder: JSONDecoder {
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
-        return decoder
     }
 
     public func insertJoinToken(_ token: StoredJoinToken) async throws {
