@@ -26,6 +26,11 @@ public struct ControlPlane: Sendable {
         /// `postgres://…`: keep the registry, tokens and resources in PostgreSQL instead of
         /// the embedded SQLite file of the data directory.
         public var storeURL: String?
+        /// Seals the CA key and the admin token in a shared (PostgreSQL) store; required with
+        /// one, the same on every replica.
+        public var storeSecret: StoreSecret?
+        /// How often a replica reads the store's change log even without a notification.
+        public var resyncInterval: Duration = .seconds(5)
 
         public init(dataDirectory: String) { self.dataDirectory = dataDirectory }
     }
@@ -49,23 +54,31 @@ public struct ControlPlane: Sendable {
         let config = configuration
         let dir = DataDirectory(config.dataDirectory)
         try dir.prepare()
-        let ca = try dir.loadOrCreateCA(trustDomain: config.trustDomain)
-        let adminToken = try dir.loadOrCreateAdminToken()
-        let store: any MeshStore
-        if let url = config.storeURL {
-            let logger = self.logger
-            store = try await PostgresStore.open(url: url, logger: logger) {
-                // Another control plane serves the database now: two would diverge.
-                logger.critical("stopping: another mesh control took over the PostgreSQL database")
-                exit(75)
-            }
-        } else {
-            store = try await SQLiteStore.open(path: dir.sqliteFile.path, logger: logger)
-        }
-        defer { Task { await store.close() } }
         guard ["deny", "audit"].contains(config.defaultPolicy) else {
             throw MeshError(.invalidRequest, "--default-policy must be deny or audit, not '\(config.defaultPolicy)'")
         }
+        let store: any MeshStore
+        let ca: CertificateAuthority
+        let adminToken: String
+        if let url = config.storeURL {
+            // Replicas share the store, and with it the CA and the admin token (sealed).
+            guard let secret = config.storeSecret else {
+                throw MeshError(.invalidRequest, "a PostgreSQL store keeps the CA key sealed with a secret of yours: pass --store-secret-file FILE or set MESH_STORE_SECRET (32+ random bytes, the same on every replica; make one with: head -c 32 /dev/urandom | base64 > store.secret && chmod 600 store.secret)")
+            }
+            store = try await PostgresStore.open(url: url, logger: logger)
+            do {
+                (ca, adminToken) = try await SharedTrust.load(store: store, secret: secret, directory: dir,
+                                                              trustDomain: config.trustDomain, logger: logger)
+            } catch {
+                await store.close()
+                throw error
+            }
+        } else {
+            ca = try dir.loadOrCreateCA(trustDomain: config.trustDomain)
+            adminToken = try dir.loadOrCreateAdminToken()
+            store = try await SQLiteStore.open(path: dir.sqliteFile.path, logger: logger)
+        }
+        defer { Task { await store.close() } }
         let registry = try await Registry.load(store: store, heartbeatTTL: config.heartbeatTTL, logger: logger,
                                                defaultPolicy: config.defaultPolicy)
         let tokens = JoinTokens(store: store)
@@ -104,6 +117,7 @@ public struct ControlPlane: Sendable {
         await withTaskGroup(of: Void.self) { tasks in
             tasks.addTask { await proxyAPI.run() }
             tasks.addTask { await adminAPI.run() }
+            tasks.addTask { await registry.follow(interval: config.resyncInterval) }
             tasks.addTask {
                 let interval = max(0.2, config.heartbeatTTL / 4)
                 while !Task.isCancelled {

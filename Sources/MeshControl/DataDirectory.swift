@@ -46,17 +46,39 @@ public struct DataDirectory: Sendable {
 
     /// Loads the admin token, or creates one on first start.
     public func loadOrCreateAdminToken() throws -> String {
-        if FileManager.default.fileExists(atPath: adminTokenFile.path) {
-            let token = try read(adminTokenFile).trimmingCharacters(in: .whitespacesAndNewlines)
-            guard token.count >= 32 else {
-                throw MeshError(.fileUnreadable, "\(adminTokenFile.path) holds no valid admin token; delete it to have a new one made")
-            }
-            return token
-        }
-        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255) }
-        let token = "mat_" + bytes.map { String(format: "%02x", $0) }.joined()
-        try write(token + "\n", to: adminTokenFile, mode: 0o600)
+        if let token = try existingAdminToken() { return token }
+        let token = Self.makeAdminToken()
+        try writeAdminToken(token)
         return token
+    }
+
+    func existingAdminToken() throws -> String? {
+        guard FileManager.default.fileExists(atPath: adminTokenFile.path) else { return nil }
+        let token = try read(adminTokenFile).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard token.count >= 32 else {
+            throw MeshError(.fileUnreadable, "\(adminTokenFile.path) holds no valid admin token; delete it to have a new one made")
+        }
+        return token
+    }
+
+    static func makeAdminToken() -> String {
+        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255) }
+        return "mat_" + bytes.map { String(format: "%02x", $0) }.joined()
+    }
+
+    func writeAdminToken(_ token: String) throws {
+        try write(token + "\n", to: adminTokenFile, mode: 0o600)
+    }
+
+    /// The CA of an earlier single control plane, if this directory has one.
+    func existingCA() throws -> CertificateAuthority? {
+        guard FileManager.default.fileExists(atPath: caKeyFile.path) else { return nil }
+        return try CertificateAuthority(certificatePEM: try read(caCertificateFile), privateKeyPEM: try read(caKeyFile))
+    }
+
+    /// Writes the trust bundle operators copy to their hosts.
+    func writeBundle(_ pem: String) throws {
+        try write(pem, to: trustBundleFile, mode: 0o644)
     }
 
     private func read(_ file: URL) throws -> String {

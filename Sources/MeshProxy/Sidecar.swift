@@ -24,6 +24,8 @@ public struct Sidecar: Sendable {
     /// Settings of the control-plane source (`mesh proxy --control …`).
     public struct ControlPlaneSettings: Sendable {
         public var control: HostPort
+        /// Further control plane replicas, used when `control` cannot be reached.
+        public var alternates: [HostPort] = []
         public var trustBundlePEM: String
         public var joinToken: String
         public var heartbeatInterval: Duration = .seconds(5)
@@ -115,7 +117,13 @@ public struct Sidecar: Sendable {
         let config = configuration
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, config.threads))
         let states = LoopStates(group: group, limits: config.limits)
-        let readiness = Readiness()
+        let controlStatus: ControlStatus?
+        if case .controlPlane(let settings) = config.source {
+            controlStatus = ControlStatus(heartbeatInterval: settings.heartbeatInterval)
+        } else {
+            controlStatus = nil
+        }
+        let readiness = Readiness(control: controlStatus)
         let logger = self.logger
         let install: @Sendable (SVID, TrustBundle) async -> Void = { svid, bundle in
             do {
@@ -176,7 +184,8 @@ public struct Sidecar: Sendable {
         let source: any SidecarSource
         switch config.source {
         case .controlPlane(let settings):
-            source = try ControlPlaneSource(health: checker?.health,settings: settings, service: config.service, labels: config.labels,
+            source = try ControlPlaneSource(status: controlStatus ?? ControlStatus(heartbeatInterval: settings.heartbeatInterval),
+                                            health: checker?.health, settings: settings, service: config.service, labels: config.labels,
                                             mtlsMode: mode.rawValue, appProtocol: appProtocol.rawValue, inboundHost: config.inbound.host, group: group, logger: logger, install: install)
         case .staticFiles(let settings):
             source = try StaticSource(settings: settings, service: config.service, logger: logger, install: install)

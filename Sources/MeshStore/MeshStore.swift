@@ -4,8 +4,8 @@ import MeshCore
 /// What the control plane persists: join tokens, the service registry and its version counter,
 /// the resources operators apply and their audit log.
 ///
-/// Callers depend on this protocol only; `SQLiteStore` is the embedded default and a
-/// PostgreSQL implementation joins later behind the same interface. Every method either
+/// Callers depend on this protocol only; `SQLiteStore` is the embedded default and
+/// `PostgresStore` the one several control plane replicas share. Every method either
 /// completes its change whole or throws a ``MeshError`` with code `store-failure`.
 public protocol MeshStore: Sendable {
     /// Stores a new join token (only its SHA-256 is kept).
@@ -16,23 +16,50 @@ public protocol MeshStore: Sendable {
     /// `token-expired` or `token-used`.
     func consumeJoinToken(hash: String, now: Date) async throws -> StoredJoinToken
 
-    /// Inserts or replaces an instance.
-    func upsertInstance(_ instance: ServiceInstance) async throws
-    func deleteInstance(id: String) async throws
+    /// Every instance as stored, with the last heartbeat any replica recorded.
     func listInstances() async throws -> [ServiceInstance]
 
-    /// The registry version counter survives restarts so that versions only ever grow.
-    func loadRegistryVersion() async throws -> UInt64
-    func saveRegistryVersion(_ version: UInt64) async throws
+    /// The registry as of one version, read consistently: what a control plane starts from,
+    /// and what it reloads when it fell behind the change log.
+    func loadRegistryState() async throws -> RegistryState
+
+    /// Writes a registry change and appends the event that announces it, in one transaction,
+    /// and returns the event's version (nil when the change found nothing to do: an expiry
+    /// of an instance that heartbeated meanwhile, a removal of an unknown one). Versions are
+    /// assigned by the database, so every control plane on it hands out the same ones.
+    func commitRegistryChange(_ change: RegistryChange) async throws -> UInt64?
+
+    /// Records a heartbeat without announcing anything; false when the instance is gone.
+    func touchInstance(id: String, at: Date) async throws -> Bool
+
+    /// The events after `version`, oldest first; nil when the log no longer reaches back that
+    /// far (the caller reloads the whole state).
+    func registryEvents(after version: UInt64) async throws -> [RegistryEvent]?
+
+    /// Wakes the caller when another control plane committed a change (PostgreSQL's
+    /// LISTEN/NOTIFY); a store only one process uses never yields.
+    func registryNotifications() -> AsyncStream<Void>
+
+    /// Since when this process holds `duty` (TTL sweeps, CA work), nil when another replica
+    /// holds it or the database cannot say. Trying again after a failure is the caller's
+    /// periodic call; the duty moves when its holder's session ends.
+    func dutyHeldSince(_ duty: StoreDuty) async -> Date?
+
+    /// A value shared by every control plane on the store (the CA, the admin token), set by
+    /// the first one that offers it: returns the stored value, which is `value` only when
+    /// none was stored.
+    func sharedValue(_ key: String, orInsert value: String) async throws -> String
 
     /// Every stored resource (policies, service defaults), ordered by kind and name.
     func listResources() async throws -> [MeshResource]
 
-    /// Creates or replaces `resources` in one transaction (all or nothing) and records every
-    /// change in the audit log; unchanged resources are skipped.
+    /// Creates or replaces `resources` in one transaction (all or nothing), records every
+    /// change in the audit log and, when anything changed, appends a `policies` registry event
+    /// holding every resource; unchanged resources are skipped.
     func applyResources(_ resources: [MeshResource], actor: String, at: Date) async throws -> [AuditEntry]
 
-    /// Deletes one resource; nil when there was none of that kind and name.
+    /// Deletes one resource (and appends the `policies` event); nil when there was none of
+    /// that kind and name.
     func deleteResource(kind: String, name: String, actor: String, at: Date) async throws -> AuditEntry?
 
     /// The newest `limit` audit entries, newest first.
@@ -80,4 +107,36 @@ public struct StoredJoinToken: Sendable, Equatable {
         self.expiresAt = expiresAt
         self.usedAt = usedAt
     }
+}
+
+/// A registry change as ``MeshStore/commitRegistryChange(_:)`` writes it.
+public enum RegistryChange: Sendable, Equatable {
+    /// Inserts or replaces the instance.
+    case upsert(ServiceInstance)
+    /// Removes the instance (deregistration).
+    case remove(id: String)
+    /// Removes the instance only if its last heartbeat is older than `heartbeatBefore` (the
+    /// TTL sweep: a heartbeat through another replica meanwhile keeps it).
+    case expire(id: String, heartbeatBefore: Date)
+}
+
+/// The registry at one version: instances and resources.
+public struct RegistryState: Sendable, Equatable {
+    public var version: UInt64
+    public var instances: [ServiceInstance]
+    public var resources: [MeshResource]
+
+    public init(version: UInt64, instances: [ServiceInstance], resources: [MeshResource]) {
+        self.version = version
+        self.instances = instances
+        self.resources = resources
+    }
+}
+
+/// Work that one control plane at a time does.
+public enum StoreDuty: String, Sendable, CaseIterable {
+    /// Expiring instances whose heartbeats stopped.
+    case sweep
+    /// Moving the CA through a root rotation.
+    case certificateAuthority = "ca"
 }

@@ -13,28 +13,41 @@ import PostgresNIO
 /// (row lock: exactly one caller wins), resource changes take a transaction-level advisory
 /// lock (two replicas applying at once are serialized, never a lost update), and migrations
 /// run under an advisory lock (replicas starting together migrate once).
+///
+/// Replicas share the registry through its change log: every change takes the next version
+/// from one row (`meta.registry_version`, whose row lock orders committers, so versions commit
+/// in order), stores its event in `registry_events` and sends `NOTIFY mesh_registry`, which
+/// wakes every other replica to read what it missed. Duties one replica at a time does are
+/// session advisory locks, held on a connection of their own: when the holder dies, its
+/// session ends and another replica takes the duty at its next try.
 public final class PostgresStore: MeshStore {
     private let client: PostgresClient
     private let runner: Task<Void, Never>
     private let logger: Logger
     private let target: String
-    static let schemaVersion = 1
+    static let schemaVersion = 2
     /// Advisory lock keys (any fixed 64-bit numbers unique to this schema).
     private static let migrationLock: Int64 = 0x5357_4D45_5348_0001
     private static let resourcesLock: Int64 = 0x5357_4D45_5348_0002
-    private static let replicaLock: Int64 = 0x5357_4D45_5348_0003
-    /// Background tasks that hold a connection for the store's lifetime (the replica lock).
-    private let holders = NIOLockedValueBox<[Task<Void, Never>]>([])
+    private static func dutyLock(_ duty: StoreDuty) -> Int64 {
+        switch duty {
+        case .sweep: 0x5357_4D45_5348_0010
+        case .certificateAuthority: 0x5357_4D45_5348_0011
+        }
+    }
+    static let notifyChannel = "mesh_registry"
+    /// Background tasks that hold a connection (duty locks, LISTEN), cancelled on close.
+    private let holders = NIOLockedValueBox<[UUID: Task<Void, Never>]>([:])
     private let closed = NIOLockedValueBox(false)
     private var isClosed: Bool { closed.withLockedValue { $0 } }
-    /// Called when another control plane took the database after this one lost its session:
-    /// the caller must stop serving (two control planes on one database would diverge).
-    private let onLost: (@Sendable () -> Void)?
+    /// Per duty: since when this process holds it (nil: not held), and whether a holder runs.
+    private let duties = NIOLockedValueBox<[StoreDuty: (since: Date?, running: Bool)]>([:])
+    private let notifications = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
 
     /// Connects to `url` (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=…]`) and
     /// migrates the schema. `sslmode`: `disable`, `prefer` (default, as libpq) or `require`
     /// (TLS with the server's certificate verified against the system roots).
-    public static func open(url: String, logger: Logger, onLost: (@Sendable () -> Void)? = nil) async throws -> PostgresStore {
+    public static func open(url: String, logger: Logger) async throws -> PostgresStore {
         let settings = try Settings(url: url)
         // One direct connection first: the pool retries for a minute before it gives up, and a
         // control plane that cannot reach its database should say so at once.
@@ -46,10 +59,10 @@ public final class PostgresStore: MeshStore {
         }
         let client = PostgresClient(configuration: settings.configuration, backgroundLogger: logger)
         let runner = Task { await client.run() }
-        let store = PostgresStore(client: client, runner: runner, logger: logger, target: settings.display, onLost: onLost)
+        let store = PostgresStore(client: client, runner: runner, logger: logger, target: settings.display)
         do {
             try await store.migrate()
-            try await store.claimDatabase()
+            store.startListening()
         } catch {
             await store.close()
             throw error
@@ -57,9 +70,7 @@ public final class PostgresStore: MeshStore {
         return store
     }
 
-    private init(client: PostgresClient, runner: Task<Void, Never>, logger: Logger, target: String,
-                 onLost: (@Sendable () -> Void)?) {
-        self.onLost = onLost
+    private init(client: PostgresClient, runner: Task<Void, Never>, logger: Logger, target: String) {
         self.client = client
         self.runner = runner
         self.logger = logger
@@ -113,50 +124,90 @@ public final class PostgresStore: MeshStore {
                     try await connection.query(statement, logger: self.logger)
                 }
             }
-        }
-    }
-
-    /// Until replicas coordinate (registry versions, the CA key, one-at-a-time duties), one
-    /// control plane uses a database: it holds a session advisory lock for its lifetime, and a
-    /// second one is refused with a clear error instead of serving a diverging registry.
-    private func claimDatabase() async throws {
-        // A control plane that just stopped may still hold it for a moment (the server
-        // notices the closed session a little later): a few tries before giving up.
-        var last = MeshError(.storeFailure, "cannot reserve the PostgreSQL database at \(target)")
-        for _ in 0..<10 {
-            switch await claimOnce() {
-            case .held:
-                return
-            case .taken:
-                last = MeshError(.storeFailure, "another mesh control already uses the PostgreSQL database at \(target); run one control plane per database (several replicas on one database come with issue #7's coordination)")
-            case .failed(let why):
-                last = MeshError(.storeFailure, "cannot reserve the PostgreSQL database at \(target): \(why)")
+            if current < 2 {
+                // The registry's change log, shared by the replicas; versions come from one row.
+                for statement: PostgresQuery in [
+                    "CREATE TABLE registry_events (version BIGINT PRIMARY KEY, event TEXT NOT NULL)",
+                    "INSERT INTO meta (key, value) VALUES ('registry_version', '0') ON CONFLICT (key) DO NOTHING",
+                    "DELETE FROM schema_version",
+                    "INSERT INTO schema_version (version) VALUES (2)",
+                ] {
+                    try await connection.query(statement, logger: self.logger)
+                }
             }
-            try? await Task.sleep(for: .milliseconds(300))
         }
-        throw last
     }
 
-    private enum Claim: Sendable { case held, taken, failed(String) }
+    // MARK: - Coordination
 
-    /// Takes the lock on a connection of its own and keeps both in a background task, which
-    /// checks every 5 s that the session is alive. A lost session (the database restarted,
-    /// the network broke) is reclaimed; if another control plane took the database meanwhile,
-    /// `onLost` is called.
-    private func claimOnce() async -> Claim {
-        let claimed = AsyncStream<Claim>.makeStream()
-        let holder = Task { [client, logger, target] in
+    /// Follows `NOTIFY mesh_registry` on a connection of its own, reconnecting after a
+    /// failure. Every (re)start wakes the reader too: notifications sent while this process
+    /// was not listening are lost, the log is not.
+    private func startListening() {
+        let listener = Task { [client, logger, notifications, target] in
+            while !Task.isCancelled {
+                do {
+                    try await client.withConnection { connection in
+                        try await connection.listen(on: Self.notifyChannel) { sequence in
+                            notifications.continuation.yield()
+                            for try await _ in sequence { notifications.continuation.yield() }
+                        }
+                    }
+                } catch is CancellationError {
+                    return
+                } catch {
+                    if Task.isCancelled { return }
+                    logger.warning("lost the PostgreSQL connection that listens for other replicas' changes; retrying",
+                                   metadata: ["database": "\(target)", "error": "\(Self.storeError(error, target: target).message)"])
+                }
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+        holders.withLockedValue { $0[UUID()] = listener }
+    }
+
+    public func registryNotifications() -> AsyncStream<Void> { notifications.stream }
+
+    public func dutyHeldSince(_ duty: StoreDuty) async -> Date? {
+        guard !isClosed else { return nil }
+        let start: Bool = duties.withLockedValue { all in
+            let state = all[duty] ?? (since: nil, running: false)
+            if state.running { return false }
+            all[duty] = (since: nil, running: true)
+            return true
+        }
+        if start { await claim(duty) }
+        return duties.withLockedValue { $0[duty]?.since }
+    }
+
+    /// Tries the duty's lock on a connection of its own and, when it gets it, keeps both in a
+    /// background task that checks every 2 s that the session is alive; returns once the try
+    /// has answered. A lost session gives the duty up (the server released the lock with it).
+    private func claim(_ duty: StoreDuty) async {
+        let answered = AsyncStream<Void>.makeStream()
+        let id = UUID()
+        let holder = Task { [client, logger, target, duties, holders] in
             var held = false
+            defer {
+                duties.withLockedValue { $0[duty] = (since: nil, running: false) }
+                holders.withLockedValue { $0[id] = nil }
+                answered.continuation.finish()
+                if held {
+                    logger.notice("gave up a control plane duty", metadata: ["duty": "\(duty.rawValue)"])
+                }
+            }
             do {
                 try await client.withConnection { connection in
-                    for try await value in try await connection.query("SELECT pg_try_advisory_lock(\(Self.replicaLock))", logger: logger)
+                    for try await value in try await connection.query("SELECT pg_try_advisory_lock(\(Self.dutyLock(duty)))", logger: logger)
                         .decode(Bool.self) {
                         held = value
                     }
-                    claimed.continuation.yield(held ? .held : .taken)
                     guard held else { return }
+                    duties.withLockedValue { $0[duty] = (since: Date(), running: true) }
+                    logger.notice("holding a control plane duty", metadata: ["duty": "\(duty.rawValue)"])
+                    answered.continuation.yield()
                     while true {
-                        try await Task.sleep(for: .seconds(5))
+                        try await Task.sleep(for: .seconds(2))
                         try await connection.query("SELECT 1", logger: logger)
                     }
                 }
@@ -164,52 +215,48 @@ public final class PostgresStore: MeshStore {
                 // The store closed.
             } catch {
                 if held, !Task.isCancelled {
-                    logger.error("lost the PostgreSQL session that reserves the database; reclaiming it",
-                                 metadata: ["database": "\(target)", "error": "\(Self.storeError(error, target: target).message)"])
-                    Task { await self.reclaim() }
-                } else {
-                    claimed.continuation.yield(.failed(Self.storeError(error, target: target).message))
+                    logger.error("lost the PostgreSQL session that holds a duty; another replica may take it",
+                                 metadata: ["duty": "\(duty.rawValue)", "database": "\(target)",
+                                            "error": "\(Self.storeError(error, target: target).message)"])
                 }
             }
-            claimed.continuation.finish()
         }
-        holders.withLockedValue { $0.append(holder) }
-        var iterator = claimed.stream.makeAsyncIterator()
-        let result = await iterator.next() ?? .failed("the reservation ended before it answered")
-        if case .held = result { return result }
-        holder.cancel()
-        return result
+        holders.withLockedValue { all in
+            // A holder that already ended must not be kept (it removed itself first).
+            if duties.withLockedValue({ $0[duty]?.running ?? false }) { all[id] = holder }
+        }
+        var iterator = answered.stream.makeAsyncIterator()
+        _ = await iterator.next()
     }
 
-    /// After a lost session: takes the lock again as soon as the database answers.
-    private func reclaim() async {
-        while !isClosed {
-            switch await claimOnce() {
-            case .held:
-                logger.notice("the PostgreSQL database is reserved again", metadata: ["database": "\(target)"])
-                return
-            case .taken:
-                logger.critical("another mesh control took the PostgreSQL database while this one had lost its session",
-                                metadata: ["database": "\(target)"])
-                onLost?()
-                return
-            case .failed:
-                try? await Task.sleep(for: .seconds(1))
+    public func sharedValue(_ key: String, orInsert value: String) async throws -> String {
+        let stored = "shared." + key
+        return try await guarded {
+            try await client.query("INSERT INTO meta (key, value) VALUES (\(stored), \(value)) ON CONFLICT (key) DO NOTHING",
+                                   logger: logger)
+            var found = value
+            for try await text in try await client.query("SELECT value FROM meta WHERE key = \(stored)", logger: logger)
+                .decode(String.self) {
+                found = text
             }
+            return found
         }
     }
 
     // MARK: - Resources
 
     public func listResources() async throws -> [MeshResource] {
-        try await guarded {
-            var resources: [MeshResource] = []
-            for try await (kind, name, spec) in try await client.query("SELECT kind, name, spec FROM resources ORDER BY kind, name",
-                                                                       logger: logger).decode((String, String, String).self) {
-                resources.append(try ResourceCoding.decode(spec, what: "\(kind)/\(name)"))
-            }
-            return resources
+        try await guarded { try await readResources(client) }
+    }
+
+    /// On the pool or inside a transaction (both are `PostgresQueryable`).
+    private func readResources(_ on: some Queryable) async throws -> [MeshResource] {
+        var resources: [MeshResource] = []
+        for try await (kind, name, spec) in try await on.run("SELECT kind, name, spec FROM resources ORDER BY kind, name", logger)
+            .decode((String, String, String).self) {
+            resources.append(try ResourceCoding.decode(spec, what: "\(kind)/\(name)"))
         }
+        return resources
     }
 
     public func applyResources(_ resources: [MeshResource], actor: String, at: Date) async throws -> [AuditEntry] {
@@ -236,6 +283,7 @@ public final class PostgresStore: MeshStore {
                 try await self.record(entry, on: connection)
                 entries.append(entry)
             }
+            if !entries.isEmpty { try await self.appendPoliciesEvent(on: connection) }
             return entries
         }
     }
@@ -252,6 +300,7 @@ public final class PostgresStore: MeshStore {
             let entry = AuditEntry(at: at, actor: actor, action: .deleted, kind: kind, name: name, version: deleted.version,
                                    before: deleted.spec, after: nil)
             try await self.record(entry, on: connection)
+            try await self.appendPoliciesEvent(on: connection)
             return entry
         }
     }
@@ -329,77 +378,153 @@ public final class PostgresStore: MeshStore {
 
     // MARK: - Registry
 
-    public func upsertInstance(_ instance: ServiceInstance) async throws {
-        let labels = String(decoding: try JSONEncoder().encode(instance.labels), as: UTF8.self)
-        let service = instance.service.rawValue
-        let heartbeat = instance.lastHeartbeat.timeIntervalSince1970
-        let expiry = instance.certificateExpiry?.timeIntervalSince1970
-        try await guarded {
-            try await client.query("""
-                INSERT INTO instances (id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls,
-                                       app_protocol, app_healthy)
-                VALUES (\(instance.id), \(service), \(instance.address), \(instance.inboundPort), \(labels), \(heartbeat), \(expiry),
-                        \(instance.mtls), \(instance.appProtocol), \(instance.appHealthy))
-                ON CONFLICT (id) DO UPDATE SET service = excluded.service, address = excluded.address,
-                  inbound_port = excluded.inbound_port, labels = excluded.labels, last_heartbeat = excluded.last_heartbeat,
-                  certificate_expiry = excluded.certificate_expiry, mtls = excluded.mtls, app_protocol = excluded.app_protocol,
-                  app_healthy = excluded.app_healthy
-                """, logger: logger)
+    public func commitRegistryChange(_ change: RegistryChange) async throws -> UInt64? {
+        try await transaction { connection in
+            switch change {
+            case .upsert(let instance):
+                try await self.writeInstance(instance, on: connection)
+            case .remove(let id):
+                var found = false
+                for try await _ in try await connection.query("DELETE FROM instances WHERE id = \(id) RETURNING id", logger: self.logger) {
+                    found = true
+                }
+                guard found else { return nil }
+            case .expire(let id, let before):
+                let seconds = before.timeIntervalSince1970
+                var found = false
+                for try await _ in try await connection.query(
+                    "DELETE FROM instances WHERE id = \(id) AND last_heartbeat < \(seconds) RETURNING id", logger: self.logger) {
+                    found = true
+                }
+                guard found else { return nil }
+            }
+            return try await self.appendEvent(on: connection) { EventCoding.event(for: change, version: $0) }
         }
     }
 
-    public func deleteInstance(id: String) async throws {
-        try await guarded {
-            try await client.query("DELETE FROM instances WHERE id = \(id)", logger: logger)
+    public func touchInstance(id: String, at: Date) async throws -> Bool {
+        let seconds = at.timeIntervalSince1970
+        return try await guarded {
+            var found = false
+            for try await _ in try await client.query("UPDATE instances SET last_heartbeat = \(seconds) WHERE id = \(id) RETURNING id",
+                                                      logger: logger) {
+                found = true
+            }
+            return found
         }
     }
 
     public func listInstances() async throws -> [ServiceInstance] {
-        try await guarded {
-            var instances: [ServiceInstance] = []
-            let rows = try await client.query("""
-                SELECT id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls, app_protocol, app_healthy
-                FROM instances ORDER BY id
-                """, logger: logger)
-            for try await (id, serviceText, address, port, labelsText, heartbeat, expiry, mtls, appProtocol, appHealthy)
-                in rows.decode((String, String, String, Int, String, Double, Double?, String?, String?, Bool?).self) {
-                // A row this binary cannot read is skipped, as in the SQLite store.
-                guard let service = try? ServiceName(serviceText),
-                      let labels = try? JSONDecoder().decode(Labels.self, from: Data(labelsText.utf8)) else { continue }
-                instances.append(ServiceInstance(id: id, service: service, address: address, inboundPort: port, labels: labels,
-                                                 lastHeartbeat: Date(timeIntervalSince1970: heartbeat),
-                                                 certificateExpiry: expiry.map { Date(timeIntervalSince1970: $0) },
-                                                 mtls: mtls, appProtocol: appProtocol, appHealthy: appHealthy))
-            }
-            return instances
+        try await guarded { try await readInstances(client) }
+    }
+
+    public func loadRegistryState() async throws -> RegistryState {
+        try await transaction { connection in
+            // One snapshot of the database for the three reads.
+            try await connection.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", logger: self.logger)
+            return RegistryState(version: try await self.currentVersion(connection), instances: try await self.readInstances(connection),
+                                 resources: try await self.readResources(connection))
         }
     }
 
-    public func loadRegistryVersion() async throws -> UInt64 {
-        try await guarded {
-            var version: UInt64 = 0
-            for try await value in try await client.query("SELECT value FROM meta WHERE key = 'registry_version'", logger: logger)
-                .decode(String.self) {
-                version = UInt64(value) ?? 0
+    public func registryEvents(after version: UInt64) async throws -> [RegistryEvent]? {
+        try await transaction { connection in
+            try await connection.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", logger: self.logger)
+            let latest = try await self.currentVersion(connection)
+            if version == latest { return [] }
+            guard version < latest else { return nil }
+            let after = Int64(clamping: version)
+            var events: [RegistryEvent] = []
+            for try await (stored, text) in try await connection.query(
+                "SELECT version, event FROM registry_events WHERE version > \(after) ORDER BY version", logger: self.logger)
+                .decode((Int64, String).self) {
+                events.append(try EventCoding.decode(text, version: UInt64(clamping: stored)))
             }
-            return version
+            // The log must reach back to the first missing version.
+            guard events.first?.version == version + 1 else { return nil }
+            return events
         }
     }
 
-    public func saveRegistryVersion(_ version: UInt64) async throws {
-        let text = String(version)
-        try await guarded {
-            // Never lower the stored version, whatever order concurrent saves land in.
-            try await client.query("""
-                INSERT INTO meta (key, value) VALUES ('registry_version', \(text))
-                ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value::NUMERIC, excluded.value::NUMERIC)::TEXT
-                """, logger: logger)
+    private func writeInstance(_ instance: ServiceInstance, on connection: PostgresConnection) async throws {
+        let labels = String(decoding: try JSONEncoder().encode(instance.labels), as: UTF8.self)
+        let service = instance.service.rawValue
+        let heartbeat = instance.lastHeartbeat.timeIntervalSince1970
+        let expiry = instance.certificateExpiry?.timeIntervalSince1970
+        try await connection.query("""
+            INSERT INTO instances (id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls,
+                                   app_protocol, app_healthy)
+            VALUES (\(instance.id), \(service), \(instance.address), \(instance.inboundPort), \(labels), \(heartbeat), \(expiry),
+                    \(instance.mtls), \(instance.appProtocol), \(instance.appHealthy))
+            ON CONFLICT (id) DO UPDATE SET service = excluded.service, address = excluded.address,
+              inbound_port = excluded.inbound_port, labels = excluded.labels, last_heartbeat = excluded.last_heartbeat,
+              certificate_expiry = excluded.certificate_expiry, mtls = excluded.mtls, app_protocol = excluded.app_protocol,
+              app_healthy = excluded.app_healthy
+            """, logger: logger)
+    }
+
+    private func readInstances(_ on: some Queryable) async throws -> [ServiceInstance] {
+        var instances: [ServiceInstance] = []
+        let rows = try await on.run("""
+            SELECT id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls, app_protocol, app_healthy
+            FROM instances ORDER BY id
+            """, logger)
+        for try await (id, serviceText, address, port, labelsText, heartbeat, expiry, mtls, appProtocol, appHealthy)
+            in rows.decode((String, String, String, Int, String, Double, Double?, String?, String?, Bool?).self) {
+            // A row this binary cannot read is skipped, as in the SQLite store.
+            guard let service = try? ServiceName(serviceText),
+                  let labels = try? JSONDecoder().decode(Labels.self, from: Data(labelsText.utf8)) else { continue }
+            instances.append(ServiceInstance(id: id, service: service, address: address, inboundPort: port, labels: labels,
+                                             lastHeartbeat: Date(timeIntervalSince1970: heartbeat),
+                                             certificateExpiry: expiry.map { Date(timeIntervalSince1970: $0) },
+                                             mtls: mtls, appProtocol: appProtocol, appHealthy: appHealthy))
         }
+        return instances
+    }
+
+    private func currentVersion(_ connection: PostgresConnection) async throws -> UInt64 {
+        var version: UInt64 = 0
+        for try await value in try await connection.query("SELECT value FROM meta WHERE key = 'registry_version'", logger: logger)
+            .decode(String.self) {
+            version = UInt64(value) ?? 0
+        }
+        return version
+    }
+
+    /// Takes the next version (the row lock on `registry_version` makes concurrent committers
+    /// wait, so versions commit in order), stores the event, trims the log and notifies the
+    /// other replicas (delivered at commit); inside the caller's transaction.
+    private func appendEvent(on connection: PostgresConnection, _ make: (UInt64) -> RegistryEvent) async throws -> UInt64 {
+        var next: UInt64?
+        for try await value in try await connection.query("""
+            UPDATE meta SET value = (value::BIGINT + 1)::TEXT WHERE key = 'registry_version' RETURNING value
+            """, logger: logger).decode(String.self) {
+            next = UInt64(value)
+        }
+        guard let version = next else {
+            throw MeshError(.storeFailure, "the PostgreSQL store at \(target) has no registry version row; the schema is damaged")
+        }
+        let event = try EventCoding.encode(make(version))
+        let stored = Int64(clamping: version)
+        try await connection.query("INSERT INTO registry_events (version, event) VALUES (\(stored), \(event))", logger: logger)
+        if version % 100 == 0, version > EventCoding.logLimit {
+            let oldest = Int64(clamping: version - EventCoding.logLimit)
+            try await connection.query("DELETE FROM registry_events WHERE version <= \(oldest)", logger: logger)
+        }
+        let payload = String(version)
+        try await connection.query("SELECT pg_notify(\(Self.notifyChannel), \(payload))", logger: logger)
+        return version
+    }
+
+    /// Appends the `policies` event after a resource change, inside its transaction.
+    private func appendPoliciesEvent(on connection: PostgresConnection) async throws {
+        let set = PolicySet(defaultMode: "deny", resources: try await readResources(connection))
+        _ = try await appendEvent(on: connection) { RegistryEvent(version: $0, kind: .policies(set)) }
     }
 
     public func close() async {
         closed.withLockedValue { $0 = true }
-        for holder in holders.withLockedValue({ $0 }) {
+        for holder in holders.withLockedValue({ Array($0.values) }) {
             holder.cancel()
             await holder.value
         }
@@ -442,5 +567,23 @@ public final class PostgresStore: MeshStore {
             return MeshError(.storeFailure, "cannot reach PostgreSQL at \(target) (no connection succeeded); check that it runs and accepts this user")
         }
         return MeshError(.storeFailure, "PostgreSQL store error at \(target): \(error)")
+    }
+}
+
+/// Queries on the pool or on one connection (postgres-nio gives both `query` but no shared
+/// protocol for it).
+protocol Queryable: Sendable {
+    func run(_ query: PostgresQuery, _ logger: Logger) async throws -> PostgresRowSequence
+}
+
+extension PostgresClient: Queryable {
+    func run(_ query: PostgresQuery, _ logger: Logger) async throws -> PostgresRowSequence {
+        try await self.query(query, logger: logger)
+    }
+}
+
+extension PostgresConnection: Queryable {
+    func run(_ query: PostgresQuery, _ logger: Logger) async throws -> PostgresRowSequence {
+        try await self.query(query, logger: logger)
     }
 }

@@ -9,7 +9,7 @@ import SQLiteNIO
 /// ``consumeJoinToken(hash:now:)`` is atomic without extra locking.
 public actor SQLiteStore: MeshStore {
     private let connection: SQLiteConnection
-    private static let schemaVersion = 4
+    private static let schemaVersion = 5
     /// Store calls run one at a time. The actor alone does not ensure that: it is re-entered
     /// at every `await`, which would let another call's statements land inside a transaction.
     private var busy = false
@@ -36,6 +36,8 @@ public actor SQLiteStore: MeshStore {
     }
 
     private init(connection: SQLiteConnection) { self.connection = connection }
+
+    private let openedAt = Date()
 
     private func migrate() async throws {
         try await run("PRAGMA journal_mode=WAL")
@@ -98,6 +100,14 @@ public actor SQLiteStore: MeshStore {
             try await run("INSERT INTO schema_version (version) VALUES (4)")
             try await run("COMMIT")
         }
+        if current < 5 {
+            // The registry's change log: versions are assigned here, with the change.
+            try await run("BEGIN")
+            try await run("CREATE TABLE registry_events (version INTEGER PRIMARY KEY, event TEXT NOT NULL)")
+            try await run("DELETE FROM schema_version")
+            try await run("INSERT INTO schema_version (version) VALUES (5)")
+            try await run("COMMIT")
+        }
     }
 
     private func exclusive<T>(_ body: () async throws -> T) async throws -> T {
@@ -111,13 +121,7 @@ public actor SQLiteStore: MeshStore {
     }
 
     public func listResources() async throws -> [MeshResource] {
-        try await exclusive {
-            let rows = try await query("SELECT kind, name, spec FROM resources ORDER BY kind, name")
-            return try rows.map { row in
-                try ResourceCoding.decode(row.column("spec")?.string,
-                                          what: "\(row.column("kind")?.string ?? "?")/\(row.column("name")?.string ?? "?")")
-            }
-        }
+        try await exclusive { try await readResources() }
     }
 
     public func applyResources(_ resources: [MeshResource], actor: String, at: Date) async throws -> [AuditEntry] {
@@ -140,6 +144,7 @@ public actor SQLiteStore: MeshStore {
                     try await record(entry)
                     entries.append(entry)
                 }
+                if !entries.isEmpty { try await appendPoliciesEvent() }
                 try await run("COMMIT")
                 return entries
             } catch {
@@ -163,6 +168,7 @@ public actor SQLiteStore: MeshStore {
                 let entry = AuditEntry(at: at, actor: actor, action: .deleted, kind: kind, name: name,
                                        version: Int(row.column("version")?.integer ?? 0), before: row.column("spec")?.string, after: nil)
                 try await record(entry)
+                try await appendPoliciesEvent()
                 try await run("COMMIT")
                 return entry
             } catch {
@@ -227,61 +233,146 @@ public actor SQLiteStore: MeshStore {
         }
     }
 
-    public func upsertInstance(_ instance: ServiceInstance) async throws {
+    public func commitRegistryChange(_ change: RegistryChange) async throws -> UInt64? {
         try await exclusive {
-            let labels = String(decoding: try JSONEncoder().encode(instance.labels), as: UTF8.self)
-            try await run("""
-                INSERT OR REPLACE INTO instances (id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls,
-                                                  app_protocol, app_healthy)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, [.text(instance.id), .text(instance.service.rawValue), .text(instance.address),
-                      .integer(instance.inboundPort), .text(labels), .float(instance.lastHeartbeat.timeIntervalSince1970),
-                      instance.certificateExpiry.map { .float($0.timeIntervalSince1970) } ?? .null,
-                      instance.mtls.map { .text($0) } ?? .null, instance.appProtocol.map { .text($0) } ?? .null,
-                      instance.appHealthy.map { .integer($0 ? 1 : 0) } ?? .null])
-        }
-    }
-
-    public func deleteInstance(id: String) async throws {
-        try await exclusive {
-            try await run("DELETE FROM instances WHERE id = ?", [.text(id)])
-        }
-    }
-
-    public func listInstances() async throws -> [ServiceInstance] {
-        try await exclusive {
-            let rows = try await query("SELECT id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls, app_protocol, app_healthy FROM instances")
-            return rows.compactMap { row in
-                guard let id = row.column("id")?.string,
-                      let service = row.column("service")?.string.flatMap({ try? ServiceName($0) }),
-                      let address = row.column("address")?.string,
-                      let port = row.column("inbound_port")?.integer,
-                      let labelsText = row.column("labels")?.string,
-                      let labels = try? JSONDecoder().decode(Labels.self, from: Data(labelsText.utf8)),
-                      let heartbeat = row.column("last_heartbeat")?.double else { return nil }
-                return ServiceInstance(id: id, service: service, address: address, inboundPort: Int(port), labels: labels,
-                                       lastHeartbeat: Date(timeIntervalSince1970: heartbeat),
-                                       certificateExpiry: row.column("certificate_expiry")?.double.map { Date(timeIntervalSince1970: $0) },
-                                       mtls: row.column("mtls")?.string, appProtocol: row.column("app_protocol")?.string,
-                                       appHealthy: row.column("app_healthy")?.integer.map { $0 != 0 })
+            try await inTransaction {
+                switch change {
+                case .upsert(let instance):
+                    try await writeInstance(instance)
+                case .remove(let id):
+                    guard try await !query("DELETE FROM instances WHERE id = ? RETURNING id", [.text(id)]).isEmpty else { return nil }
+                case .expire(let id, let before):
+                    guard try await !query("DELETE FROM instances WHERE id = ? AND last_heartbeat < ? RETURNING id",
+                                           [.text(id), .float(before.timeIntervalSince1970)]).isEmpty else { return nil }
+                }
+                return try await appendEvent { EventCoding.event(for: change, version: $0) }
             }
         }
     }
 
-    public func loadRegistryVersion() async throws -> UInt64 {
+    public func touchInstance(id: String, at: Date) async throws -> Bool {
         try await exclusive {
-            let rows = try await query("SELECT value FROM meta WHERE key = 'registry_version'")
-            return rows.first?.column("value")?.string.flatMap { UInt64($0) } ?? 0
+            try await !query("UPDATE instances SET last_heartbeat = ? WHERE id = ? RETURNING id",
+                             [.float(at.timeIntervalSince1970), .text(id)]).isEmpty
         }
     }
 
-    public func saveRegistryVersion(_ version: UInt64) async throws {
+    public func listInstances() async throws -> [ServiceInstance] {
+        try await exclusive { try await readInstances() }
+    }
+
+    public func loadRegistryState() async throws -> RegistryState {
         try await exclusive {
-            // Never lower the stored version, whatever order concurrent saves land in.
-            try await run("""
-                INSERT INTO meta (key, value) VALUES ('registry_version', ?)
-                ON CONFLICT(key) DO UPDATE SET value = CAST(MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER)) AS TEXT)
-                """, [.text(String(version))])
+            // One connection: nothing can change between these reads.
+            RegistryState(version: try await currentVersion(), instances: try await readInstances(),
+                          resources: try await readResources())
+        }
+    }
+
+    public func registryEvents(after version: UInt64) async throws -> [RegistryEvent]? {
+        try await exclusive {
+            let latest = try await currentVersion()
+            if version == latest { return [] }
+            guard version < latest else { return nil }
+            let rows = try await query("SELECT version, event FROM registry_events WHERE version > ? ORDER BY version",
+                                       [.integer(Int(clamping: version))])
+            let events = try rows.map { row in
+                let stored = UInt64(row.column("version")?.integer ?? 0)
+                return try EventCoding.decode(row.column("event")?.string, version: stored)
+            }
+            // The log must reach back to the first missing version.
+            guard events.first?.version == version + 1 else { return nil }
+            return events
+        }
+    }
+
+    /// One process uses the file: nobody else commits.
+    public nonisolated func registryNotifications() -> AsyncStream<Void> {
+        AsyncStream { _ in }
+    }
+
+    /// One process uses the file: it holds every duty from the start.
+    public func dutyHeldSince(_ duty: StoreDuty) async -> Date? { openedAt }
+
+    public func sharedValue(_ key: String, orInsert value: String) async throws -> String {
+        try await exclusive {
+            try await run("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING", [.text("shared." + key), .text(value)])
+            return try await query("SELECT value FROM meta WHERE key = ?", [.text("shared." + key)]).first?.column("value")?.string ?? value
+        }
+    }
+
+    private func writeInstance(_ instance: ServiceInstance) async throws {
+        let labels = String(decoding: try JSONEncoder().encode(instance.labels), as: UTF8.self)
+        try await run("""
+            INSERT OR REPLACE INTO instances (id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls,
+                                              app_protocol, app_healthy)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """, [.text(instance.id), .text(instance.service.rawValue), .text(instance.address),
+                  .integer(instance.inboundPort), .text(labels), .float(instance.lastHeartbeat.timeIntervalSince1970),
+                  instance.certificateExpiry.map { .float($0.timeIntervalSince1970) } ?? .null,
+                  instance.mtls.map { .text($0) } ?? .null, instance.appProtocol.map { .text($0) } ?? .null,
+                  instance.appHealthy.map { .integer($0 ? 1 : 0) } ?? .null])
+    }
+
+    private func readInstances() async throws -> [ServiceInstance] {
+        let rows = try await query("SELECT id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls, app_protocol, app_healthy FROM instances ORDER BY id")
+        return rows.compactMap { row in
+            guard let id = row.column("id")?.string,
+                  let service = row.column("service")?.string.flatMap({ try? ServiceName($0) }),
+                  let address = row.column("address")?.string,
+                  let port = row.column("inbound_port")?.integer,
+                  let labelsText = row.column("labels")?.string,
+                  let labels = try? JSONDecoder().decode(Labels.self, from: Data(labelsText.utf8)),
+                  let heartbeat = row.column("last_heartbeat")?.double else { return nil }
+            return ServiceInstance(id: id, service: service, address: address, inboundPort: Int(port), labels: labels,
+                                   lastHeartbeat: Date(timeIntervalSince1970: heartbeat),
+                                   certificateExpiry: row.column("certificate_expiry")?.double.map { Date(timeIntervalSince1970: $0) },
+                                   mtls: row.column("mtls")?.string, appProtocol: row.column("app_protocol")?.string,
+                                   appHealthy: row.column("app_healthy")?.integer.map { $0 != 0 })
+        }
+    }
+
+    private func readResources() async throws -> [MeshResource] {
+        let rows = try await query("SELECT kind, name, spec FROM resources ORDER BY kind, name")
+        return try rows.map { row in
+            try ResourceCoding.decode(row.column("spec")?.string,
+                                      what: "\(row.column("kind")?.string ?? "?")/\(row.column("name")?.string ?? "?")")
+        }
+    }
+
+    private func currentVersion() async throws -> UInt64 {
+        let rows = try await query("SELECT value FROM meta WHERE key = 'registry_version'")
+        return rows.first?.column("value")?.string.flatMap { UInt64($0) } ?? 0
+    }
+
+    /// Takes the next version, stores the event made for it and trims the log; inside the
+    /// caller's transaction.
+    private func appendEvent(_ make: (UInt64) -> RegistryEvent) async throws -> UInt64 {
+        let version = try await currentVersion() + 1
+        try await run("INSERT OR REPLACE INTO meta (key, value) VALUES ('registry_version', ?)", [.text(String(version))])
+        try await run("INSERT INTO registry_events (version, event) VALUES (?, ?)",
+                      [.integer(Int(clamping: version)), .text(try EventCoding.encode(make(version)))])
+        if version % 100 == 0, version > EventCoding.logLimit {
+            try await run("DELETE FROM registry_events WHERE version <= ?", [.integer(Int(clamping: version - EventCoding.logLimit))])
+        }
+        return version
+    }
+
+    /// Appends the `policies` event after a resource change, inside its transaction.
+    private func appendPoliciesEvent() async throws {
+        let set = PolicySet(defaultMode: "deny", resources: try await readResources())
+        _ = try await appendEvent { RegistryEvent(version: $0, kind: .policies(set)) }
+    }
+
+    private func inTransaction<T>(_ body: () async throws -> T) async throws -> T {
+        try await run("BEGIN IMMEDIATE")
+        do {
+            let result = try await body()
+            try await run("COMMIT")
+            return result
+        } catch {
+            try? await run("ROLLBACK")
+            throw error
         }
     }
 

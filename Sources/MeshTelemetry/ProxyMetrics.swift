@@ -115,6 +115,25 @@ public final class ProxyMetrics: Sendable {
                            labels: [])
     }
 
+    /// How current the proxy's view of the control plane is, set at every scrape: 1 while
+    /// stale (no registry stream, or no answer for three heartbeats), the seconds since the
+    /// last answer, and the registry version in force.
+    public func controlPlane() -> (stale: Gauge, contactAge: Gauge, registryVersion: Gauge) {
+        (registry.makeGauge(descriptor: Self.descriptor("control_plane_stale", "",
+                                                        "1 while the proxy serves on a stale view of the control plane (it keeps serving)."),
+                            labels: []),
+         registry.makeGauge(descriptor: Self.descriptor("control_plane_last_contact_age", "seconds",
+                                                        "Seconds since the control plane last answered."), labels: []),
+         registry.makeGauge(descriptor: Self.descriptor("registry_version", "",
+                                                        "Version of the registry and policies in force."), labels: []))
+    }
+
+    /// When the proxy's SVID expires (Unix time, seconds).
+    public func svidExpiry() -> Gauge {
+        registry.makeGauge(descriptor: Self.descriptor("svid_expiry_timestamp", "seconds",
+                                                       "When the proxy's current SVID expires (Unix time)."), labels: [])
+    }
+
     /// TLS handshakes that failed, by direction and reason (``TLSFailureReason``).
     public func tlsHandshakeFailures(direction: Direction, reason: TLSFailureReason) -> Counter {
         registry.makeCounter(

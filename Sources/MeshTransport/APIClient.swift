@@ -25,6 +25,10 @@ public struct APIClient: Sendable {
     public var hostHeader: String?
     /// Further request headers (tests use this to send hostile ones).
     public var extraHeaders: [(String, String)] = []
+    /// Other addresses of the same service (control plane replicas), tried in turn when one
+    /// cannot be reached or answers 503; `preference` remembers the one that worked.
+    public var alternates: [HostPort] = []
+    public var preference: TargetPreference?
 
     public init(target: HostPort, group: EventLoopGroup, tls: TLS?, bearerToken: String? = nil) {
         self.target = target
@@ -58,25 +62,54 @@ public struct APIClient: Sendable {
     public func send<Body: Encodable>(_ method: HTTPMethod, _ path: String, json: Body?) async throws -> Response {
         let payload = try json.map { try JSONCoding.encoder.encode($0) }
         return try await withTimeout(requestTimeout) {
-            try await self.exchange(method, path, body: payload) { inbound in
-                var status: HTTPResponseStatus = .ok
-                var headers: HTTPHeaders = [:]
-                var body = ByteBuffer()
-                for try await part in inbound {
-                    switch part {
-                    case .head(let head):
-                        status = head.status
-                        headers = head.headers
-                    case .body(var chunk):
-                        guard body.readableBytes + chunk.readableBytes <= maxResponseBytes else {
-                            throw MeshError(.protocolError, "response from \(target) exceeds \(maxResponseBytes) bytes")
-                        }
-                        body.writeBuffer(&chunk)
-                    case .end: return Response(status: status, headers: headers, body: body)
+            // Each replica in turn, from the preferred one, while they are unreachable or
+            // unavailable (503: a replica without its database); the last answer stands.
+            let order = self.targetOrder
+            var lastError: Error?
+            for (index, target) in order.enumerated() {
+                do {
+                    let response = try await self.sendOnce(method, path, body: payload, to: target)
+                    if response.status == .serviceUnavailable, index < order.count - 1 {
+                        self.preference?.failed(target, next: order[index + 1])
+                        continue
                     }
+                    self.preference?.succeeded(target)
+                    return response
+                } catch let error as MeshError where error.code == .unavailable && index < order.count - 1 {
+                    lastError = error
+                    self.preference?.failed(target, next: order[index + 1])
                 }
-                throw MeshError(.unavailable, "\(target) closed the connection before answering")
             }
+            throw lastError ?? MeshError(.unavailable, "no address to call")
+        }
+    }
+
+    /// The target first, or the preferred one, then the others in order.
+    private var targetOrder: [HostPort] {
+        let all = [target] + alternates
+        guard let preferred = preference?.current, let start = all.firstIndex(of: preferred) else { return all }
+        return Array(all[start...] + all[..<start])
+    }
+
+    private func sendOnce(_ method: HTTPMethod, _ path: String, body payload: Data?, to target: HostPort) async throws -> Response {
+        try await self.exchange(method, path, body: payload, to: target) { inbound in
+            var status: HTTPResponseStatus = .ok
+            var headers: HTTPHeaders = [:]
+            var body = ByteBuffer()
+            for try await part in inbound {
+                switch part {
+                case .head(let head):
+                    status = head.status
+                    headers = head.headers
+                case .body(var chunk):
+                    guard body.readableBytes + chunk.readableBytes <= maxResponseBytes else {
+                        throw MeshError(.protocolError, "response from \(target) exceeds \(maxResponseBytes) bytes")
+                    }
+                    body.writeBuffer(&chunk)
+                case .end: return Response(status: status, headers: headers, body: body)
+                }
+            }
+            throw MeshError(.unavailable, "\(target) closed the connection before answering")
         }
     }
 
@@ -88,9 +121,24 @@ public struct APIClient: Sendable {
     /// until the server ends the stream or the connection drops.
     /// - Parameter readTimeout: the stream is considered dead when nothing (not even a
     ///   keepalive line) arrives for this long; the call then fails so the caller reconnects.
+    /// - Parameter onKeepalive: called for every empty line (the server's keepalive).
     public func streamLines(_ path: String, maxLineBytes: Int = 4 << 20, readTimeout: TimeAmount? = nil,
+                            onKeepalive: @Sendable () -> Void = {},
                             onLine: @Sendable (Substring) async throws -> Void) async throws {
-        try await exchange(.GET, path, body: nil, readTimeout: readTimeout) { inbound in
+        // Connects to the first replica that answers (see `send`); a stream that breaks later
+        // is the caller's to reopen.
+        let order = targetOrder
+        var connected: (channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>, target: HostPort)?
+        for (index, candidate) in order.enumerated() where connected == nil {
+            do {
+                connected = (try await connect(candidate, readTimeout: readTimeout), candidate)
+                preference?.succeeded(candidate)
+            } catch where error is MeshError && index < order.count - 1 {
+                preference?.failed(candidate, next: order[index + 1])
+            }
+        }
+        guard let (channel, target) = connected else { throw MeshError(.unavailable, "no address to call") }
+        try await exchange(.GET, path, body: nil, on: channel, to: target) { inbound in
             var pending = ByteBuffer()
             var refused: HTTPResponseStatus?
             for try await part in inbound {
@@ -111,7 +159,7 @@ public struct APIClient: Sendable {
                         let length = newline - pending.readerIndex
                         let line = pending.readString(length: length) ?? ""
                         pending.moveReaderIndex(forwardBy: 1)
-                        if !line.isEmpty { try await onLine(Substring(line)) }
+                        if line.isEmpty { onKeepalive() } else { try await onLine(Substring(line)) }
                     }
                     guard pending.readableBytes <= maxLineBytes else {
                         throw MeshError(.protocolError, "a line from \(target) exceeds \(maxLineBytes) bytes")
@@ -124,11 +172,15 @@ public struct APIClient: Sendable {
         }
     }
 
-    private func exchange<T: Sendable>(_ method: HTTPMethod, _ path: String, body: Data?, readTimeout: TimeAmount? = nil,
+    private func exchange<T: Sendable>(_ method: HTTPMethod, _ path: String, body: Data?, to target: HostPort,
                                        read: (NIOAsyncChannelInboundStream<HTTPClientResponsePart>) async throws -> T) async throws -> T {
-        let channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
+        try await exchange(method, path, body: body, on: try await connect(target, readTimeout: nil), to: target, read: read)
+    }
+
+    private func connect(_ target: HostPort, readTimeout: TimeAmount?) async throws
+        -> NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart> {
         do {
-            channel = try await ClientBootstrap(group: group)
+            return try await ClientBootstrap(group: group)
                 .connectTimeout(connectTimeout)
                 .connect(host: target.host, port: target.port) { channel in
                     channel.eventLoop.makeCompletedFuture {
@@ -149,7 +201,12 @@ public struct APIClient: Sendable {
         } catch {
             throw MeshError(.unavailable, "cannot connect to \(target): \(error)")
         }
-        return try await channel.executeThenClose { inbound, outbound in
+    }
+
+    private func exchange<T: Sendable>(_ method: HTTPMethod, _ path: String, body: Data?,
+                                       on channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>, to target: HostPort,
+                                       read: (NIOAsyncChannelInboundStream<HTTPClientResponsePart>) async throws -> T) async throws -> T {
+        try await channel.executeThenClose { inbound, outbound in
             var headers: HTTPHeaders = ["host": hostHeader ?? target.description, "connection": "close"]
             if let body {
                 headers.add(name: "content-type", value: "application/json")
@@ -168,6 +225,35 @@ public struct APIClient: Sendable {
                 throw MeshError(.unavailable, "connection to \(target) failed: \(error)")
             }
         }
+    }
+}
+
+/// Which of several addresses of one service (control plane replicas) to call first: the one
+/// that last worked. Shared by every client of a proxy, so that once one call finds a replica
+/// dead, the others go straight to the next.
+public final class TargetPreference: @unchecked Sendable {
+    private let lock = NSLock()
+    private var preferred: HostPort?
+    /// Called when calls move from one address to another (for a log line).
+    private let onSwitch: @Sendable (_ from: HostPort, _ to: HostPort) -> Void
+
+    public init(onSwitch: @escaping @Sendable (_ from: HostPort, _ to: HostPort) -> Void = { _, _ in }) {
+        self.onSwitch = onSwitch
+    }
+
+    public var current: HostPort? { lock.withLock { preferred } }
+
+    func succeeded(_ target: HostPort) {
+        lock.withLock { preferred = target }
+    }
+
+    func failed(_ target: HostPort, next: HostPort) {
+        let moved: Bool = lock.withLock {
+            guard preferred == nil || preferred == target else { return false }
+            preferred = next
+            return true
+        }
+        if moved { onSwitch(target, next) }
     }
 }
 

@@ -4,19 +4,25 @@ import MeshTesting
 import XCTest
 
 /// `mesh control --store postgres://…` against a real PostgreSQL: the mesh works as with the
-/// embedded store, what the control plane keeps is in the database and survives a restart, and
-/// a second control plane on the same database is refused with a clear message.
+/// embedded store, what the control plane keeps is in the database and survives a restart, the
+/// CA key is in the database only sealed, and a replica with the wrong secret is refused.
 final class PostgresControlPlaneTests: XCTestCase {
     func testControlPlaneOnPostgreSQLKeepsTheMeshAcrossARestart() async throws {
-        guard PostgresServer.binDirectory != nil else {
-            if ProcessInfo.processInfo.environment["MESH_REQUIRE_TOOLS"] == "1" {
-                XCTFail("PostgreSQL is required (MESH_REQUIRE_TOOLS=1) but not installed")
-            }
-            throw XCTSkip("PostgreSQL not installed (apt-get install postgresql)")
-        }
+        try requirePostgreSQL()
         let database = try await PostgresServer.start()
         let url = "postgres://postgres@127.0.0.1:\(database.port)/postgres?sslmode=disable"
-        let mesh = try await TestMesh.start(defaultPolicy: "deny", extra: ["--store", url])
+        let secretDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("secret-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: secretDirectory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: secretDirectory) }
+        let secret = secretDirectory.appendingPathComponent("store.secret")
+        FileManager.default.createFile(atPath: secret.path, contents: Data(Data((0..<32).map { _ in UInt8.random(in: 0...255) }).base64EncodedString().utf8),
+                                       attributes: [.posixPermissions: 0o600])
+        // Without the secret, the control plane says what it needs.
+        let noSecret = try await MeshProcess.runToEnd(["control", "--data-dir", secretDirectory.appendingPathComponent("x").path,
+                                                       "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--store", url])
+        XCTAssertNotEqual(noSecret.status, 0)
+        XCTAssertTrue(noSecret.err.contains("--store-secret-file"), noSecret.err)
+        let mesh = try await TestMesh.start(defaultPolicy: "deny", extra: ["--store", url, "--store-secret-file", secret.path])
         let app = try await TestApp.start("api")
         do {
             let policy = mesh.directory.appendingPathComponent("allow.yaml")
@@ -41,12 +47,20 @@ final class PostgresControlPlaneTests: XCTestCase {
                                                at: database.address)
             XCTAssertEqual(rows.out.split(separator: "\n").map(String.init), ["AuthorizationPolicy/web-to-api", "api", "web"], rows.err)
 
-            // A second control plane on the same database is refused, saying why.
+            // The CA key is in the database, sealed; not in plaintext there, nor in the data directory.
+            let stored = try PostgresServer.psql("SELECT value FROM meta WHERE key = 'shared.ca'", at: database.address)
+            XCTAssertTrue(stored.out.contains("BEGIN CERTIFICATE"), stored.out + stored.err)
+            XCTAssertFalse(stored.out.contains("PRIVATE KEY"), "the CA key is sealed in the database")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: mesh.dataDir.appendingPathComponent("ca.key").path))
+            // A replica with another secret cannot open it and says so.
             let other = mesh.directory.appendingPathComponent("other")
+            let wrong = mesh.directory.appendingPathComponent("wrong.secret")
+            FileManager.default.createFile(atPath: wrong.path, contents: Data(String(repeating: "x", count: 40).utf8),
+                                           attributes: [.posixPermissions: 0o600])
             let refused = try await MeshProcess.runToEnd(["control", "--data-dir", other.path, "--listen", "127.0.0.1:0",
-                                                          "--admin", "127.0.0.1:0", "--store", url])
+                                                          "--admin", "127.0.0.1:0", "--store", url, "--store-secret-file", wrong.path])
             XCTAssertNotEqual(refused.status, 0)
-            XCTAssertTrue(refused.err.contains("another mesh control already uses the PostgreSQL database"), refused.err)
+            XCTAssertTrue(refused.err.contains("does not open the CA private key"), refused.err)
 
             // Restarted on the same database: the policy and the registry are still there.
             try await mesh.restartControl(downtime: .seconds(1))

@@ -7,44 +7,6 @@ import XCTest
 /// The daily operations of a mesh under load: every instance of a service replaced one by
 /// one, and configuration changed while requests flow, without a single failed request.
 final class RollingRestartTests: XCTestCase {
-    /// Continuous traffic from four callers until `stop` is set; counts answers.
-    private final class Load: @unchecked Sendable {
-        let failures = NIOLockedValueBox<[String]>([])
-        let successes = NIOLockedValueBox(0)
-        private let stopped = NIOLockedValueBox(false)
-        private var task: Task<Void, Never>?
-
-        func start(through outbound: HostPort, service: String) {
-            let (failures, successes, stopped) = (failures, successes, stopped)
-            task = Task {
-                await withTaskGroup(of: Void.self) { group in
-                    for _ in 0..<4 {
-                        group.addTask {
-                            while !stopped.withLockedValue({ $0 }) {
-                                do {
-                                    let response = try await callThroughMesh(outbound, service: service, path: "/work")
-                                    if response.status.code == 200 {
-                                        successes.withLockedValue { $0 += 1 }
-                                    } else {
-                                        failures.withLockedValue { $0.append("\(response.status.code) \(response.text)") }
-                                    }
-                                } catch {
-                                    failures.withLockedValue { $0.append("\(error)") }
-                                }
-                                try? await Task.sleep(for: .milliseconds(5))
-                            }
-                        }
-                    }
-                }
-            }
-        }
-
-        func stop() async {
-            stopped.withLockedValue { $0 = true }
-            await task?.value
-        }
-    }
-
     func testRollingRestartOfEveryInstanceUnderLoadFailsNoRequest() async throws {
         let mesh = try await TestMesh.start()
         var apps: [TestApp] = []
@@ -59,7 +21,7 @@ final class RollingRestartTests: XCTestCase {
             try await waitForInstances(mesh, 3)
             _ = try await eventually { try await callThroughMesh(web.outbound, service: "api") }
 
-            let load = Load()
+            let load = MeshLoad()
             load.start(through: web.outbound, service: "api")
             try await Task.sleep(for: .milliseconds(500))
             // Replace each instance as an orchestrator would: stop the old pod (its proxy
@@ -111,7 +73,7 @@ final class RollingRestartTests: XCTestCase {
                 guard response.status.code == 200 else { throw TestFailure("not allowed yet: \(response.status)") }
             }
 
-            let load = Load()
+            let load = MeshLoad()
             load.start(through: web.outbound, service: "api")
             try await Task.sleep(for: .milliseconds(300))
             // Each change is pushed to the proxies while requests are in flight.

@@ -6,8 +6,8 @@ import MeshTesting
 import XCTest
 
 /// The PostgreSQL store against a real PostgreSQL (Debian's package, started per test): the
-/// behaviour every store has (``StoreBehaviour``), migrations that run once when control
-/// planes start together, one control plane per database, and clear errors.
+/// behaviour every store has (``StoreBehaviour``), migrations that run once when replicas
+/// start together, what replicas coordinate through, and clear errors.
 final class PostgresStoreTests: XCTestCase {
     private var server: PostgresServer?
 
@@ -43,6 +43,10 @@ final class PostgresStoreTests: XCTestCase {
         try await StoreBehaviour.registryAndVersionSurviveAReopen(open)
     }
 
+    func testRegistryVersionsAreAssignedOnceAndInOrder() async throws {
+        try await StoreBehaviour.registryVersionsAreAssignedOnceAndInOrder(open)
+    }
+
     func testResourcesOfEveryKindAreVersionedAuditedAndSurviveAReopen() async throws {
         try await StoreBehaviour.resourcesAreVersionedAuditedAndSurviveAReopen(open)
     }
@@ -51,31 +55,64 @@ final class PostgresStoreTests: XCTestCase {
         try await StoreBehaviour.concurrentAppliesLoseNoUpdate(open)
     }
 
-    /// Two control planes starting at once on an empty database: the schema is created once
-    /// (no "already exists" error), and only one of them keeps the database; the other says so.
-    func testControlPlanesStartingTogetherMigrateOnceAndOnlyOneKeepsTheDatabase() async throws {
+    /// Three replicas starting at once on an empty database: the schema is created once (no
+    /// "already exists" error), and all of them serve.
+    func testReplicasStartingTogetherMigrateOnce() async throws {
         let url = self.url
-        let results = await withTaskGroup(of: Result<any MeshStore, Error>.self) { group in
-            for _ in 0..<2 {
-                group.addTask {
-                    do { return .success(try await PostgresStore.open(url: url, logger: Logger(label: "test"))) } catch { return .failure(error) }
-                }
+        let stores = try await withThrowingTaskGroup(of: (any MeshStore).self) { group in
+            for _ in 0..<3 {
+                group.addTask { try await PostgresStore.open(url: url, logger: Logger(label: "test")) }
             }
-            var all: [Result<any MeshStore, Error>] = []
-            for await result in group { all.append(result) }
+            var all: [any MeshStore] = []
+            for try await store in group { all.append(store) }
             return all
         }
-        let opened = results.compactMap { if case .success(let store) = $0 { return store } else { return nil } }
-        let errors = results.compactMap { if case .failure(let error) = $0 { return error } else { return nil } }
-        XCTAssertEqual(opened.count, 1, "\(errors)")
-        let message = (errors.first as? MeshError)?.message ?? "\(String(describing: errors.first))"
-        XCTAssertTrue(message.contains("another mesh control already uses the PostgreSQL database"), message)
+        XCTAssertEqual(stores.count, 3)
         let schema = try PostgresServer.psql("SELECT version FROM schema_version", at: try XCTUnwrap(server).address)
-        XCTAssertEqual(schema.out.trimmingCharacters(in: .whitespacesAndNewlines), "1", schema.err)
-        // Once the first stops, the database is free for another.
-        for store in opened { await store.close() }
-        let next = try await open()
-        await next.close()
+        XCTAssertEqual(schema.out.trimmingCharacters(in: .whitespacesAndNewlines), "\(PostgresStore.schemaVersion)", schema.err)
+        for store in stores { await store.close() }
+    }
+
+    /// What replicas coordinate through: a change committed through one wakes the others
+    /// (NOTIFY) and is in the log they read; a duty is held by one replica at a time and moves
+    /// when its holder goes; a shared value is set once, by the first.
+    func testReplicasSeeEachOthersChangesShareDutiesAndSharedValues() async throws {
+        let a = try await open()
+        let b = try await open()
+        var wakeups = b.registryNotifications().makeAsyncIterator()
+        // The listener's start wakes it once; wait for that so the next wake-up is the commit.
+        _ = await wakeups.next()
+        let instance = ServiceInstance(id: "api-1", service: try ServiceName("api"), address: "127.0.0.1", inboundPort: 1,
+                                       labels: Labels([:]), lastHeartbeat: Date(), certificateExpiry: nil)
+        let started = ContinuousClock.now
+        let version = try await a.commitRegistryChange(.upsert(instance))
+        _ = await wakeups.next()
+        let waited = ContinuousClock.now - started
+        XCTAssertLessThan(waited, .seconds(1), "a NOTIFY reaches the other replica at once")
+        let seen = try await b.registryEvents(after: 0)
+        XCTAssertEqual(seen?.last?.version, version)
+
+        let heldByA = await a.dutyHeldSince(.sweep)
+        let heldByB = await b.dutyHeldSince(.sweep)
+        XCTAssertNotNil(heldByA)
+        XCTAssertNil(heldByB, "one replica at a time sweeps")
+        let caByB = await b.dutyHeldSince(.certificateAuthority)
+        XCTAssertNotNil(caByB, "duties are independent")
+        await a.close()
+        var moved: Date?
+        for _ in 0..<50 where moved == nil {
+            moved = await b.dutyHeldSince(.sweep)
+            if moved == nil { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        XCTAssertNotNil(moved, "the duty moves once its holder is gone")
+
+        let first = try await b.sharedValue("ca", orInsert: "first")
+        let c = try await open()
+        let second = try await c.sharedValue("ca", orInsert: "second")
+        XCTAssertEqual(first, "first")
+        XCTAssertEqual(second, "first", "the first stored value wins")
+        await b.close()
+        await c.close()
     }
 
     func testUnreachableDatabaseAndBadURLsGiveClearErrors() async throws {

@@ -34,6 +34,10 @@ final class SQLiteStoreTests: XCTestCase {
         try await StoreBehaviour.registryAndVersionSurviveAReopen(open)
     }
 
+    func testRegistryVersionsAreAssignedOnceAndInOrder() async throws {
+        try await StoreBehaviour.registryVersionsAreAssignedOnceAndInOrder(open)
+    }
+
     func testResourcesOfEveryKindAreVersionedAuditedAndSurviveAReopen() async throws {
         try await StoreBehaviour.resourcesAreVersionedAuditedAndSurviveAReopen(open)
     }

@@ -41,22 +41,72 @@ enum StoreBehaviour {
     static func registryAndVersionSurviveAReopen(_ open: Open) async throws {
         let store = try await open()
         let instance = ServiceInstance(id: "api-1", service: try ServiceName("api"), address: "10.1.2.3", inboundPort: 15006,
-                                       labels: Labels(["version": "v2"]), lastHeartbeat: Date(timeIntervalSince1970: 1000),
+                                       labels: Labels(["version": "v2"]), lastHeartbeat: Date(timeIntervalSince1970: 1000.25),
                                        certificateExpiry: Date(timeIntervalSince1970: 2000), mtls: "permissive")
-        try await store.upsertInstance(instance)
-        try await store.saveRegistryVersion(42)
-        try await store.saveRegistryVersion(41) // a late, older save never lowers it
+        let first = try await store.commitRegistryChange(.upsert(instance))
+        XCTAssertEqual(first, 1)
+        let touched = try await store.touchInstance(id: "api-1", at: Date(timeIntervalSince1970: 1500))
+        XCTAssertTrue(touched)
+        let unknown = try await store.touchInstance(id: "nobody", at: Date())
+        XCTAssertFalse(unknown, "a heartbeat of an unknown instance says so (its proxy registers again)")
         await store.close()
 
         let reopened = try await open()
-        let listed = try await reopened.listInstances()
-        XCTAssertEqual(listed, [instance])
-        let version = try await reopened.loadRegistryVersion()
-        XCTAssertEqual(version, 42)
-        try await reopened.deleteInstance(id: "api-1")
+        let state = try await reopened.loadRegistryState()
+        var expected = instance
+        expected.lastHeartbeat = Date(timeIntervalSince1970: 1500)
+        XCTAssertEqual(state.instances, [expected])
+        XCTAssertEqual(state.version, 1)
+        // The log holds the event as committed (the touch announced nothing).
+        let events = try await reopened.registryEvents(after: 0)
+        XCTAssertEqual(events, [RegistryEvent(version: 1, kind: .upsert(instance))])
+        let none = try await reopened.registryEvents(after: 1)
+        XCTAssertEqual(none, [])
+        // A sweep spares an instance that heartbeated after its cutoff, and removes one that did not.
+        let spared = try await reopened.commitRegistryChange(.expire(id: "api-1", heartbeatBefore: Date(timeIntervalSince1970: 1400)))
+        XCTAssertNil(spared)
+        let expired = try await reopened.commitRegistryChange(.expire(id: "api-1", heartbeatBefore: Date(timeIntervalSince1970: 1600)))
+        XCTAssertEqual(expired, 2)
+        let again = try await reopened.commitRegistryChange(.remove(id: "api-1"))
+        XCTAssertNil(again, "removing what is gone announces nothing")
         let remaining = try await reopened.listInstances()
         XCTAssertTrue(remaining.isEmpty)
+        let tail = try await reopened.registryEvents(after: 1)
+        XCTAssertEqual(tail, [RegistryEvent(version: 2, kind: .remove(id: "api-1"))])
+        // A version the store never had (a wiped database): the caller must reload.
+        let ahead = try await reopened.registryEvents(after: 99)
+        XCTAssertNil(ahead)
         await reopened.close()
+    }
+
+    /// Concurrent changes (as from several replicas' requests) get versions 1…N, each once,
+    /// and the log returns them in order, resource changes included.
+    static func registryVersionsAreAssignedOnceAndInOrder(_ open: Open) async throws {
+        let store = try await open()
+        let versions = try await withThrowingTaskGroup(of: UInt64?.self) { group in
+            for i in 0..<20 {
+                group.addTask {
+                    let instance = ServiceInstance(id: "web-\(i)", service: try ServiceName("web"), address: "127.0.0.1",
+                                                   inboundPort: 20000 + i, labels: Labels([:]), lastHeartbeat: Date(timeIntervalSince1970: 1), certificateExpiry: nil)
+                    return try await store.commitRegistryChange(.upsert(instance))
+                }
+            }
+            var all: [UInt64] = []
+            for try await version in group { all.append(try XCTUnwrap(version)) }
+            return all
+        }
+        XCTAssertEqual(versions.sorted(), Array(1...20))
+        let policy = MeshResource.authorizationPolicy(PolicyDocument(name: "web-to-api", spec: .init(
+            selector: .init(service: "api"), rules: [.init(from: [.init(services: ["web"])])])))
+        _ = try await store.applyResources([policy], actor: "alice", at: Date())
+        let logged = try await store.registryEvents(after: 0)
+        let events = try XCTUnwrap(logged)
+        XCTAssertEqual(events.map(\.version), Array(1...21))
+        guard case .policies(let set) = events.last?.kind else { return XCTFail("no policies event after an apply") }
+        XCTAssertEqual(set.resources, [policy])
+        let fromTen = try await store.registryEvents(after: 10)
+        XCTAssertEqual(fromTen?.map(\.version), Array(11...21))
+        await store.close()
     }
 
     static func resourcesAreVersionedAuditedAndSurviveAReopen(_ open: Open) async throws {

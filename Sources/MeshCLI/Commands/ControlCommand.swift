@@ -33,6 +33,9 @@ struct ControlCommand: AsyncParsableCommand {
     @Option(help: "Where the registry, join tokens and resources live: the embedded SQLite file of --data-dir (default), or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=disable|prefer|require] (the password may also come from PGPASSWORD).")
     var store: String?
 
+    @Option(help: "With a PostgreSQL store: a file (mode 0600) holding 32+ random bytes, base64 or raw, that seals the CA key and admin token in the database; the same on every replica. MESH_STORE_SECRET may hold the secret instead.")
+    var storeSecretFile: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -46,6 +49,11 @@ struct ControlCommand: AsyncParsableCommand {
         config.heartbeatTTL = heartbeatTtl.seconds
         config.defaultPolicy = defaultPolicy
         config.storeURL = store
+        if let storeSecretFile {
+            config.storeSecret = try StoreSecret.load(path: storeSecretFile)
+        } else if let text = ProcessInfo.processInfo.environment["MESH_STORE_SECRET"], !text.isEmpty {
+            config.storeSecret = try StoreSecret.parse(Data(text.utf8))
+        }
         let plane = ControlPlane(configuration: config, logger: Logger(label: "mesh.control"))
         try await SignalScope.run {
             try await plane.run { addresses in

@@ -35,8 +35,8 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(help: "Admin listener (/ready, /live).")
     var admin: HostPort?
 
-    @Option(help: "Control plane proxy API address.")
-    var control: HostPort?
+    @Option(help: "Control plane proxy API address; for replicas, several: HOST:PORT,HOST:PORT (or repeat the flag). The proxy uses one and moves to the next when it cannot be reached.")
+    var control: [ControlAddresses] = []
 
     @Option(help: "Trust bundle of the mesh (the control plane's ca.pem).")
     var caFile: String?
@@ -101,7 +101,7 @@ struct ProxyCommand: AsyncParsableCommand {
 
     func validate() throws {
         if config != nil {
-            let clashing = [("--control", control != nil), ("--ca-file", caFile != nil), ("--token", token != nil),
+            let clashing = [("--control", !control.isEmpty), ("--ca-file", caFile != nil), ("--token", token != nil),
                             ("--token-file", tokenFile != nil)].filter(\.1).map(\.0)
             guard clashing.isEmpty else {
                 throw ValidationError("--config runs without a control plane; drop \(clashing.joined(separator: ", "))")
@@ -109,7 +109,7 @@ struct ProxyCommand: AsyncParsableCommand {
             return
         }
         let missing = [("--service", service == nil), ("--app", app == nil), ("--inbound", inbound == nil),
-                       ("--outbound", outbound == nil), ("--admin", admin == nil), ("--control", control == nil),
+                       ("--outbound", outbound == nil), ("--admin", admin == nil), ("--control", control.isEmpty),
                        ("--ca-file", caFile == nil)].filter(\.1).map(\.0)
         guard missing.isEmpty else {
             throw ValidationError("missing \(missing.joined(separator: ", ")) (or give --config FILE for standalone mode)")
@@ -219,18 +219,32 @@ struct ProxyCommand: AsyncParsableCommand {
     }
 
     private func controlPlaneConfiguration() throws -> Sidecar.Configuration {
-        guard let service, let app, let inbound, let outbound, let admin, let control, let caFile else {
+        let controls = control.flatMap(\.addresses)
+        guard let service, let app, let inbound, let outbound, let admin, let first = controls.first, let caFile else {
             throw ValidationError("missing flags; see 'mesh proxy --help'")
         }
         let joinToken = try token ?? readFile(tokenFile ?? "", flag: "--token-file").trimmingCharacters(in: .whitespacesAndNewlines)
-        var settings = Sidecar.ControlPlaneSettings(control: control, trustBundlePEM: try readFile(caFile, flag: "--ca-file"),
+        var settings = Sidecar.ControlPlaneSettings(control: first, trustBundlePEM: try readFile(caFile, flag: "--ca-file"),
                                                     joinToken: joinToken)
+        settings.alternates = Array(controls.dropFirst())
         settings.advertiseAddress = advertiseAddress ?? ""
         settings.heartbeatInterval = heartbeatInterval.duration
         var config = Sidecar.Configuration(service: try ServiceName(service), app: app, inbound: inbound, outbound: outbound,
                                            admin: admin, source: .controlPlane(settings))
         config.labels = try Labels(parsing: labels)
         return config
+    }
+}
+
+/// `--control A,B,C`: the control plane replicas' proxy API addresses.
+struct ControlAddresses: ExpressibleByArgument {
+    var addresses: [HostPort]
+
+    init?(argument: String) {
+        let parts = argument.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        let parsed = parts.compactMap { try? HostPort(parsing: $0) }
+        guard !parts.isEmpty, parsed.count == parts.count else { return nil }
+        addresses = parsed
     }
 }
 

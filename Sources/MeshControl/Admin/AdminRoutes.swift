@@ -39,7 +39,10 @@ struct AdminRoutes: Sendable {
             case (.GET, AdminAPI.servicesPath):
                 return .json(try await services())
             case (.GET, "/v1/health"):
-                return .json(["status": "ok"])
+                if let problem = await registry.storeError {
+                    throw MeshError(.storeFailure, "the store does not answer (\(problem)); proxies keep their last configuration, changes are refused until it is back")
+                }
+                return .json(["status": "ok", "version": "\(await registry.current.version)"])
             case (.GET, AdminAPI.policiesPath):
                 return .json(await registry.current.policies)
             case (.POST, AdminAPI.resourcesPath):

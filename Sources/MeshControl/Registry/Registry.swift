@@ -4,11 +4,17 @@ import MeshCore
 import MeshStore
 import MeshTransport
 
-/// The service registry: who is running where. Authoritative in memory, written through to the
-/// store, and published to watching proxies as versioned events.
+/// The service registry: who is running where, and the policies in force. A copy lives in
+/// memory, for the watch streams and lookups; the store's change log is the authority.
 ///
-/// Heartbeats refresh `lastHeartbeat` in memory and in the store but publish nothing: only
-/// membership and data changes bump the version, so a quiet mesh sends no traffic.
+/// Every change is committed to the store with its event (the store assigns the version), then
+/// read back from the log (`catchUp`) and published to watching proxies. Changes committed by
+/// other control plane replicas arrive the same way, woken by the store's notifications and,
+/// as a safety net, every `resyncInterval`. Versions are therefore the same on every replica,
+/// and a proxy that moves to another replica resumes from its last version.
+///
+/// Heartbeats refresh `lastHeartbeat` in the store but publish nothing: only membership and
+/// data changes bump the version, so a quiet mesh sends no traffic.
 public actor Registry {
     private var snapshot: RegistrySnapshot
     /// Recent events for catching up reconnecting proxies; older versions get a snapshot.
@@ -17,30 +23,35 @@ public actor Registry {
     private var watchers: [UUID: AsyncStream<RegistryEvent>.Continuation] = [:]
     private let store: any MeshStore
     private let heartbeatTTL: TimeInterval
+    private let defaultPolicy: String
     private let clock: @Sendable () -> Date
     private let logger: Logger
+    /// When a store call last failed. Heartbeats may have failed with it, so the sweep waits
+    /// one TTL of working store before it expires anything.
+    private var lastStoreFailure: Date?
+    /// The last store error, while the store fails (for `/v1/health` and `mesh check`).
+    public private(set) var storeError: String?
 
-    /// Loads the registry. Instances loaded from the store get one TTL of grace, so that a
-    /// restarted control plane does not drop proxies before they have had time to reconnect.
+    /// Loads the registry from the store.
     public static func load(store: any MeshStore, heartbeatTTL: TimeInterval, logger: Logger,
                             defaultPolicy: String = "deny",
                             clock: @escaping @Sendable () -> Date = { Date() }) async throws -> Registry {
-        let version = try await store.loadRegistryVersion()
-        let policies = PolicySet(defaultMode: defaultPolicy, resources: try await store.listResources())
-        var instances: [String: ServiceInstance] = [:]
-        for var instance in try await store.listInstances() {
-            instance.lastHeartbeat = max(instance.lastHeartbeat, clock())
-            instances[instance.id] = instance
-        }
-        return Registry(snapshot: RegistrySnapshot(version: version, instances: instances, policies: policies), store: store,
-                        heartbeatTTL: heartbeatTTL, logger: logger, clock: clock)
+        let state = try await store.loadRegistryState()
+        return Registry(snapshot: snapshot(of: state, defaultPolicy: defaultPolicy), store: store, heartbeatTTL: heartbeatTTL,
+                        defaultPolicy: defaultPolicy, logger: logger, clock: clock)
     }
 
-    private init(snapshot: RegistrySnapshot, store: any MeshStore, heartbeatTTL: TimeInterval,
+    private static func snapshot(of state: RegistryState, defaultPolicy: String) -> RegistrySnapshot {
+        RegistrySnapshot(version: state.version, instances: Dictionary(state.instances.map { ($0.id, $0) }, uniquingKeysWith: { _, new in new }),
+                         policies: PolicySet(defaultMode: defaultPolicy, resources: state.resources))
+    }
+
+    private init(snapshot: RegistrySnapshot, store: any MeshStore, heartbeatTTL: TimeInterval, defaultPolicy: String,
                  logger: Logger, clock: @escaping @Sendable () -> Date) {
         self.snapshot = snapshot
         self.store = store
         self.heartbeatTTL = heartbeatTTL
+        self.defaultPolicy = defaultPolicy
         self.logger = logger
         self.clock = clock
     }
@@ -54,14 +65,13 @@ public actor Registry {
         if let previous, previous.service != instance.service {
             throw MeshError(.forbidden, "instance id \(instance.id) belongs to service \(previous.service)")
         }
-        try await store.upsertInstance(instance)
         var comparable = instance
         comparable.lastHeartbeat = previous?.lastHeartbeat ?? instance.lastHeartbeat
-        if previous == comparable {
+        if previous == comparable, try await stored({ try await store.touchInstance(id: instance.id, at: instance.lastHeartbeat) }) {
             snapshot.instances[instance.id]?.lastHeartbeat = instance.lastHeartbeat
             return
         }
-        try await publish(.upsert(instance))
+        try await commit(.upsert(instance))
         logger.info("instance registered", metadata: ["service": "\(instance.service)", "instance": "\(instance.id)",
                                                       "endpoint": "\(instance.endpoint)"])
     }
@@ -82,15 +92,18 @@ public actor Registry {
         if let certificateExpiry { instance.certificateExpiry = certificateExpiry }
         let healthChanged = appHealthy != instance.appHealthy
         instance.appHealthy = appHealthy
-        try await store.upsertInstance(instance)
         if healthChanged {
             logger.notice(appHealthy == false ? "instance's app is unhealthy: no traffic until it recovers" : "instance's app is healthy",
                           metadata: ["service": "\(service)", "instance": "\(id)"])
         }
         if expiryChanged || healthChanged {
-            try await publish(.upsert(instance))
+            try await commit(.upsert(instance))
         } else {
-            snapshot.instances[id] = instance
+            // Gone from the store: another replica expired it and its event is on its way.
+            guard try await stored({ try await store.touchInstance(id: id, at: instance.lastHeartbeat) }) else {
+                throw MeshError(.notFound, "instance \(id) is not registered; register again")
+            }
+            snapshot.instances[id]?.lastHeartbeat = instance.lastHeartbeat
         }
     }
 
@@ -99,22 +112,76 @@ public actor Registry {
         guard instance.service == service else {
             throw MeshError(.forbidden, "instance \(id) belongs to service \(instance.service), not \(service)")
         }
-        try await store.deleteInstance(id: id)
-        try await publish(.remove(id: id))
+        try await commit(.remove(id: id))
         logger.info("instance deregistered", metadata: ["service": "\(service)", "instance": "\(id)"])
     }
 
-    /// Removes instances whose heartbeat is older than the TTL.
+    /// Removes instances whose heartbeat (through any replica) is older than the TTL. Only the
+    /// replica holding the sweep duty does it, and only once it has watched a working store for
+    /// a whole TTL: after a restart of every replica, or an outage of the database, proxies get
+    /// that long to heartbeat again before anything is expired.
     public func sweep() async {
-        let cutoff = clock().addingTimeInterval(-heartbeatTTL)
-        for instance in snapshot.instances.values where instance.lastHeartbeat < cutoff {
-            do {
-                try await store.deleteInstance(id: instance.id)
-                try await publish(.remove(id: instance.id))
+        guard let since = await store.dutyHeldSince(.sweep) else { return }
+        let now = clock()
+        let watching = max(since, lastStoreFailure ?? .distantPast)
+        guard now.timeIntervalSince(watching) >= heartbeatTTL else { return }
+        let cutoff = now.addingTimeInterval(-heartbeatTTL)
+        do {
+            for instance in try await stored({ try await store.listInstances() }) where instance.lastHeartbeat < cutoff {
+                guard try await stored({ try await store.commitRegistryChange(.expire(id: instance.id, heartbeatBefore: cutoff)) }) != nil
+                else { continue }
                 logger.info("instance expired (no heartbeat)", metadata: ["service": "\(instance.service)", "instance": "\(instance.id)"])
-            } catch {
-                logger.warning("cannot expire instance", metadata: ["instance": "\(instance.id)", "error": "\(error)"])
             }
+        } catch {
+            logger.warning("cannot expire instances", metadata: ["error": "\(error)"])
+        }
+        await catchUp()
+    }
+
+    /// Brings the in-memory copy up to the store: new events from the log (ours and other
+    /// replicas'), or the whole state when the log no longer reaches back; and the heartbeat
+    /// times other replicas recorded, for `mesh services`. Never throws: on a store failure the
+    /// copy stays as it is, and proxies keep being served from it.
+    public func catchUp(heartbeats: Bool = false) async {
+        do {
+            if let events = try await stored({ try await store.registryEvents(after: snapshot.version) }) {
+                for event in events { publish(event) }
+            } else {
+                let state = try await stored({ try await store.loadRegistryState() })
+                // A concurrent catch-up may have gone further meanwhile.
+                if state.version > snapshot.version {
+                    reload(Self.snapshot(of: state, defaultPolicy: defaultPolicy))
+                }
+            }
+            if heartbeats {
+                for instance in try await stored({ try await store.listInstances() }) {
+                    if let known = snapshot.instances[instance.id], known.lastHeartbeat < instance.lastHeartbeat {
+                        snapshot.instances[instance.id]?.lastHeartbeat = instance.lastHeartbeat
+                    }
+                }
+            }
+        } catch {
+            logger.warning("cannot read the registry from the store; serving the last known one",
+                           metadata: ["error": "\(error)", "version": "\(snapshot.version)"])
+        }
+    }
+
+    /// Follows the store's notifications (other replicas' changes) and resyncs every
+    /// `interval` in any case, until cancelled.
+    public func follow(interval: Duration) async {
+        let notifications = store.registryNotifications()
+        await withTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { [weak self] in
+                for await _ in notifications { await self?.catchUp() }
+            }
+            tasks.addTask { [weak self] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    await self?.catchUp(heartbeats: true)
+                }
+            }
+            await tasks.next()
+            tasks.cancelAll()
         }
     }
 
@@ -150,58 +217,82 @@ public actor Registry {
     public var watcherCount: Int { watchers.count }
 
     public func history(limit: Int) async throws -> [AuditEntry] {
-        try await store.history(limit: limit)
+        try await stored { try await store.history(limit: limit) }
     }
 
     /// Stores `resources` (already validated by the caller) and pushes the new policy set.
     public func apply(_ resources: [MeshResource], actor: String) async throws -> [AuditEntry] {
-        let entries = try await store.applyResources(resources, actor: actor, at: clock())
-        try await publishPolicies(changedBy: entries)
+        let entries = try await stored { try await store.applyResources(resources, actor: actor, at: clock()) }
+        if !entries.isEmpty { await announcePolicies() }
         return entries
     }
 
     public func delete(kind: String, name: String, actor: String) async throws -> AuditEntry? {
-        let entry = try await store.deleteResource(kind: kind, name: name, actor: actor, at: clock())
-        if let entry { try await publishPolicies(changedBy: [entry]) }
+        let entry = try await stored { try await store.deleteResource(kind: kind, name: name, actor: actor, at: clock()) }
+        if entry != nil { await announcePolicies() }
         return entry
     }
 
-    /// Merges the changes into the current set and announces it. Merging each call's own
-    /// changes (rather than re-reading everything) keeps concurrent applies from overwriting
-    /// each other with a stale read; the merge runs without suspending.
-    private func publishPolicies(changedBy entries: [AuditEntry]) async throws {
-        guard !entries.isEmpty else { return }
-        struct Key: Hashable { var kind: String; var name: String }
-        var byKey = Dictionary(snapshot.policies.resources.map { (Key(kind: $0.kind, name: $0.name), $0) },
-                               uniquingKeysWith: { _, new in new })
-        for entry in entries {
-            let key = Key(kind: entry.kind, name: entry.name)
-            if let after = entry.after, let resource = try? JSONCoding.decoder.decode(MeshResource.self, from: Data(after.utf8)) {
-                byKey[key] = resource
-            } else {
-                byKey[key] = nil
-            }
-        }
-        let set = PolicySet(defaultMode: snapshot.policies.defaultMode, resources: Array(byKey.values))
-        try await publish(.policies(set))
-        logger.info("policies changed", metadata: ["policies": "\(set.policies.count)", "service_defaults": "\(set.services.count)",
+    private func announcePolicies() async {
+        await catchUp()
+        logger.info("policies changed", metadata: ["policies": "\(snapshot.policies.policies.count)",
+                                                   "service_defaults": "\(snapshot.policies.services.count)",
                                                    "version": "\(snapshot.version)"])
     }
 
-    /// Applies and announces a change. The in-memory part runs without suspending, so two
-    /// changes can never take the same version (the actor is re-entered at every `await`);
-    /// only then is the version persisted.
-    private func publish(_ kind: RegistryEvent.Kind) async throws {
-        let event = RegistryEvent(version: snapshot.version + 1, kind: kind)
+    /// Commits a change with its event and brings the copy up to it.
+    private func commit(_ change: RegistryChange) async throws {
+        _ = try await stored { try await store.commitRegistryChange(change) }
+        await catchUp()
+    }
+
+    /// Runs a store call, noting when the store fails (and when it works again).
+    private func stored<T>(_ call: () async throws -> T) async throws -> T {
+        do {
+            let result = try await call()
+            if storeError != nil {
+                logger.notice("the store answers again")
+                storeError = nil
+            }
+            return result
+        } catch {
+            lastStoreFailure = clock()
+            storeError = (error as? MeshError)?.message ?? "\(error)"
+            throw error
+        }
+    }
+
+    /// Applies one event from the log and announces it; events at or below the current version
+    /// (a concurrent catch-up got there first) are skipped. Runs without suspending.
+    private func publish(_ stored: RegistryEvent) {
+        guard stored.version > snapshot.version else { return }
+        var event = stored
+        if case .policies(var set) = event.kind {
+            // The log holds the resources; the default mode is this control plane's flag.
+            set.defaultMode = defaultPolicy
+            event = RegistryEvent(version: event.version, kind: .policies(set))
+        }
         snapshot.apply(event)
         changeLog.append(event)
         if changeLog.count > changeLogLimit { changeLog.removeFirst(changeLog.count - changeLogLimit) }
+        yield(event)
+    }
+
+    /// Replaces the copy (after falling behind the store's log) and sends watchers a snapshot.
+    private func reload(_ next: RegistrySnapshot) {
+        snapshot = next
+        changeLog.removeAll()
+        logger.notice("reloaded the registry from the store", metadata: ["version": "\(next.version)"])
+        yield(RegistryEvent(version: next.version, kind: .snapshot(
+            Array(next.instances.values), services: next.services.sorted(), policies: next.policies)))
+    }
+
+    private func yield(_ event: RegistryEvent) {
         for (id, watcher) in watchers {
             if case .dropped = watcher.yield(event) {
                 watcher.finish()
                 watchers[id] = nil
             }
         }
-        try await store.saveRegistryVersion(event.version)
     }
 }

@@ -24,8 +24,10 @@ struct ControlPlaneSource: SidecarSource {
     /// The app's health (`--health-check`), reported at registration and with heartbeats,
     /// and at once when it changes.
     let health: AppHealth?
+    /// How current this proxy's view of the control plane is.
+    let status: ControlStatus
 
-    init(health: AppHealth?, settings: Sidecar.ControlPlaneSettings, service: ServiceName, labels: Labels, mtlsMode: String, appProtocol: String,
+    init(status: ControlStatus, health: AppHealth?, settings: Sidecar.ControlPlaneSettings, service: ServiceName, labels: Labels, mtlsMode: String, appProtocol: String,
          inboundHost: String,
          group: EventLoopGroup, logger: Logger, install: @escaping @Sendable (SVID, TrustBundle) async -> Void) throws {
         self.settings = settings
@@ -33,13 +35,14 @@ struct ControlPlaneSource: SidecarSource {
         self.labels = labels
         self.mtlsMode = mtlsMode
         self.health = health
+        self.status = status
         self.appProtocol = appProtocol
         self.inboundHost = inboundHost
         self.logger = logger
         self.registration = RegistrationBox()
         let bundle = try TrustBundle(pem: settings.trustBundlePEM)
         self.trustDomain = bundle.trustDomain
-        self.identity = IdentityManager(service: service, control: settings.control, bundle: bundle, group: group,
+        self.identity = IdentityManager(service: service, control: settings.control, alternates: settings.alternates, bundle: bundle, group: group,
                                         logger: logger, onChange: install)
     }
 
@@ -47,7 +50,8 @@ struct ControlPlaneSource: SidecarSource {
         do {
             try await identity.join(token: settings.joinToken)
         } catch let error as MeshError {
-            throw MeshError(error.code, "cannot join the mesh through \(settings.control): \(error.message)")
+            let through = ([settings.control] + settings.alternates).map(\.description).joined(separator: ", ")
+            throw MeshError(error.code, "cannot join the mesh through \(through): \(error.message)")
         }
         let advertise = settings.advertiseAddress.isEmpty && !["0.0.0.0", "::"].contains(inboundHost)
             ? inboundHost : settings.advertiseAddress
@@ -56,7 +60,7 @@ struct ControlPlaneSource: SidecarSource {
             request: ControlAPI.RegisterRequest(instanceID: Self.makeInstanceID(service), address: advertise,
                                                 inboundPort: inboundPort, labels: labels, certificateExpiry: nil,
                                                 mtls: mtlsMode, appProtocol: appProtocol),
-            interval: settings.heartbeatInterval, health: health, logger: logger)
+            interval: settings.heartbeatInterval, health: health, status: status, logger: logger)
         // Registered only once the first registry (with the policies) is installed: see `run`.
         self.registration.value = registration
     }
@@ -95,7 +99,7 @@ struct ControlPlaneSource: SidecarSource {
                 tasks.addTask { await tap.run() }
             }
             tasks.addTask {
-                await RegistryWatcher(identity: identity, states: states, service: service, tapping: tapping, logger: logger,
+                await RegistryWatcher(identity: identity, states: states, service: service, tapping: tapping, status: status, logger: logger,
                                       onFirstSnapshot: {
                                           configuredSignal.yield()
                                           configuredSignal.finish()

@@ -11,6 +11,8 @@ struct Registration: Sendable {
     let interval: Duration
     /// The app's health, when the proxy checks it.
     let health: AppHealth?
+    /// Told of every answer and failure, for `/ready` and metrics.
+    let status: ControlStatus
     let logger: Logger
 
     func register() async throws {
@@ -38,12 +40,17 @@ struct Registration: Sendable {
 
     /// Heartbeats until cancelled; never throws (a dead control plane is logged, not fatal).
     /// The one sender of heartbeats (so reports never overtake each other): every `interval`,
-    /// and within 100 ms of a change of the app's health.
+    /// and within 100 ms of a change of the app's health. While the control plane does not
+    /// answer, the wait doubles up to 30 s, with jitter, so that a fleet of proxies does not
+    /// fall on a recovering control plane in step.
     func heartbeatLoop() async {
         var registered = true
         var reported = health?.healthy
+        var failures = 0
         while !Task.isCancelled {
-            let due = ContinuousClock.now + interval
+            let wait = failures == 0 ? interval
+                : min(interval * Int(pow(2.0, Double(min(failures, 8)))), .seconds(30)) * Double.random(in: 0.5...1.0)
+            let due = ContinuousClock.now + wait
             while ContinuousClock.now < due, !Task.isCancelled, health?.healthy == reported {
                 try? await Task.sleep(for: min(.milliseconds(100), due - ContinuousClock.now))
             }
@@ -66,9 +73,14 @@ struct Registration: Sendable {
                 } else {
                     _ = try response.decode([String: Bool].self)
                 }
+                status.contact()
+                if failures > 0 { logger.notice("the control plane answers again") }
+                failures = 0
             } catch {
                 if Task.isCancelled { return }
                 registered = false
+                failures += 1
+                status.failed(error)
                 logger.warning("heartbeat failed; serving on the last known configuration", metadata: ["error": "\(error)"])
             }
         }

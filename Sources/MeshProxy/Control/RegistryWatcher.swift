@@ -14,6 +14,8 @@ struct RegistryWatcher: Sendable {
     let service: ServiceName
     /// Set while a tap of this service is open, for the ``TapReporter``.
     let tapping: TapSwitch
+    /// Told when the stream opens and closes and what version is in force.
+    let status: ControlStatus
     let logger: Logger
     /// Called once, when the first complete view has been applied.
     let onFirstSnapshot: @Sendable () -> Void
@@ -27,7 +29,11 @@ struct RegistryWatcher: Sendable {
                 let path = ControlAPI.watchPath + (since > 0 ? "?since=\(since)" : "")
                 // The control plane sends a keepalive line every 10 s; three missed ones mean
                 // the connection is dead even if TCP has not noticed.
-                try await client.streamLines(path, readTimeout: .seconds(35)) { line in
+                try await client.streamLines(path, readTimeout: .seconds(35), onKeepalive: {
+                    status.streaming(true)
+                    status.contact()
+                }) { line in
+                    status.streaming(true)
                     let event: RegistryEvent
                     do {
                         event = try JSONCoding.decoder.decode(RegistryEvent.self, from: Data(line.utf8))
@@ -70,15 +76,19 @@ struct RegistryWatcher: Sendable {
                                                  "labels": "\((central?.labels ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))"])
                     }
                     await states.update { $0.setRegistry(frozen, evaluator: compiled) }
+                    status.applied(version: frozen.version)
                     if box.first {
                         box.first = false
                         onFirstSnapshot()
                     }
                     box.attempt = 0
                 }
+                status.streaming(false)
                 logger.info("registry stream ended; reconnecting")
             } catch {
+                status.streaming(false)
                 if Task.isCancelled { return }
+                status.failed(error)
                 logger.warning("registry stream failed; serving on the last known registry",
                                metadata: ["error": "\(error)", "version": "\(box.snapshot.version)"])
             }

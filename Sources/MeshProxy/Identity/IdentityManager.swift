@@ -17,7 +17,10 @@ actor IdentityManager {
     private var installedAt = Date()
     private(set) var bundle: TrustBundle
     let service: ServiceName
+    /// The control plane replicas; calls go to the one that last answered.
     private let control: HostPort
+    private let alternates: [HostPort]
+    private let preference: TargetPreference
     private let group: EventLoopGroup
     private let schedule: RenewalSchedule
     private let logger: Logger
@@ -25,12 +28,17 @@ actor IdentityManager {
     /// Called after every change of SVID or bundle, to push new TLS contexts to the data path.
     private let onChange: @Sendable (SVID, TrustBundle) async -> Void
 
-    init(service: ServiceName, control: HostPort, bundle: TrustBundle, group: EventLoopGroup,
+    init(service: ServiceName, control: HostPort, alternates: [HostPort] = [], bundle: TrustBundle, group: EventLoopGroup,
          schedule: RenewalSchedule = RenewalSchedule(), logger: Logger,
          clock: @escaping @Sendable () -> Date = { Date() },
          onChange: @escaping @Sendable (SVID, TrustBundle) async -> Void) {
         self.service = service
         self.control = control
+        self.alternates = alternates
+        self.preference = TargetPreference { from, to in
+            logger.warning("control plane replica unreachable or unavailable; moving to the next",
+                           metadata: ["from": "\(from)", "to": "\(to)"])
+        }
         self.bundle = bundle
         self.group = group
         self.schedule = schedule
@@ -48,7 +56,10 @@ actor IdentityManager {
     func controlClient() throws -> APIClient {
         let context = try MeshTLS.clientContext(svid: svid, bundle: bundle)
         let verifier = SPIFFEPeerVerifier(bundle: bundle, expected: [try controlIdentity], usage: .serverAuth)
-        return APIClient(target: control, group: group, tls: APIClient.TLS(context: context, verifier: verifier))
+        var client = APIClient(target: control, group: group, tls: APIClient.TLS(context: context, verifier: verifier))
+        client.alternates = alternates
+        client.preference = preference
+        return client
     }
 
     /// First certificate, with a single-use join token.
