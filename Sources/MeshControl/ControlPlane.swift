@@ -4,6 +4,7 @@ import MeshCore
 import MeshIdentity
 import MeshStore
 import MeshTransport
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import X509
@@ -29,6 +30,8 @@ public struct ControlPlane: Sendable {
         /// Seals the CA key and the admin token in a shared (PostgreSQL) store; required with
         /// one, the same on every replica.
         public var storeSecret: StoreSecret?
+        /// Over how long proxies spread their renewals when a rotation switches to a new root.
+        public var rotationRenewWindow: TimeInterval = 10
         /// How often a replica reads the store's change log even without a notification.
         public var resyncInterval: Duration = .seconds(5)
 
@@ -58,7 +61,7 @@ public struct ControlPlane: Sendable {
             throw MeshError(.invalidRequest, "--default-policy must be deny or audit, not '\(config.defaultPolicy)'")
         }
         let store: any MeshStore
-        let ca: CertificateAuthority
+        let storage: any TrustStorage
         let adminToken: String
         if let url = config.storeURL {
             // Replicas share the store, and with it the CA and the admin token (sealed).
@@ -67,14 +70,14 @@ public struct ControlPlane: Sendable {
             }
             store = try await PostgresStore.open(url: url, logger: logger)
             do {
-                (ca, adminToken) = try await SharedTrust.load(store: store, secret: secret, directory: dir,
-                                                              trustDomain: config.trustDomain, logger: logger)
+                (storage, adminToken) = try await SharedTrust.load(store: store, secret: secret, directory: dir,
+                                                                   trustDomain: config.trustDomain, logger: logger)
             } catch {
                 await store.close()
                 throw error
             }
         } else {
-            ca = try dir.loadOrCreateCA(trustDomain: config.trustDomain)
+            storage = DirectoryTrustStorage(directory: dir, trustDomain: config.trustDomain)
             adminToken = try dir.loadOrCreateAdminToken()
             store = try await SQLiteStore.open(path: dir.sqliteFile.path, logger: logger)
         }
@@ -83,41 +86,66 @@ public struct ControlPlane: Sendable {
                                                defaultPolicy: config.defaultPolicy)
         let tokens = JoinTokens(store: store)
 
-        // The control plane's own SVID, in the system namespace that no join token can reach.
-        // Re-issued on every start; long-lived because it is bound to this process.
-        let key = WorkloadKey()
-        let controlID = try SPIFFEID(trustDomain: ca.trustDomain, path: "/ns/\(SPIFFEID.systemNamespace)/sa/control")
-        let leaf = try ca.sign(csrPEM: try key.csrPEM(service: ServiceName("control")), as: controlID, lifetime: 365 * 86400)
-        let svid = try SVID(chain: [leaf], key: key)
-        let bundle = try TrustBundle(roots: [ca.certificate])
-        let tls = APIServer.TLS(
-            context: try MeshTLS.serverContext(svid: svid, bundle: bundle, clientCertificate: .optional),
-            verifier: SPIFFEPeerVerifier(bundle: bundle, usage: .clientAuth))
+        let authority = try await TrustAuthority.load(storage: storage, directory: dir, trustDomain: config.trustDomain, logger: logger,
+                                                      renewWindow: config.rotationRenewWindow)
+        await registry.setTrust(try await authority.update) { Task { await authority.refresh() } }
+        let trustDomain = config.trustDomain
 
         let group = MultiThreadedEventLoopGroup.singleton
         let denials = DenialLog()
         let traffic = TrafficStore()
         let taps = TapHub()
-        let proxyRoutes = ProxyAPIRoutes(ca: ca, tokens: tokens, registry: registry, denials: denials, traffic: traffic, taps: taps, svidLifetime: config.svidLifetime,
+        let proxyRoutes = ProxyAPIRoutes(authority: authority, trustDomain: trustDomain, tokens: tokens, registry: registry, denials: denials, traffic: traffic, taps: taps, svidLifetime: config.svidLifetime,
                                          watchKeepalive: config.watchKeepalive, logger: logger)
+        let skew = NIOLockedValueBox(0.0)
+        let check = MeshCheck(registry: registry, authority: authority, store: store, svidLifetime: config.svidLifetime,
+                              heartbeatTTL: config.heartbeatTTL, ownSkew: { skew.withLockedValue { $0 } })
         let adminRoutes = AdminRoutes(adminToken: adminToken, tokens: tokens, registry: registry, denials: denials, traffic: traffic,
-                                      taps: taps, trustDomain: ca.trustDomain, logger: logger)
+                                      taps: taps, trustDomain: trustDomain, authority: authority, check: check, logger: logger)
         if !config.admin.isLoopback {
             logger.warning("the admin API listens beyond loopback; every call still needs the admin token",
                            metadata: ["admin": "\(config.admin)"])
         }
-        let proxyAPI = try await APIServer.bind(config.listen, group: group, tls: { tls }, logger: logger,
+        // Read per connection: a CA rotation replaces the control plane's certificate and bundle.
+        let proxyAPI = try await APIServer.bind(config.listen, group: group, tls: { authority.serverTLS.withLockedValue { $0 } }, logger: logger,
                                                 handler: proxyRoutes.handle)
         let adminAPI = try await APIServer.bind(config.admin, group: group, logger: logger, handler: adminRoutes.handle)
         onReady(Addresses(listen: proxyAPI.localAddress, admin: adminAPI.localAddress))
         logger.info("control plane ready", metadata: [
-            "trust_domain": "\(ca.trustDomain)", "listen": "\(proxyAPI.localAddress)", "admin": "\(adminAPI.localAddress)",
+            "trust_domain": "\(trustDomain)", "listen": "\(proxyAPI.localAddress)", "admin": "\(adminAPI.localAddress)",
             "data_dir": "\(dir.path.path)"])
 
         await withTaskGroup(of: Void.self) { tasks in
             tasks.addTask { await proxyAPI.run() }
             tasks.addTask { await adminAPI.run() }
             tasks.addTask { await registry.follow(interval: config.resyncInterval) }
+            tasks.addTask {
+                // This replica, for `mesh check` on any of them (and its clock against the store's).
+                let me = ReplicaInfo(id: "\(ProcessInfo.processInfo.hostName):\(proxyAPI.localAddress.port)",
+                                     listen: proxyAPI.localAddress.description, admin: adminAPI.localAddress.description,
+                                     lastSeen: Date(), clockSkew: 0)
+                while !Task.isCancelled {
+                    if let storeNow = try? await store.reportReplica(me) {
+                        skew.withLockedValue { $0 = Date().timeIntervalSince(storeNow) }
+                    }
+                    try? await Task.sleep(for: .seconds(5))
+                }
+            }
+            tasks.addTask {
+                // The replica holding the CA duty moves a rotation on, one step at a time.
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(1))
+                    guard await store.dutyHeldSince(.certificateAuthority) != nil else { continue }
+                    do {
+                        let instances = Array(await registry.current.instances.values)
+                        if try await authority.advance(instances: instances) {
+                            try await registry.announceTrust(try await authority.update)
+                        }
+                    } catch {
+                        logger.warning("cannot move the CA rotation on; retrying", metadata: ["error": "\(error)"])
+                    }
+                }
+            }
             tasks.addTask {
                 let interval = max(0.2, config.heartbeatTTL / 4)
                 while !Task.isCancelled {

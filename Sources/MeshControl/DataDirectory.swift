@@ -14,6 +14,8 @@ public struct DataDirectory: Sendable {
     public var trustBundleFile: URL { path.appendingPathComponent("ca.pem") }
     public var adminTokenFile: URL { path.appendingPathComponent("admin.token") }
     public var sqliteFile: URL { path.appendingPathComponent("mesh.sqlite") }
+    /// The roots and the rotation's phase (one control plane; replicas keep it in the store).
+    public var trustFile: URL { path.appendingPathComponent("trust.json") }
 
     /// Creates the directory (0700) if needed.
     public func prepare() throws {
@@ -74,6 +76,29 @@ public struct DataDirectory: Sendable {
     func existingCA() throws -> CertificateAuthority? {
         guard FileManager.default.fileExists(atPath: caKeyFile.path) else { return nil }
         return try CertificateAuthority(certificatePEM: try read(caCertificateFile), privateKeyPEM: try read(caKeyFile))
+    }
+
+    func trustState() throws -> TrustState? {
+        guard FileManager.default.fileExists(atPath: trustFile.path) else { return nil }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .secondsSince1970
+        guard let state = try? decoder.decode(TrustState.self, from: Data(try read(trustFile).utf8)) else {
+            throw MeshError(.fileUnreadable, "\(trustFile.path) does not decode; restore it from backup")
+        }
+        return state
+    }
+
+    /// Saves the state, and the signing root as `ca.key` / `ca-cert.pem` and every root as
+    /// `ca.pem`, where operators and tools have always found them.
+    func save(trustState state: TrustState) throws {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .secondsSince1970
+        encoder.outputFormatting = [.sortedKeys]
+        try write(String(decoding: try encoder.encode(state), as: UTF8.self), to: trustFile, mode: 0o600)
+        let signing = state.roots[min(state.signing, state.roots.count - 1)]
+        try write(signing.key, to: caKeyFile, mode: 0o600)
+        try write(signing.certificatePEM, to: caCertificateFile, mode: 0o644)
+        try writeBundle(state.roots.map(\.certificatePEM).joined())
     }
 
     /// Writes the trust bundle operators copy to their hosts.

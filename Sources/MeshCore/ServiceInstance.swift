@@ -23,6 +23,11 @@ public struct ServiceInstance: Hashable, Sendable, Codable {
     /// The app's health as the instance's own proxy last checked it (`--health-check`); nil
     /// when not checked. No proxy sends traffic to an instance whose app is unhealthy.
     public var appHealthy: Bool?
+    /// Fingerprints of the roots the instance's proxy trusts, and of the root its SVID chains
+    /// to (SHA-256 of the certificate, 32 hex digits), as it last reported them: how a CA
+    /// rotation knows when every proxy is ready for its next step. Nil from older proxies.
+    public var trustRoots: [String]?
+    public var certificateRoot: String?
 
     public init(id: String, service: ServiceName, address: String, inboundPort: Int, labels: Labels,
                 lastHeartbeat: Date, certificateExpiry: Date?, mtls: String? = nil, appProtocol: String? = nil,
@@ -56,9 +61,12 @@ public struct RegistrySnapshot: Sendable, Equatable, Codable {
     public var services: Set<ServiceName>
     /// The authorization policies in force, distributed with the registry.
     public var policies: PolicySet
+    /// The trust roots to hold (nil: keep the bundle the proxy has).
+    public var trust: TrustUpdate?
 
     public init(version: UInt64 = 0, instances: [String: ServiceInstance] = [:], services: Set<ServiceName> = [],
-                policies: PolicySet = PolicySet()) {
+                policies: PolicySet = PolicySet(), trust: TrustUpdate? = nil) {
+        self.trust = trust
         self.version = version
         self.instances = instances
         self.services = services.union(instances.values.map(\.service))
@@ -74,10 +82,15 @@ public struct RegistrySnapshot: Sendable, Equatable, Codable {
     /// replays after a reconnect harmless.
     public mutating func apply(_ event: RegistryEvent) {
         switch event.kind {
-        case .snapshot(let all, let known, let policySet):
+        case .snapshot(let all, let known, let policySet, let trustUpdate):
             instances = Dictionary(all.map { ($0.id, $0) }, uniquingKeysWith: { _, new in new })
             services = Set(known).union(all.map(\.service))
             policies = policySet
+            if let trustUpdate { trust = trustUpdate }
+            version = event.version
+        case .trust(let update):
+            guard event.version > version else { return }
+            trust = update
             version = event.version
         case .policies(let policySet):
             guard event.version > version else { return }
@@ -106,11 +119,13 @@ public struct RegistryEvent: Sendable, Equatable, Codable {
     public enum Kind: Sendable, Equatable {
         /// Replaces everything the proxy had: sent first when the proxy's version is unknown
         /// or too old for the change log.
-        case snapshot([ServiceInstance], services: [ServiceName], policies: PolicySet)
+        case snapshot([ServiceInstance], services: [ServiceName], policies: PolicySet, trust: TrustUpdate? = nil)
         /// The whole policy set after an apply or delete (policies are small; whole is simple).
         case policies(PolicySet)
         case upsert(ServiceInstance)
         case remove(id: String)
+        /// New trust roots (a step of a CA rotation).
+        case trust(TrustUpdate)
         /// The taps (`mesh tap`) of the watching proxy's service, all of them: not a registry
         /// change (version 0, never replayed), sent on the same stream so that a tap reaches
         /// proxies as fast as a policy does.
@@ -125,7 +140,7 @@ public struct RegistryEvent: Sendable, Equatable, Codable {
         self.kind = kind
     }
 
-    private enum Key: String, CodingKey { case version, type, instances, services, instance, id, policies, taps }
+    private enum Key: String, CodingKey { case version, type, instances, services, instance, id, policies, taps, trust }
 
     public init(from decoder: Decoder) throws {
         let container = try decoder.container(keyedBy: Key.self)
@@ -134,13 +149,16 @@ public struct RegistryEvent: Sendable, Equatable, Codable {
         case "snapshot":
             kind = .snapshot(try container.decode([ServiceInstance].self, forKey: .instances),
                              services: try container.decodeIfPresent([ServiceName].self, forKey: .services) ?? [],
-                             policies: try container.decodeIfPresent(PolicySet.self, forKey: .policies) ?? PolicySet())
+                             policies: try container.decodeIfPresent(PolicySet.self, forKey: .policies) ?? PolicySet(),
+                             trust: try container.decodeIfPresent(TrustUpdate.self, forKey: .trust))
         case "policies":
             kind = .policies(try container.decode(PolicySet.self, forKey: .policies))
         case "upsert":
             kind = .upsert(try container.decode(ServiceInstance.self, forKey: .instance))
         case "remove":
             kind = .remove(id: try container.decode(String.self, forKey: .id))
+        case "trust":
+            kind = .trust(try container.decode(TrustUpdate.self, forKey: .trust))
         case "tap":
             kind = .tap(try container.decode([TapOrder].self, forKey: .taps))
         case let other:
@@ -153,11 +171,15 @@ public struct RegistryEvent: Sendable, Equatable, Codable {
         var container = encoder.container(keyedBy: Key.self)
         try container.encode(version, forKey: .version)
         switch kind {
-        case .snapshot(let instances, let services, let policies):
+        case .snapshot(let instances, let services, let policies, let trust):
             try container.encode("snapshot", forKey: .type)
             try container.encode(instances, forKey: .instances)
             try container.encode(services, forKey: .services)
             try container.encode(policies, forKey: .policies)
+            try container.encodeIfPresent(trust, forKey: .trust)
+        case .trust(let update):
+            try container.encode("trust", forKey: .type)
+            try container.encode(update, forKey: .trust)
         case .policies(let policies):
             try container.encode("policies", forKey: .type)
             try container.encode(policies, forKey: .policies)

@@ -1,5 +1,7 @@
 import Foundation
 import MeshCore
+import Crypto
+import SwiftASN1
 import X509
 
 /// The roots a mesh member trusts: the mesh CA(s) only, never the system store. Several roots
@@ -27,4 +29,21 @@ public struct TrustBundle: Sendable {
     }
 
     public var pem: String { get throws { try PEM.text(of: roots) } }
+}
+
+extension TrustBundle {
+    /// A root's fingerprint: SHA-256 of its DER encoding, the first 16 bytes in hex. How
+    /// proxies report which roots they trust and which one their SVID chains to.
+    public static func fingerprint(of certificate: Certificate) -> String {
+        var serializer = DER.Serializer()
+        guard (try? serializer.serialize(certificate)) != nil else { return "" }
+        return SHA256.hash(data: serializer.serializedBytes).prefix(16).map { String(format: "%02x", $0) }.joined()
+    }
+
+    public var fingerprints: [String] { roots.map(Self.fingerprint(of:)) }
+
+    /// The root whose key signed `leaf`, if it is in this bundle.
+    public func root(of leaf: Certificate) -> Certificate? {
+        roots.first { $0.subject == leaf.issuer && $0.publicKey.isValidSignature(leaf.signature, for: leaf) }
+    }
 }

@@ -27,7 +27,10 @@ public struct Sidecar: Sendable {
         /// Further control plane replicas, used when `control` cannot be reached.
         public var alternates: [HostPort] = []
         public var trustBundlePEM: String
+        /// Empty when the proxy restarts from its state directory.
         public var joinToken: String
+        /// `--state-dir`: where the SVID and the last registry are kept (see ``ProxyState``).
+        public var stateDirectory: String?
         public var heartbeatInterval: Duration = .seconds(5)
         /// Address other proxies should dial; empty means the control plane uses the source
         /// address of our connection.

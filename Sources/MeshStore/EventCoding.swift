@@ -25,6 +25,7 @@ enum EventCoding {
         switch change {
         case .upsert(let instance): RegistryEvent(version: version, kind: .upsert(instance))
         case .remove(let id), .expire(let id, _): RegistryEvent(version: version, kind: .remove(id: id))
+        case .trust(let update): RegistryEvent(version: version, kind: .trust(update))
         }
     }
 

@@ -50,6 +50,17 @@ public protocol MeshStore: Sendable {
     /// none was stored.
     func sharedValue(_ key: String, orInsert value: String) async throws -> String
 
+    /// Records that a control plane replica is alive (its addresses, its clock) and returns the
+    /// store's clock, for `mesh check`'s list of replicas and its clock-skew warning.
+    func reportReplica(_ replica: ReplicaInfo) async throws -> Date
+
+    /// Every replica that reported in the last hour.
+    func listReplicas() async throws -> [ReplicaInfo]
+
+    /// Replaces a shared value only if it still is `old` (compare and swap): false when another
+    /// control plane changed it first.
+    func replaceSharedValue(_ key: String, old: String, new: String) async throws -> Bool
+
     /// Every stored resource (policies, service defaults), ordered by kind and name.
     func listResources() async throws -> [MeshResource]
 
@@ -118,6 +129,8 @@ public enum RegistryChange: Sendable, Equatable {
     /// Removes the instance only if its last heartbeat is older than `heartbeatBefore` (the
     /// TTL sweep: a heartbeat through another replica meanwhile keeps it).
     case expire(id: String, heartbeatBefore: Date)
+    /// Announces new trust roots (a CA rotation step); writes nothing but the event.
+    case trust(TrustUpdate)
 }
 
 /// The registry at one version: instances and resources.
@@ -139,4 +152,37 @@ public enum StoreDuty: String, Sendable, CaseIterable {
     case sweep
     /// Moving the CA through a root rotation.
     case certificateAuthority = "ca"
+}
+
+/// A control plane replica as it last reported itself.
+public struct ReplicaInfo: Codable, Sendable, Equatable {
+    public var id: String
+    public var listen: String
+    public var admin: String
+    /// When it last reported, by the store's clock.
+    public var lastSeen: Date
+    /// Its clock minus the store's, in seconds, at that report.
+    public var clockSkew: Double
+
+    public init(id: String, listen: String, admin: String, lastSeen: Date, clockSkew: Double) {
+        self.id = id
+        self.listen = listen
+        self.admin = admin
+        self.lastSeen = lastSeen
+        self.clockSkew = clockSkew
+    }
+}
+
+enum ReplicaCoding {
+    static func encode(_ replica: ReplicaInfo) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .secondsSince1970
+        return String(decoding: try encoder.encode(replica), as: UTF8.self)
+    }
+
+    static func decode(_ text: String) -> ReplicaInfo? {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .secondsSince1970
+        return try? decoder.decode(ReplicaInfo.self, from: Data(text.utf8))
+    }
 }

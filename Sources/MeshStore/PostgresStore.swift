@@ -57,7 +57,11 @@ public final class PostgresStore: MeshStore {
         } catch {
             throw storeError(error, target: settings.display)
         }
-        let client = PostgresClient(configuration: settings.configuration, backgroundLogger: logger)
+        // The pool logs every failed connection attempt at info: while the database is down,
+        // that is a line per attempt. The store's own errors say it once, clearly.
+        var poolLogger = logger
+        poolLogger.logLevel = max(logger.logLevel, .warning)
+        let client = PostgresClient(configuration: settings.configuration, backgroundLogger: poolLogger)
         let runner = Task { await client.run() }
         let store = PostgresStore(client: client, runner: runner, logger: logger, target: settings.display)
         do {
@@ -231,7 +235,7 @@ public final class PostgresStore: MeshStore {
 
     public func sharedValue(_ key: String, orInsert value: String) async throws -> String {
         let stored = "shared." + key
-        return try await guarded {
+        return try await guarded { [self] in
             try await client.query("INSERT INTO meta (key, value) VALUES (\(stored), \(value)) ON CONFLICT (key) DO NOTHING",
                                    logger: logger)
             var found = value
@@ -243,10 +247,61 @@ public final class PostgresStore: MeshStore {
         }
     }
 
+    public func reportReplica(_ replica: ReplicaInfo) async throws -> Date {
+        let sent = Date()
+        return try await guarded { [self] in
+            var storeNow = sent
+            for try await seconds in try await client.query("SELECT extract(epoch FROM clock_timestamp())::DOUBLE PRECISION", logger: logger)
+                .decode(Double.self) {
+                storeNow = Date(timeIntervalSince1970: seconds)
+            }
+            // Half the round trip stands for when the server read its clock.
+            let local = sent.addingTimeInterval(Date().timeIntervalSince(sent) / 2)
+            var seen = replica
+            seen.lastSeen = storeNow
+            seen.clockSkew = local.timeIntervalSince(storeNow)
+            let (key, text) = ("replica." + replica.id, try ReplicaCoding.encode(seen))
+            try await client.query("""
+                INSERT INTO meta (key, value) VALUES (\(key), \(text)) ON CONFLICT (key) DO UPDATE SET value = excluded.value
+                """, logger: logger)
+            return storeNow
+        }
+    }
+
+    public func listReplicas() async throws -> [ReplicaInfo] {
+        try await guarded { [self] in
+            var replicas: [ReplicaInfo] = []
+            var storeNow = Date()
+            for try await seconds in try await client.query("SELECT extract(epoch FROM clock_timestamp())::DOUBLE PRECISION", logger: logger)
+                .decode(Double.self) {
+                storeNow = Date(timeIntervalSince1970: seconds)
+            }
+            for try await text in try await client.query("SELECT value FROM meta WHERE key LIKE 'replica.%' ORDER BY key", logger: logger)
+                .decode(String.self) {
+                if let replica = ReplicaCoding.decode(text), replica.lastSeen > storeNow.addingTimeInterval(-3600) {
+                    replicas.append(replica)
+                }
+            }
+            return replicas
+        }
+    }
+
+    public func replaceSharedValue(_ key: String, old: String, new: String) async throws -> Bool {
+        let stored = "shared." + key
+        return try await guarded { [self] in
+            var replaced = false
+            for try await _ in try await client.query("UPDATE meta SET value = \(new) WHERE key = \(stored) AND value = \(old) RETURNING key",
+                                                      logger: logger) {
+                replaced = true
+            }
+            return replaced
+        }
+    }
+
     // MARK: - Resources
 
     public func listResources() async throws -> [MeshResource] {
-        try await guarded { try await readResources(client) }
+        try await guarded { [self] in try await readResources(client) }
     }
 
     /// On the pool or inside a transaction (both are `PostgresQueryable`).
@@ -307,7 +362,7 @@ public final class PostgresStore: MeshStore {
 
     public func history(limit: Int) async throws -> [AuditEntry] {
         let limit = max(1, min(limit, 10000))
-        return try await guarded {
+        return try await guarded { [self] in
             var entries: [AuditEntry] = []
             let rows = try await client.query("""
                 SELECT at, actor, action, kind, name, version, before, after FROM audit_log ORDER BY id DESC LIMIT \(limit)
@@ -334,7 +389,7 @@ public final class PostgresStore: MeshStore {
 
     public func insertJoinToken(_ token: StoredJoinToken) async throws {
         let (service, expires) = (token.service.rawValue, token.expiresAt.timeIntervalSince1970)
-        try await guarded {
+        try await guarded { [self] in
             try await client.query("INSERT INTO join_tokens (hash, service, expires_at) VALUES (\(token.hash), \(service), \(expires))",
                                    logger: logger)
         }
@@ -344,7 +399,7 @@ public final class PostgresStore: MeshStore {
         let seconds = now.timeIntervalSince1970
         // One statement checks and spends the token: the row lock lets one caller of any
         // replica win, the others see it used.
-        let spent: (String, Double)? = try await guarded {
+        let spent: (String, Double)? = try await guarded { [self] in
             var spent: (String, Double)?
             for try await row in try await client.query("""
                 UPDATE join_tokens SET used_at = \(seconds)
@@ -359,7 +414,7 @@ public final class PostgresStore: MeshStore {
             return StoredJoinToken(hash: hash, service: service, expiresAt: Date(timeIntervalSince1970: expires), usedAt: now)
         }
         // Not spent: say why.
-        let found: (Double, Double?)? = try await guarded {
+        let found: (Double, Double?)? = try await guarded { [self] in
             var found: (Double, Double?)?
             for try await row in try await client.query("SELECT expires_at, used_at FROM join_tokens WHERE hash = \(hash)", logger: logger)
                 .decode((Double, Double?).self) {
@@ -397,6 +452,8 @@ public final class PostgresStore: MeshStore {
                     found = true
                 }
                 guard found else { return nil }
+            case .trust:
+                break
             }
             return try await self.appendEvent(on: connection) { EventCoding.event(for: change, version: $0) }
         }
@@ -404,7 +461,7 @@ public final class PostgresStore: MeshStore {
 
     public func touchInstance(id: String, at: Date) async throws -> Bool {
         let seconds = at.timeIntervalSince1970
-        return try await guarded {
+        return try await guarded { [self] in
             var found = false
             for try await _ in try await client.query("UPDATE instances SET last_heartbeat = \(seconds) WHERE id = \(id) RETURNING id",
                                                       logger: logger) {
@@ -415,7 +472,7 @@ public final class PostgresStore: MeshStore {
     }
 
     public func listInstances() async throws -> [ServiceInstance] {
-        try await guarded { try await readInstances(client) }
+        try await guarded { [self] in try await readInstances(client) }
     }
 
     public func loadRegistryState() async throws -> RegistryState {
@@ -536,16 +593,33 @@ public final class PostgresStore: MeshStore {
 
     /// Runs `body` and turns a PostgreSQL error into a ``MeshError`` that says what failed
     /// (postgres-nio keeps the server's message out of its description on purpose).
-    private func guarded<T>(_ body: () async throws -> T) async throws -> T {
+    /// How long one store call may take: the pool waits for a connection for as long as the
+    /// database is down, and a control plane must say so (503) rather than hang.
+    static let callTimeout: Duration = .seconds(5)
+
+    private struct CallTimeout: Error {}
+
+    private func guarded<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
         do {
-            return try await body()
+            return try await withThrowingTaskGroup(of: T.self) { group in
+                group.addTask { try await body() }
+                group.addTask {
+                    try await Task.sleep(for: Self.callTimeout)
+                    throw CallTimeout()
+                }
+                defer { group.cancelAll() }
+                guard let first = try await group.next() else { throw CancellationError() }
+                return first
+            }
+        } catch is CallTimeout {
+            throw MeshError(.storeFailure, "PostgreSQL at \(target) did not answer within \(Self.callTimeout.components.seconds) s; check that it runs and is reachable")
         } catch {
             throw Self.storeError(error, target: target)
         }
     }
 
-    private func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
-        try await guarded {
+    private func transaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        try await guarded { [self] in
             try await client.withTransaction(logger: logger) { connection in try await body(connection) }
         }
     }

@@ -244,6 +244,8 @@ public actor SQLiteStore: MeshStore {
                 case .expire(let id, let before):
                     guard try await !query("DELETE FROM instances WHERE id = ? AND last_heartbeat < ? RETURNING id",
                                            [.text(id), .float(before.timeIntervalSince1970)]).isEmpty else { return nil }
+                case .trust:
+                    break
                 }
                 return try await appendEvent { EventCoding.event(for: change, version: $0) }
             }
@@ -298,6 +300,35 @@ public actor SQLiteStore: MeshStore {
         try await exclusive {
             try await run("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING", [.text("shared." + key), .text(value)])
             return try await query("SELECT value FROM meta WHERE key = ?", [.text("shared." + key)]).first?.column("value")?.string ?? value
+        }
+    }
+
+    /// One process: its clock is the store's.
+    public func reportReplica(_ replica: ReplicaInfo) async throws -> Date {
+        let now = Date()
+        var seen = replica
+        seen.lastSeen = now
+        seen.clockSkew = 0
+        let text = try ReplicaCoding.encode(seen)
+        try await exclusive {
+            try await run("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [.text("replica." + replica.id), .text(text)])
+        }
+        return now
+    }
+
+    public func listReplicas() async throws -> [ReplicaInfo] {
+        try await exclusive {
+            let rows = try await query("SELECT value FROM meta WHERE key LIKE 'replica.%'")
+            return rows.compactMap { $0.column("value")?.string.flatMap(ReplicaCoding.decode) }
+                .filter { $0.lastSeen > Date().addingTimeInterval(-3600) }
+                .sorted { $0.id < $1.id }
+        }
+    }
+
+    public func replaceSharedValue(_ key: String, old: String, new: String) async throws -> Bool {
+        try await exclusive {
+            try await !query("UPDATE meta SET value = ? WHERE key = ? AND value = ? RETURNING key",
+                             [.text(new), .text("shared." + key), .text(old)]).isEmpty
         }
     }
 

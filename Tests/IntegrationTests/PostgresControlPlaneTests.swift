@@ -48,7 +48,7 @@ final class PostgresControlPlaneTests: XCTestCase {
             XCTAssertEqual(rows.out.split(separator: "\n").map(String.init), ["AuthorizationPolicy/web-to-api", "api", "web"], rows.err)
 
             // The CA key is in the database, sealed; not in plaintext there, nor in the data directory.
-            let stored = try PostgresServer.psql("SELECT value FROM meta WHERE key = 'shared.ca'", at: database.address)
+            let stored = try PostgresServer.psql("SELECT value FROM meta WHERE key = 'shared.trust'", at: database.address)
             XCTAssertTrue(stored.out.contains("BEGIN CERTIFICATE"), stored.out + stored.err)
             XCTAssertFalse(stored.out.contains("PRIVATE KEY"), "the CA key is sealed in the database")
             XCTAssertFalse(FileManager.default.fileExists(atPath: mesh.dataDir.appendingPathComponent("ca.key").path))

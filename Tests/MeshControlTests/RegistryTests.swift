@@ -53,7 +53,7 @@ final class RegistryTests: XCTestCase {
         try await registry.register(try instance("a"))
         for since in [nil, UInt64(999)] {
             let events = await first(1, of: await registry.watch(since: since))
-            guard case .snapshot(let instances, let services, _) = events.first?.kind else {
+            guard case .snapshot(let instances, let services, _, _) = events.first?.kind else {
                 return XCTFail("expected a snapshot for since=\(String(describing: since))")
             }
             XCTAssertEqual(instances.map(\.id), ["a"])
@@ -96,7 +96,16 @@ final class RegistryTests: XCTestCase {
         } catch {
             XCTAssertEqual((error as? MeshError)?.code, .forbidden)
         }
+        // An instance last heard from before the sweeper started watching (as after an outage of
+        // the control plane) gets TTL + 10 s to come back; one heard from since, a TTL.
+        var fromBefore = try instance("before-outage")
+        fromBefore.lastHeartbeat = clock.now.addingTimeInterval(-100)
+        try await registry.register(fromBefore)
         clock.advance(11)
+        await registry.sweep()
+        let graced = await registry.current
+        XCTAssertEqual(graced.instances.keys.sorted(), ["before-outage"], "the silent instance expired; the one from before the outage waits")
+        clock.advance(10)
         await registry.sweep()
         let after = await registry.current
         XCTAssertTrue(after.instances.isEmpty)

@@ -12,7 +12,7 @@ public final class PostgresServer: @unchecked Sendable {
     private let asPostgres: Bool
     /// The postmaster, a direct child (not daemonized by pg_ctl: Foundation's `Process`
     /// would wait for a daemon that inherited its termination pipe).
-    private let server = Process()
+    private var server = Process()
 
     public var address: HostPort { HostPort(host: "127.0.0.1", port: port) }
 
@@ -58,18 +58,38 @@ public final class PostgresServer: @unchecked Sendable {
         let server = PostgresServer(port: port, directory: directory, binDir: binDir, asPostgres: asPostgres)
         let data = directory.appendingPathComponent("data").path
         try server.run("initdb", ["-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
-        try server.launch(server.server, "postgres", ["-D", data, "-p", String(port), "-k", directory.path,
-                                                      "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
-                          log: directory.appendingPathComponent("server.log"))
+        do {
+            try await server.startServer()
+        } catch {
+            server.stop()
+            throw error
+        }
+        return server
+    }
+
+    /// Starts the postmaster on the existing data directory and port; returns once it accepts
+    /// connections.
+    public func startServer() async throws {
+        server = Process()
+        try launch(server, "postgres", ["-D", directory.appendingPathComponent("data").path, "-p", String(port), "-k", directory.path,
+                                        "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+                   log: directory.appendingPathComponent("server.log"))
         let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {
-            if (try? RawTCPClient(server.address)) != nil { return server }
-            guard server.server.isRunning else { break }
+            if (try? RawTCPClient(address)) != nil { return }
+            guard server.isRunning else { break }
             try await Task.sleep(for: .milliseconds(100))
         }
         let log = (try? String(contentsOf: directory.appendingPathComponent("server.log"), encoding: .utf8)) ?? ""
-        server.stop()
         throw TestFailure("PostgreSQL did not start: \(log.suffix(2000))")
+    }
+
+    /// Stops the postmaster (fast shutdown: sessions end) and keeps the data, for an outage.
+    public func stopServer() {
+        if server.isRunning {
+            kill(server.processIdentifier, SIGINT)
+            server.waitUntilExit()
+        }
     }
 
     /// Runs SQL with psql against `address` (the server itself, or a mesh port in front of
@@ -86,10 +106,7 @@ public final class PostgresServer: @unchecked Sendable {
 
     /// Fast shutdown (SIGINT: sessions end, no checkpoint wait), then the directory goes.
     public func stop() {
-        if server.isRunning {
-            kill(server.processIdentifier, SIGINT)
-            server.waitUntilExit()
-        }
+        stopServer()
         try? FileManager.default.removeItem(at: directory)
     }
 

@@ -15,18 +15,19 @@ public final class ReplicatedMesh: @unchecked Sendable {
     public private(set) var listens: [HostPort]
     public private(set) var admins: [HostPort]
     private let heartbeatTTL: String
+    private let extra: [String]
     public var proxies: [MeshProcess] = []
 
     public var storeURL: String { "postgres://postgres@127.0.0.1:\(database.port)/postgres?sslmode=disable" }
 
-    public static func start(replicas count: Int = 3, heartbeatTTL: String = "3s") async throws -> ReplicatedMesh {
+    public static func start(replicas count: Int = 3, heartbeatTTL: String = "3s", extra: [String] = []) async throws -> ReplicatedMesh {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("swiftmesh-ha-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let database = try await PostgresServer.start()
         let secretFile = directory.appendingPathComponent("store.secret")
         let secret = Data((0..<32).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
         FileManager.default.createFile(atPath: secretFile.path, contents: Data(secret.utf8), attributes: [.posixPermissions: 0o600])
-        let mesh = ReplicatedMesh(directory: directory, database: database, secretFile: secretFile, count: count, heartbeatTTL: heartbeatTTL)
+        let mesh = ReplicatedMesh(directory: directory, database: database, secretFile: secretFile, count: count, heartbeatTTL: heartbeatTTL, extra: extra)
         do {
             // One after the other: the first stores the CA, the others load it.
             for index in 0..<count { try await mesh.startReplica(index) }
@@ -37,7 +38,8 @@ public final class ReplicatedMesh: @unchecked Sendable {
         return mesh
     }
 
-    private init(directory: URL, database: PostgresServer, secretFile: URL, count: Int, heartbeatTTL: String) {
+    private init(directory: URL, database: PostgresServer, secretFile: URL, count: Int, heartbeatTTL: String, extra: [String]) {
+        self.extra = extra
         self.directory = directory
         self.database = database
         self.secretFile = secretFile
@@ -54,7 +56,7 @@ public final class ReplicatedMesh: @unchecked Sendable {
     public func startReplica(_ index: Int) async throws {
         let arguments = ["control", "--data-dir", dataDir(index).path, "--listen", listens[index].description,
                          "--admin", admins[index].description, "--heartbeat-ttl", heartbeatTTL, "--default-policy", "deny",
-                         "--store", storeURL, "--store-secret-file", secretFile.path]
+                         "--store", storeURL, "--store-secret-file", secretFile.path] + extra
         let process = try MeshProcess(arguments, logDirectory: directory)
         let fields = try await process.waitForLine(prefix: "mesh control ready:")
         listens[index] = try HostPort(parsing: fields["listen"] ?? "")

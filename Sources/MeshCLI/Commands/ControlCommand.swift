@@ -36,6 +36,9 @@ struct ControlCommand: AsyncParsableCommand {
     @Option(help: "With a PostgreSQL store: a file (mode 0600) holding 32+ random bytes, base64 or raw, that seals the CA key and admin token in the database; the same on every replica. MESH_STORE_SECRET may hold the secret instead.")
     var storeSecretFile: String?
 
+    @Option(help: "During 'mesh ca rotate', proxies renew onto the new root at random within this window.")
+    var rotationRenewWindow = DurationArgument(seconds: 10)
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -49,6 +52,7 @@ struct ControlCommand: AsyncParsableCommand {
         config.heartbeatTTL = heartbeatTtl.seconds
         config.defaultPolicy = defaultPolicy
         config.storeURL = store
+        config.rotationRenewWindow = rotationRenewWindow.seconds
         if let storeSecretFile {
             config.storeSecret = try StoreSecret.load(path: storeSecretFile)
         } else if let text = ProcessInfo.processInfo.environment["MESH_STORE_SECRET"], !text.isEmpty {

@@ -47,6 +47,9 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(help: "File holding the join token.")
     var tokenFile: String?
 
+    @Option(help: "Directory (0700) where the proxy keeps its SVID, key, trust bundle and last registry (files 0600): a restart renews with the saved SVID instead of a new join token, and serves with them while the control plane is down, as long as the SVID is valid.")
+    var stateDir: String?
+
     @Option(name: .customLong("label"), help: "Label of this instance, KEY=VALUE (repeatable).")
     var labels: [String] = []
 
@@ -102,7 +105,7 @@ struct ProxyCommand: AsyncParsableCommand {
     func validate() throws {
         if config != nil {
             let clashing = [("--control", !control.isEmpty), ("--ca-file", caFile != nil), ("--token", token != nil),
-                            ("--token-file", tokenFile != nil)].filter(\.1).map(\.0)
+                            ("--token-file", tokenFile != nil), ("--state-dir", stateDir != nil)].filter(\.1).map(\.0)
             guard clashing.isEmpty else {
                 throw ValidationError("--config runs without a control plane; drop \(clashing.joined(separator: ", "))")
             }
@@ -114,8 +117,11 @@ struct ProxyCommand: AsyncParsableCommand {
         guard missing.isEmpty else {
             throw ValidationError("missing \(missing.joined(separator: ", ")) (or give --config FILE for standalone mode)")
         }
-        if (token == nil) == (tokenFile == nil) {
-            throw ValidationError("give exactly one of --token or --token-file (create a token with 'mesh token create --service \(service ?? "NAME")')")
+        if token != nil && tokenFile != nil {
+            throw ValidationError("give one of --token or --token-file, not both")
+        }
+        if token == nil && tokenFile == nil && stateDir == nil {
+            throw ValidationError("give --token or --token-file (create a token with 'mesh token create --service \(service ?? "NAME")'), or --state-dir of an earlier run")
         }
         do { _ = try ServiceName(service ?? "") } catch let error as MeshError { throw ValidationError("--service: \(error.message)") }
         do { _ = try Labels(parsing: labels) } catch let error as MeshError { throw ValidationError("--label: \(error.message)") }
@@ -223,10 +229,13 @@ struct ProxyCommand: AsyncParsableCommand {
         guard let service, let app, let inbound, let outbound, let admin, let first = controls.first, let caFile else {
             throw ValidationError("missing flags; see 'mesh proxy --help'")
         }
-        let joinToken = try token ?? readFile(tokenFile ?? "", flag: "--token-file").trimmingCharacters(in: .whitespacesAndNewlines)
+        // With a state directory the token is only needed the first time.
+        let joinToken = try token ?? (tokenFile == nil && stateDir != nil ? ""
+            : readFile(tokenFile ?? "", flag: "--token-file").trimmingCharacters(in: .whitespacesAndNewlines))
         var settings = Sidecar.ControlPlaneSettings(control: first, trustBundlePEM: try readFile(caFile, flag: "--ca-file"),
                                                     joinToken: joinToken)
         settings.alternates = Array(controls.dropFirst())
+        settings.stateDirectory = stateDir
         settings.advertiseAddress = advertiseAddress ?? ""
         settings.heartbeatInterval = heartbeatInterval.duration
         var config = Sidecar.Configuration(service: try ServiceName(service), app: app, inbound: inbound, outbound: outbound,

@@ -10,7 +10,8 @@ import X509
 /// watch stream. Every call but join requires the caller's SVID on the mTLS connection, and a
 /// caller may only act for the service its SVID names.
 struct ProxyAPIRoutes: Sendable {
-    let ca: CertificateAuthority
+    let authority: TrustAuthority
+    let trustDomain: String
     let tokens: JoinTokens
     let registry: Registry
     let denials: DenialLog
@@ -50,21 +51,23 @@ struct ProxyAPIRoutes: Sendable {
         // Check the CSR before spending the token, so a malformed CSR does not burn it.
         _ = try CertificateAuthority.validate(csrPEM: body.csrPEM)
         let service = try await tokens.redeem(body.token)
-        let id = try SPIFFEID(trustDomain: ca.trustDomain, service: service)
+        let id = try SPIFFEID(trustDomain: trustDomain, service: service)
         logger.info("proxy joined", metadata: ["spiffe_id": "\(id)", "from": "\(request.remoteAddress ?? "?")"])
-        return try issue(csrPEM: body.csrPEM, for: id)
+        return try await issue(csrPEM: body.csrPEM, for: id)
     }
 
     private func renew(_ request: APIRequest) async throws -> APIResponse {
         let (id, _) = try caller(request)
         let body = try request.decode(ControlAPI.RenewRequest.self)
-        return try issue(csrPEM: body.csrPEM, for: id)
+        return try await issue(csrPEM: body.csrPEM, for: id)
     }
 
-    private func issue(csrPEM: String, for id: SPIFFEID) throws -> APIResponse {
-        let leaf = try ca.sign(csrPEM: csrPEM, as: id, lifetime: svidLifetime)
+    /// Signs with the current signer and sends every root (during a rotation, both).
+    private func issue(csrPEM: String, for id: SPIFFEID) async throws -> APIResponse {
+        let leaf = try await authority.sign(csrPEM: csrPEM, as: id, lifetime: svidLifetime)
+        let bundle = await authority.bundle
         return .json(ControlAPI.CertificateResponse(
-            certificateChainPEM: try PEM.text(of: [leaf]), trustBundlePEM: try ca.certificatePEM,
+            certificateChainPEM: try PEM.text(of: [leaf]), trustBundlePEM: try bundle.pem,
             spiffeID: id.description, notAfter: leaf.notValidAfter))
     }
 
@@ -105,7 +108,7 @@ struct ProxyAPIRoutes: Sendable {
         let (_, service) = try caller(request)
         let body = try request.decode(ControlAPI.HeartbeatRequest.self)
         try await registry.heartbeat(id: body.instanceID, service: service, certificateExpiry: body.certificateExpiry,
-                                     appHealthy: body.appHealthy)
+                                     appHealthy: body.appHealthy, trustRoots: body.trustRoots, certificateRoot: body.certificateRoot)
         return .json(["ok": true])
     }
 

@@ -17,6 +17,8 @@ struct AdminRoutes: Sendable {
     let traffic: TrafficStore
     let taps: TapHub
     let trustDomain: String
+    let authority: TrustAuthority
+    let check: MeshCheck
     let logger: Logger
 
     func handle(_ request: APIRequest) async -> APIResponse {
@@ -43,6 +45,15 @@ struct AdminRoutes: Sendable {
                     throw MeshError(.storeFailure, "the store does not answer (\(problem)); proxies keep their last configuration, changes are refused until it is back")
                 }
                 return .json(["status": "ok", "version": "\(await registry.current.version)"])
+            case (.GET, AdminAPI.checkPath):
+                return .json(await check.run())
+            case (.GET, AdminAPI.caPath):
+                return .json(try await caStatus())
+            case (.POST, AdminAPI.caRotatePath):
+                try await authority.startRotation()
+                try await registry.announceTrust(try await authority.update)
+                logger.notice("CA rotation started", metadata: ["by": "\(actor(request))"])
+                return .json(try await caStatus())
             case (.GET, AdminAPI.policiesPath):
                 return .json(await registry.current.policies)
             case (.POST, AdminAPI.resourcesPath):
@@ -214,6 +225,24 @@ struct AdminRoutes: Sendable {
         case .allowedAuditDefault:
             return "the mesh default is audit; with --default-policy deny this call needs an allow rule"
         }
+    }
+
+    private func caStatus() async throws -> CAStatus {
+        let state = await authority.state
+        let bundle = await authority.bundle
+        let signing = TrustBundle.fingerprint(of: await authority.signerCertificate)
+        let instances = Array(await registry.current.instances.values)
+        let byID = Dictionary(instances.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+        let pending = await authority.pending(instances).map {
+            CAStatus.Pending(instance: $0.id, service: byID[$0.id]?.service.rawValue ?? "?", waiting: $0.waiting)
+        }
+        return CAStatus(phase: state.phase.rawValue, since: state.since,
+                        roots: bundle.roots.map {
+                            let fingerprint = TrustBundle.fingerprint(of: $0)
+                            return CAStatus.Root(fingerprint: fingerprint, notBefore: $0.notValidBefore, notAfter: $0.notValidAfter,
+                                                 signing: fingerprint == signing)
+                        },
+                        pending: pending, instances: instances.count)
     }
 
     private func services() async throws -> [AdminAPI.ServiceListing] {

@@ -31,6 +31,9 @@ public actor Registry {
     private var lastStoreFailure: Date?
     /// The last store error, while the store fails (for `/v1/health` and `mesh check`).
     public private(set) var storeError: String?
+    /// Called when a `trust` event arrives from the log (a CA rotation step, maybe by another
+    /// replica), so that this replica re-reads the CA state.
+    private var onTrust: (@Sendable () -> Void)?
 
     /// Loads the registry from the store.
     public static func load(store: any MeshStore, heartbeatTTL: TimeInterval, logger: Logger,
@@ -58,10 +61,27 @@ public actor Registry {
 
     public var current: RegistrySnapshot { snapshot }
 
+    /// The roots proxies get with every snapshot, and who to tell when a `trust` event comes.
+    func setTrust(_ update: TrustUpdate, onChange: @escaping @Sendable () -> Void) {
+        snapshot.trust = update
+        onTrust = onChange
+    }
+
+    /// Announces new roots to every proxy (through every replica).
+    func announceTrust(_ update: TrustUpdate) async throws {
+        try await commit(.trust(update))
+    }
+
     /// Registers or updates an instance; publishes only when something other than the
     /// heartbeat time changed.
-    public func register(_ instance: ServiceInstance) async throws {
-        let previous = snapshot.instances[instance.id]
+    public func register(_ registering: ServiceInstance) async throws {
+        let previous = snapshot.instances[registering.id]
+        var instance = registering
+        // Registration does not report trust; keep what heartbeats reported.
+        if instance.trustRoots == nil {
+            instance.trustRoots = previous?.trustRoots
+            instance.certificateRoot = previous?.certificateRoot
+        }
         if let previous, previous.service != instance.service {
             throw MeshError(.forbidden, "instance id \(instance.id) belongs to service \(previous.service)")
         }
@@ -80,7 +100,8 @@ public actor Registry {
     /// registers again (for example after it was swept while partitioned).
     /// A change of the app's health (`appHealthy`) is published at once: the instance leaves
     /// (or rejoins) every proxy's endpoint set.
-    public func heartbeat(id: String, service: ServiceName, certificateExpiry: Date?, appHealthy: Bool? = nil) async throws {
+    public func heartbeat(id: String, service: ServiceName, certificateExpiry: Date?, appHealthy: Bool? = nil,
+                          trustRoots: [String]? = nil, certificateRoot: String? = nil) async throws {
         guard var instance = snapshot.instances[id] else {
             throw MeshError(.notFound, "instance \(id) is not registered; register again")
         }
@@ -92,11 +113,17 @@ public actor Registry {
         if let certificateExpiry { instance.certificateExpiry = certificateExpiry }
         let healthChanged = appHealthy != instance.appHealthy
         instance.appHealthy = appHealthy
+        // What a CA rotation waits for: recorded (and shared with the other replicas) on change.
+        let trustChanged = trustRoots != nil && (trustRoots != instance.trustRoots || certificateRoot != instance.certificateRoot)
+        if trustChanged {
+            instance.trustRoots = trustRoots
+            instance.certificateRoot = certificateRoot
+        }
         if healthChanged {
             logger.notice(appHealthy == false ? "instance's app is unhealthy: no traffic until it recovers" : "instance's app is healthy",
                           metadata: ["service": "\(service)", "instance": "\(id)"])
         }
-        if expiryChanged || healthChanged {
+        if expiryChanged || healthChanged || trustChanged {
             try await commit(.upsert(instance))
         } else {
             // Gone from the store: another replica expired it and its event is on its way.
@@ -117,17 +144,20 @@ public actor Registry {
     }
 
     /// Removes instances whose heartbeat (through any replica) is older than the TTL. Only the
-    /// replica holding the sweep duty does it, and only once it has watched a working store for
-    /// a whole TTL: after a restart of every replica, or an outage of the database, proxies get
-    /// that long to heartbeat again before anything is expired.
+    /// replica holding the sweep duty does it. An instance last heard from before this replica
+    /// started watching a working store (it took the duty, or the store failed since) may have
+    /// been silenced by that outage rather than gone: it gets `sweepGrace` from the start of
+    /// the watch to heartbeat again (proxies' heartbeats back off to twice their interval at
+    /// most while the control plane fails). One heard from since then has had a whole TTL.
     public func sweep() async {
         guard let since = await store.dutyHeldSince(.sweep) else { return }
         let now = clock()
         let watching = max(since, lastStoreFailure ?? .distantPast)
-        guard now.timeIntervalSince(watching) >= heartbeatTTL else { return }
         let cutoff = now.addingTimeInterval(-heartbeatTTL)
+        let graced = now.timeIntervalSince(watching) < sweepGrace
         do {
             for instance in try await stored({ try await store.listInstances() }) where instance.lastHeartbeat < cutoff {
+                if graced && instance.lastHeartbeat < watching { continue }
                 guard try await stored({ try await store.commitRegistryChange(.expire(id: instance.id, heartbeatBefore: cutoff)) }) != nil
                 else { continue }
                 logger.info("instance expired (no heartbeat)", metadata: ["service": "\(instance.service)", "instance": "\(instance.id)"])
@@ -185,6 +215,9 @@ public actor Registry {
         }
     }
 
+    /// A TTL, and 10 s more for proxies coming back from an outage (see `sweep`).
+    private var sweepGrace: TimeInterval { heartbeatTTL + 10 }
+
     /// Whether an instance is within its heartbeat TTL.
     public func isHealthy(_ instance: ServiceInstance) -> Bool {
         instance.lastHeartbeat >= clock().addingTimeInterval(-heartbeatTTL)
@@ -203,7 +236,8 @@ public actor Registry {
             for event in changeLog where event.version > since { continuation.yield(event) }
         } else {
             continuation.yield(RegistryEvent(version: snapshot.version, kind: .snapshot(
-                Array(snapshot.instances.values), services: snapshot.services.sorted(), policies: snapshot.policies)))
+                Array(snapshot.instances.values), services: snapshot.services.sorted(), policies: snapshot.policies,
+                trust: snapshot.trust)))
         }
         watchers[id] = continuation
         continuation.onTermination = { [weak self] _ in
@@ -273,6 +307,7 @@ public actor Registry {
             event = RegistryEvent(version: event.version, kind: .policies(set))
         }
         snapshot.apply(event)
+        if case .trust = event.kind { onTrust?() }
         changeLog.append(event)
         if changeLog.count > changeLogLimit { changeLog.removeFirst(changeLog.count - changeLogLimit) }
         yield(event)
@@ -280,11 +315,14 @@ public actor Registry {
 
     /// Replaces the copy (after falling behind the store's log) and sends watchers a snapshot.
     private func reload(_ next: RegistrySnapshot) {
+        let trust = snapshot.trust
         snapshot = next
+        snapshot.trust = trust
+        onTrust?()
         changeLog.removeAll()
         logger.notice("reloaded the registry from the store", metadata: ["version": "\(next.version)"])
         yield(RegistryEvent(version: next.version, kind: .snapshot(
-            Array(next.instances.values), services: next.services.sorted(), policies: next.policies)))
+            Array(next.instances.values), services: next.services.sorted(), policies: next.policies, trust: trust)))
     }
 
     private func yield(_ event: RegistryEvent) {

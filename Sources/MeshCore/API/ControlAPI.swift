@@ -77,10 +77,17 @@ public enum ControlAPI {
         /// The app's health now; nil when the proxy does not check it. A change is published
         /// to every proxy at once (the instance leaves or rejoins their endpoint sets).
         public var appHealthy: Bool?
-        public init(instanceID: String, certificateExpiry: Date?, appHealthy: Bool? = nil) {
+        /// Fingerprints of the roots the proxy trusts and of the root its SVID chains to
+        /// (see ``ServiceInstance/trustRoots``); a change is recorded at once.
+        public var trustRoots: [String]?
+        public var certificateRoot: String?
+        public init(instanceID: String, certificateExpiry: Date?, appHealthy: Bool? = nil, trustRoots: [String]? = nil,
+                    certificateRoot: String? = nil) {
             self.instanceID = instanceID
             self.certificateExpiry = certificateExpiry
             self.appHealthy = appHealthy
+            self.trustRoots = trustRoots
+            self.certificateRoot = certificateRoot
         }
     }
 

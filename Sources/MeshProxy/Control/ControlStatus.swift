@@ -42,10 +42,7 @@ final class ControlStatus: Sendable {
     }
 
     func applied(version: UInt64) {
-        box.withLockedValue {
-            $0.registryVersion = version
-            $0.lastContact = Date()
-        }
+        box.withLockedValue { $0.registryVersion = version }
     }
 
     /// Seconds since the last contact (since `since` when there was none yet).

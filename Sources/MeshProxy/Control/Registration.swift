@@ -41,15 +41,15 @@ struct Registration: Sendable {
     /// Heartbeats until cancelled; never throws (a dead control plane is logged, not fatal).
     /// The one sender of heartbeats (so reports never overtake each other): every `interval`,
     /// and within 100 ms of a change of the app's health. While the control plane does not
-    /// answer, the wait doubles up to 30 s, with jitter, so that a fleet of proxies does not
-    /// fall on a recovering control plane in step.
+    /// answer, the wait grows to twice the interval, with jitter, so that a fleet of proxies
+    /// does not fall on a recovering control plane in step; no further, because a recovered
+    /// control plane expires instances that stay silent past its grace (a TTL + 10 s).
     func heartbeatLoop() async {
         var registered = true
         var reported = health?.healthy
         var failures = 0
         while !Task.isCancelled {
-            let wait = failures == 0 ? interval
-                : min(interval * Int(pow(2.0, Double(min(failures, 8)))), .seconds(30)) * Double.random(in: 0.5...1.0)
+            let wait = failures == 0 ? interval : interval * Double.random(in: 1.0...2.0)
             let due = ContinuousClock.now + wait
             while ContinuousClock.now < due, !Task.isCancelled, health?.healthy == reported {
                 try? await Task.sleep(for: min(.milliseconds(100), due - ContinuousClock.now))
@@ -63,8 +63,10 @@ struct Registration: Sendable {
                     logger.info("registered again with the control plane")
                     continue
                 }
+                let trust = await identity.trustReport
                 let body = ControlAPI.HeartbeatRequest(instanceID: request.instanceID,
-                                                       certificateExpiry: await identity.svid?.notAfter, appHealthy: health?.healthy)
+                                                       certificateExpiry: await identity.svid?.notAfter, appHealthy: health?.healthy,
+                                                       trustRoots: trust.roots, certificateRoot: trust.certificateRoot)
                 let response = try await identity.controlClient().send(.POST, ControlAPI.heartbeatPath, json: body)
                 if response.status == .notFound {
                     registered = false

@@ -16,12 +16,19 @@ struct RegistryWatcher: Sendable {
     let tapping: TapSwitch
     /// Told when the stream opens and closes and what version is in force.
     let status: ControlStatus
+    /// The registry saved by an earlier run, served until the control plane answers.
+    let initial: RegistrySnapshot?
+    /// Where every applied registry is saved (`--state-dir`).
+    let state: ProxyState?
     let logger: Logger
     /// Called once, when the first complete view has been applied.
     let onFirstSnapshot: @Sendable () -> Void
 
     func run() async {
         let box = SnapshotBox()
+        if let initial {
+            await apply(initial, to: box)
+        }
         while !Task.isCancelled {
             do {
                 let since = box.snapshot.version
@@ -34,6 +41,7 @@ struct RegistryWatcher: Sendable {
                     status.contact()
                 }) { line in
                     status.streaming(true)
+                    status.contact()
                     let event: RegistryEvent
                     do {
                         event = try JSONCoding.decoder.decode(RegistryEvent.self, from: Data(line.utf8))
@@ -52,35 +60,12 @@ struct RegistryWatcher: Sendable {
                     }
                     var next = box.snapshot
                     next.apply(event)
+                    // A CA rotation step: new roots, maybe a renewal onto the new signer.
+                    if let trust = next.trust, trust != box.snapshot.trust {
+                        await identity.apply(trust: trust)
+                    }
                     guard next != box.snapshot || box.first else { return }
-                    let policiesChanged = next.policies != box.snapshot.policies || box.first
-                    box.snapshot = next
-                    let frozen = next
-                    var evaluator: PolicyEvaluator?
-                    if policiesChanged {
-                        do {
-                            evaluator = try PolicyCompiler.compile(next.policies)
-                        } catch {
-                            // The control plane validates on apply, so this means a version skew;
-                            // keep enforcing the previous set rather than widening access.
-                            logger.error("cannot compile the policies from the control plane; keeping the previous ones",
-                                         metadata: ["error": "\(error)"])
-                        }
-                    }
-                    let compiled = evaluator
-                    let central = next.policies.defaults(for: service)
-                    if central != box.central || (box.first && central != nil) {
-                        box.central = central
-                        logger.notice("central settings for this service applied (ServiceDefaults); they override the proxy's flags",
-                                      metadata: ["mtls": "\(central?.mtls ?? "(flag)")",
-                                                 "labels": "\((central?.labels ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))"])
-                    }
-                    await states.update { $0.setRegistry(frozen, evaluator: compiled) }
-                    status.applied(version: frozen.version)
-                    if box.first {
-                        box.first = false
-                        onFirstSnapshot()
-                    }
+                    await apply(next, to: box)
                     box.attempt = 0
                 }
                 status.streaming(false)
@@ -95,6 +80,43 @@ struct RegistryWatcher: Sendable {
             box.attempt += 1
             let delay = min(5.0, 0.2 * pow(2.0, Double(min(box.attempt, 6)))) * Double.random(in: 0.5...1.0)
             try? await Task.sleep(for: .seconds(delay))
+        }
+    }
+
+    /// Installs `next` in every loop (compiling its policies when they changed) and saves it.
+    private func apply(_ next: RegistrySnapshot, to box: SnapshotBox) async {
+        let policiesChanged = next.policies != box.snapshot.policies || box.first
+        box.snapshot = next
+        let frozen = next
+        var evaluator: PolicyEvaluator?
+        if policiesChanged {
+            do {
+                evaluator = try PolicyCompiler.compile(next.policies)
+            } catch {
+                // The control plane validates on apply, so this means a version skew;
+                // keep enforcing the previous set rather than widening access.
+                logger.error("cannot compile the policies from the control plane; keeping the previous ones",
+                             metadata: ["error": "\(error)"])
+            }
+        }
+        let compiled = evaluator
+        let central = next.policies.defaults(for: service)
+        if central != box.central || (box.first && central != nil) {
+            box.central = central
+            logger.notice("central settings for this service applied (ServiceDefaults); they override the proxy's flags",
+                          metadata: ["mtls": "\(central?.mtls ?? "(flag)")",
+                                     "labels": "\((central?.labels ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))"])
+        }
+        await states.update { $0.setRegistry(frozen, evaluator: compiled) }
+        status.applied(version: frozen.version)
+        if box.first {
+            box.first = false
+            onFirstSnapshot()
+        }
+        do {
+            try state?.save(registry: frozen)
+        } catch {
+            logger.warning("cannot save the registry in the state directory", metadata: ["error": "\(error)"])
         }
     }
 }

@@ -27,11 +27,14 @@ actor IdentityManager {
     private let clock: @Sendable () -> Date
     /// Called after every change of SVID or bundle, to push new TLS contexts to the data path.
     private let onChange: @Sendable (SVID, TrustBundle) async -> Void
+    /// Where every new SVID is saved (`--state-dir`), for a restart without the control plane.
+    private let state: ProxyState?
 
     init(service: ServiceName, control: HostPort, alternates: [HostPort] = [], bundle: TrustBundle, group: EventLoopGroup,
          schedule: RenewalSchedule = RenewalSchedule(), logger: Logger,
-         clock: @escaping @Sendable () -> Date = { Date() },
+         clock: @escaping @Sendable () -> Date = { Date() }, state: ProxyState? = nil,
          onChange: @escaping @Sendable (SVID, TrustBundle) async -> Void) {
+        self.state = state
         self.service = service
         self.control = control
         self.alternates = alternates
@@ -96,6 +99,77 @@ actor IdentityManager {
         installedAt = clock()
         logger.info("SVID installed", metadata: ["spiffe_id": "\(newSVID.id)", "not_after": "\(newSVID.notAfter)"])
         await onChange(newSVID, newBundle)
+        do {
+            try state?.save(svid: newSVID, bundle: newBundle)
+        } catch {
+            logger.warning("cannot save the SVID in the state directory; a restart will need the control plane", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// What heartbeats report for a CA rotation: the roots trusted, and the root the SVID
+    /// chains to (fingerprints).
+    var trustReport: (roots: [String], certificateRoot: String?) {
+        (bundle.fingerprints, svid.flatMap { bundle.root(of: $0.leaf) }.map(TrustBundle.fingerprint(of:)))
+    }
+
+    private var scheduledRenewal: Task<Void, Never>?
+
+    /// A step of a CA rotation from the registry stream: takes the new bundle (TLS contexts
+    /// rebuilt, saved), and renews onto the signing root, at a random moment within the window,
+    /// when the SVID chains to another one.
+    func apply(trust update: TrustUpdate) async {
+        do {
+            let next = try TrustBundle(pem: update.bundlePEM)
+            guard next.trustDomain == bundle.trustDomain else {
+                logger.error("the control plane sent roots for another trust domain; ignored", metadata: ["trust_domain": "\(next.trustDomain)"])
+                return
+            }
+            if next.fingerprints != bundle.fingerprints {
+                bundle = next
+                logger.notice("trust bundle updated", metadata: ["roots": "\(next.fingerprints.joined(separator: ","))"])
+                if let svid {
+                    await onChange(svid, next)
+                    do { try state?.save(svid: svid, bundle: next) } catch {
+                        logger.warning("cannot save the trust bundle in the state directory", metadata: ["error": "\(error)"])
+                    }
+                }
+            }
+        } catch {
+            logger.error("the control plane sent a trust bundle that does not parse; keeping the current one", metadata: ["error": "\(error)"])
+            return
+        }
+        guard trustReport.certificateRoot != update.signingRoot, scheduledRenewal == nil else { return }
+        let delay = Double.random(in: 0...max(0, update.renewWithin))
+        logger.info("renewing the SVID with the mesh's new signing root", metadata: ["in_s": "\(Int(delay))"])
+        scheduledRenewal = Task {
+            try? await Task.sleep(for: .seconds(delay))
+            await self.renewForRotation()
+        }
+    }
+
+    private func renewForRotation() async {
+        var attempt = 0
+        while !Task.isCancelled {
+            do {
+                try await renew()
+                break
+            } catch {
+                attempt += 1
+                logger.warning("SVID renewal for the CA rotation failed; retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
+                try? await Task.sleep(for: .seconds(min(5.0, 0.2 * Double(attempt)) * Double.random(in: 0.5...1.0)))
+            }
+        }
+        scheduledRenewal = nil
+    }
+
+    /// Takes an SVID saved by an earlier run (`--state-dir`). Renewal is timed from its own
+    /// issue time, so one past half its life is renewed at once.
+    func adopt(_ saved: SVID, bundle savedBundle: TrustBundle) async {
+        svid = saved
+        bundle = savedBundle
+        installedAt = .distantPast
+        logger.info("SVID loaded from the state directory", metadata: ["spiffe_id": "\(saved.id)", "not_after": "\(saved.notAfter)"])
+        await onChange(saved, savedBundle)
     }
 
     /// Renews for as long as the task runs.
