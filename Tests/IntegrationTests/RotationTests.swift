@@ -4,12 +4,12 @@ import MeshIdentity
 import MeshTesting
 import XCTest
 
-/// `mesh ca rotate` under load, on two replicas: the new root reaches every bundle before it
+/// `mesh ca rotate` under load, on three replicas: the new root reaches every bundle before it
 /// signs anything, every proxy renews onto it, the old root leaves, and no request fails.
 final class RotationTests: XCTestCase {
     func testAFullRootRotationUnderLoadFailsNoRequest() async throws {
         try requirePostgreSQL()
-        let mesh = try await ReplicatedMesh.start(replicas: 2, extra: ["--rotation-renew-window", "2s"])
+        let mesh = try await ReplicatedMesh.start(replicas: 3, extra: ["--rotation-renew-window", "2s"])
         let first = try await TestApp.start("api-1")
         let second = try await TestApp.start("api-2")
         do {
@@ -47,7 +47,7 @@ final class RotationTests: XCTestCase {
             let newRoot = try XCTUnwrap(after.roots.first?.fingerprint)
             XCTAssertNotEqual(newRoot, oldRoot, "a new root")
             XCTAssertTrue(after.pending.isEmpty)
-            for replica in 0..<2 {
+            for replica in 0..<3 {
                 let bundle = try TrustBundle(pem: String(contentsOf: mesh.dataDir(replica).appendingPathComponent("ca.pem"), encoding: .utf8))
                 XCTAssertEqual(bundle.fingerprints, [newRoot], "replica \(replica)'s ca.pem holds the new root only")
             }
@@ -56,7 +56,7 @@ final class RotationTests: XCTestCase {
 
             let failures = load.failures.withLockedValue { $0 }
             let successes = load.successes.withLockedValue { $0 }
-            print("rotation: a full root rotation on 2 replicas with 3 proxies under load took \(took): \(successes) requests ok, \(failures.count) failed\n\(rotated.out)")
+            print("rotation: a full root rotation on 3 replicas with 3 proxies under load took \(took): \(successes) requests ok, \(failures.count) failed\n\(rotated.out)")
             XCTAssertEqual(failures, [], "no request fails during the rotation")
             XCTAssertGreaterThan(successes, 100)
 
