@@ -132,13 +132,21 @@ public struct ControlPlane: Sendable {
                 }
             }
             tasks.addTask {
-                // The replica holding the CA duty moves a rotation on, one step at a time.
+                // Every replica re-reads the CA state at each resync (a trust event also makes it
+                // re-read at once). The replica holding the CA duty moves a rotation on, one step
+                // at a time, and announces the roots again whenever the last announcement is not
+                // what the state says (a step saved whose event was lost to a store failure).
+                var ticks = 0
                 while !Task.isCancelled {
                     try? await Task.sleep(for: .seconds(1))
+                    ticks += 1
+                    if ticks % 5 == 0 { await authority.refresh() }
                     guard await store.dutyHeldSince(.certificateAuthority) != nil else { continue }
                     do {
                         let instances = Array(await registry.current.instances.values)
                         if try await authority.advance(instances: instances) {
+                            try await registry.announceTrust(try await authority.update)
+                        } else if let announced = await registry.current.trust, try await announced != authority.update {
                             try await registry.announceTrust(try await authority.update)
                         }
                     } catch {

@@ -112,17 +112,24 @@ public struct DataDirectory: Sendable {
         }
     }
 
+    /// Written whole: a temporary file created with the final mode (a secret is never briefly
+    /// world-readable), synced, then renamed over the old one, so a crash or a full disk never
+    /// leaves a half-written key or trust state.
     private func write(_ text: String, to file: URL, mode: Int) throws {
-        // Create with the final mode so that a secret is never briefly world-readable.
-        let fd = open(file.path, O_WRONLY | O_CREAT | O_TRUNC, mode_t(mode))
+        let temporary = file.appendingPathExtension("tmp")
+        let fd = open(temporary.path, O_WRONLY | O_CREAT | O_TRUNC, mode_t(mode))
         guard fd >= 0 else {
             throw MeshError(.fileUnreadable, "cannot write \(file.path): \(String(cString: strerror(errno)))")
         }
-        defer { close(fd) }
         fchmod(fd, mode_t(mode))
         let bytes = Array(text.utf8)
-        guard bytes.withUnsafeBytes({ Foundation.write(fd, $0.baseAddress, $0.count) }) == bytes.count else {
-            throw MeshError(.fileUnreadable, "cannot write \(file.path): \(String(cString: strerror(errno)))")
+        let written = bytes.withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
+        let synced = fsync(fd) == 0
+        close(fd)
+        guard written == bytes.count, synced, rename(temporary.path, file.path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            unlink(temporary.path)
+            throw MeshError(.fileUnreadable, "cannot write \(file.path): \(reason)")
         }
     }
 }

@@ -32,3 +32,12 @@ enum EventCoding {
     /// How many events the log keeps: a control plane further behind reloads the whole state.
     static let logLimit: UInt64 = 1000
 }
+
+/// How both stores keep an instance's reported trust roots: a comma-separated list of
+/// fingerprints (hex, so no comma inside one).
+enum InstanceCoding {
+    static func roots(_ roots: [String]?) -> String? { roots.map { $0.joined(separator: ",") } }
+    static func roots(_ text: String?) -> [String]? {
+        text.map { $0.isEmpty ? [] : $0.split(separator: ",").map(String.init) }
+    }
+}

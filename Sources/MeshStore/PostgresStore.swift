@@ -25,7 +25,7 @@ public final class PostgresStore: MeshStore {
     private let runner: Task<Void, Never>
     private let logger: Logger
     private let target: String
-    static let schemaVersion = 2
+    static let schemaVersion = 3
     /// Advisory lock keys (any fixed 64-bit numbers unique to this schema).
     private static let migrationLock: Int64 = 0x5357_4D45_5348_0001
     private static let resourcesLock: Int64 = 0x5357_4D45_5348_0002
@@ -135,6 +135,17 @@ public final class PostgresStore: MeshStore {
                     "INSERT INTO meta (key, value) VALUES ('registry_version', '0') ON CONFLICT (key) DO NOTHING",
                     "DELETE FROM schema_version",
                     "INSERT INTO schema_version (version) VALUES (2)",
+                ] {
+                    try await connection.query(statement, logger: self.logger)
+                }
+            }
+            if current < 3 {
+                // What proxies report for a CA rotation (roots trusted, root of their SVID).
+                for statement: PostgresQuery in [
+                    "ALTER TABLE instances ADD COLUMN trust_roots TEXT",
+                    "ALTER TABLE instances ADD COLUMN certificate_root TEXT",
+                    "DELETE FROM schema_version",
+                    "INSERT INTO schema_version (version) VALUES (3)",
                 ] {
                     try await connection.query(statement, logger: self.logger)
                 }
@@ -508,33 +519,38 @@ public final class PostgresStore: MeshStore {
         let service = instance.service.rawValue
         let heartbeat = instance.lastHeartbeat.timeIntervalSince1970
         let expiry = instance.certificateExpiry?.timeIntervalSince1970
+        let roots = InstanceCoding.roots(instance.trustRoots)
         try await connection.query("""
             INSERT INTO instances (id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls,
-                                   app_protocol, app_healthy)
+                                   app_protocol, app_healthy, trust_roots, certificate_root)
             VALUES (\(instance.id), \(service), \(instance.address), \(instance.inboundPort), \(labels), \(heartbeat), \(expiry),
-                    \(instance.mtls), \(instance.appProtocol), \(instance.appHealthy))
+                    \(instance.mtls), \(instance.appProtocol), \(instance.appHealthy), \(roots), \(instance.certificateRoot))
             ON CONFLICT (id) DO UPDATE SET service = excluded.service, address = excluded.address,
               inbound_port = excluded.inbound_port, labels = excluded.labels, last_heartbeat = excluded.last_heartbeat,
               certificate_expiry = excluded.certificate_expiry, mtls = excluded.mtls, app_protocol = excluded.app_protocol,
-              app_healthy = excluded.app_healthy
+              app_healthy = excluded.app_healthy, trust_roots = excluded.trust_roots, certificate_root = excluded.certificate_root
             """, logger: logger)
     }
 
     private func readInstances(_ on: some Queryable) async throws -> [ServiceInstance] {
         var instances: [ServiceInstance] = []
         let rows = try await on.run("""
-            SELECT id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls, app_protocol, app_healthy
+            SELECT id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls, app_protocol, app_healthy,
+                   trust_roots, certificate_root
             FROM instances ORDER BY id
             """, logger)
-        for try await (id, serviceText, address, port, labelsText, heartbeat, expiry, mtls, appProtocol, appHealthy)
-            in rows.decode((String, String, String, Int, String, Double, Double?, String?, String?, Bool?).self) {
+        for try await (id, serviceText, address, port, labelsText, heartbeat, expiry, mtls, appProtocol, appHealthy, roots, certificateRoot)
+            in rows.decode((String, String, String, Int, String, Double, Double?, String?, String?, Bool?, String?, String?).self) {
             // A row this binary cannot read is skipped, as in the SQLite store.
             guard let service = try? ServiceName(serviceText),
                   let labels = try? JSONDecoder().decode(Labels.self, from: Data(labelsText.utf8)) else { continue }
-            instances.append(ServiceInstance(id: id, service: service, address: address, inboundPort: port, labels: labels,
-                                             lastHeartbeat: Date(timeIntervalSince1970: heartbeat),
-                                             certificateExpiry: expiry.map { Date(timeIntervalSince1970: $0) },
-                                             mtls: mtls, appProtocol: appProtocol, appHealthy: appHealthy))
+            var instance = ServiceInstance(id: id, service: service, address: address, inboundPort: port, labels: labels,
+                                           lastHeartbeat: Date(timeIntervalSince1970: heartbeat),
+                                           certificateExpiry: expiry.map { Date(timeIntervalSince1970: $0) },
+                                           mtls: mtls, appProtocol: appProtocol, appHealthy: appHealthy)
+            instance.trustRoots = InstanceCoding.roots(roots)
+            instance.certificateRoot = certificateRoot
+            instances.append(instance)
         }
         return instances
     }

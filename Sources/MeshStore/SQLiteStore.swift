@@ -9,7 +9,7 @@ import SQLiteNIO
 /// ``consumeJoinToken(hash:now:)`` is atomic without extra locking.
 public actor SQLiteStore: MeshStore {
     private let connection: SQLiteConnection
-    private static let schemaVersion = 5
+    private static let schemaVersion = 6
     /// Store calls run one at a time. The actor alone does not ensure that: it is re-entered
     /// at every `await`, which would let another call's statements land inside a transaction.
     private var busy = false
@@ -106,6 +106,15 @@ public actor SQLiteStore: MeshStore {
             try await run("CREATE TABLE registry_events (version INTEGER PRIMARY KEY, event TEXT NOT NULL)")
             try await run("DELETE FROM schema_version")
             try await run("INSERT INTO schema_version (version) VALUES (5)")
+            try await run("COMMIT")
+        }
+        if current < 6 {
+            // What proxies report for a CA rotation (roots trusted, root of their SVID).
+            try await run("BEGIN")
+            try await run("ALTER TABLE instances ADD COLUMN trust_roots TEXT")
+            try await run("ALTER TABLE instances ADD COLUMN certificate_root TEXT")
+            try await run("DELETE FROM schema_version")
+            try await run("INSERT INTO schema_version (version) VALUES (6)")
             try await run("COMMIT")
         }
     }
@@ -336,17 +345,19 @@ public actor SQLiteStore: MeshStore {
         let labels = String(decoding: try JSONEncoder().encode(instance.labels), as: UTF8.self)
         try await run("""
             INSERT OR REPLACE INTO instances (id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls,
-                                              app_protocol, app_healthy)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                              app_protocol, app_healthy, trust_roots, certificate_root)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """, [.text(instance.id), .text(instance.service.rawValue), .text(instance.address),
                   .integer(instance.inboundPort), .text(labels), .float(instance.lastHeartbeat.timeIntervalSince1970),
                   instance.certificateExpiry.map { .float($0.timeIntervalSince1970) } ?? .null,
                   instance.mtls.map { .text($0) } ?? .null, instance.appProtocol.map { .text($0) } ?? .null,
-                  instance.appHealthy.map { .integer($0 ? 1 : 0) } ?? .null])
+                  instance.appHealthy.map { .integer($0 ? 1 : 0) } ?? .null,
+                  InstanceCoding.roots(instance.trustRoots).map { .text($0) } ?? .null,
+                  instance.certificateRoot.map { .text($0) } ?? .null])
     }
 
     private func readInstances() async throws -> [ServiceInstance] {
-        let rows = try await query("SELECT id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls, app_protocol, app_healthy FROM instances ORDER BY id")
+        let rows = try await query("SELECT id, service, address, inbound_port, labels, last_heartbeat, certificate_expiry, mtls, app_protocol, app_healthy, trust_roots, certificate_root FROM instances ORDER BY id")
         return rows.compactMap { row in
             guard let id = row.column("id")?.string,
                   let service = row.column("service")?.string.flatMap({ try? ServiceName($0) }),
@@ -355,11 +366,14 @@ public actor SQLiteStore: MeshStore {
                   let labelsText = row.column("labels")?.string,
                   let labels = try? JSONDecoder().decode(Labels.self, from: Data(labelsText.utf8)),
                   let heartbeat = row.column("last_heartbeat")?.double else { return nil }
-            return ServiceInstance(id: id, service: service, address: address, inboundPort: Int(port), labels: labels,
-                                   lastHeartbeat: Date(timeIntervalSince1970: heartbeat),
-                                   certificateExpiry: row.column("certificate_expiry")?.double.map { Date(timeIntervalSince1970: $0) },
-                                   mtls: row.column("mtls")?.string, appProtocol: row.column("app_protocol")?.string,
-                                   appHealthy: row.column("app_healthy")?.integer.map { $0 != 0 })
+            var instance = ServiceInstance(id: id, service: service, address: address, inboundPort: Int(port), labels: labels,
+                                           lastHeartbeat: Date(timeIntervalSince1970: heartbeat),
+                                           certificateExpiry: row.column("certificate_expiry")?.double.map { Date(timeIntervalSince1970: $0) },
+                                           mtls: row.column("mtls")?.string, appProtocol: row.column("app_protocol")?.string,
+                                           appHealthy: row.column("app_healthy")?.integer.map { $0 != 0 })
+            instance.trustRoots = InstanceCoding.roots(row.column("trust_roots")?.string)
+            instance.certificateRoot = row.column("certificate_root")?.string
+            return instance
         }
     }
 

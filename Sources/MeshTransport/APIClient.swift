@@ -61,28 +61,36 @@ public struct APIClient: Sendable {
     /// Sends one request with a JSON body (or none) and reads the whole response.
     public func send<Body: Encodable>(_ method: HTTPMethod, _ path: String, json: Body?) async throws -> Response {
         let payload = try json.map { try JSONCoding.encoder.encode($0) }
-        return try await withTimeout(requestTimeout) {
-            // Each replica in turn, from the preferred one, while they are unreachable or
-            // unavailable (503: a replica without its database); the last answer stands.
-            let order = self.targetOrder
-            var lastError: Error?
-            for (index, target) in order.enumerated() {
-                do {
-                    let response = try await self.sendOnce(method, path, body: payload, to: target)
-                    if response.status == .serviceUnavailable, index < order.count - 1 {
-                        self.preference?.failed(target, next: order[index + 1])
-                        continue
-                    }
-                    self.preference?.succeeded(target)
-                    return response
-                } catch let error as MeshError where error.code == .unavailable && index < order.count - 1 {
-                    lastError = error
-                    self.preference?.failed(target, next: order[index + 1])
+        // Each replica in turn, from the preferred one, while they are unreachable, hung
+        // (each attempt has its own `requestTimeout`) or unavailable (503: a replica without
+        // its database); the last answer stands. Once a request has been sent, it goes to
+        // another replica only if `retryAfterSend` (not for a join, which spends a token).
+        let order = targetOrder
+        var lastError: Error?
+        for (index, target) in order.enumerated() {
+            let last = index == order.count - 1
+            do {
+                let response = try await withTimeout(requestTimeout) {
+                    try await self.sendOnce(method, path, body: payload, to: target)
                 }
+                if response.status == .serviceUnavailable, !last {
+                    preference?.failed(target, next: order[index + 1])
+                    continue
+                }
+                preference?.succeeded(target)
+                return response
+            } catch let error as MeshError where error.code == .unavailable && !last {
+                lastError = error
+                guard retryAfterSend || error.message.hasPrefix(Self.connectFailurePrefix) else { throw error }
+                preference?.failed(target, next: order[index + 1])
             }
-            throw lastError ?? MeshError(.unavailable, "no address to call")
         }
+        throw lastError ?? MeshError(.unavailable, "no address to call")
     }
+
+    /// Whether a request already sent may be sent again to another replica.
+    public var retryAfterSend = true
+    static let connectFailurePrefix = "cannot connect to "
 
     /// The target first, or the preferred one, then the others in order.
     private var targetOrder: [HostPort] {
@@ -150,6 +158,10 @@ public struct APIClient: Sendable {
                     if pending.readableBytes < 64 << 10 { pending.writeBuffer(&chunk) }
                 case .end where refused != nil:
                     let status = refused ?? .internalServerError
+                    // A replica that cannot serve the stream (503): the next attempt goes elsewhere.
+                    if status == .serviceUnavailable, let index = order.firstIndex(of: target), order.count > 1 {
+                        preference?.failed(target, next: order[(index + 1) % order.count])
+                    }
                     let body = try? JSONDecoder().decode(ControlAPI.ErrorBody.self, from: Data(pending.readableBytesView))
                     throw MeshError(body.map { MeshError.Code(rawValue: $0.code) } ?? .unavailable,
                                     "\(target) refused the stream: \(body?.message ?? "status \(status.code)")")
@@ -199,7 +211,7 @@ public struct APIClient: Sendable {
                     }
                 }
         } catch {
-            throw MeshError(.unavailable, "cannot connect to \(target): \(error)")
+            throw MeshError(.unavailable, "\(Self.connectFailurePrefix)\(target): \(error)")
         }
     }
 

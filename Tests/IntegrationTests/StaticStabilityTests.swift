@@ -27,7 +27,7 @@ final class StaticStabilityTests: XCTestCase {
 
             // What is kept, and how: a private directory of private files.
             XCTAssertEqual(try mode(of: state), 0o700)
-            for file in ["svid.pem", "svid.key", "bundle.pem", "registry.json", "instance-id"] {
+            for file in ["svid.pem", "bundle.pem", "registry.json", "instance-id"] {
                 XCTAssertEqual(try mode(of: state.appendingPathComponent(file)), 0o600, file)
             }
 

@@ -40,9 +40,11 @@ enum StoreBehaviour {
 
     static func registryAndVersionSurviveAReopen(_ open: Open) async throws {
         let store = try await open()
-        let instance = ServiceInstance(id: "api-1", service: try ServiceName("api"), address: "10.1.2.3", inboundPort: 15006,
+        var instance = ServiceInstance(id: "api-1", service: try ServiceName("api"), address: "10.1.2.3", inboundPort: 15006,
                                        labels: Labels(["version": "v2"]), lastHeartbeat: Date(timeIntervalSince1970: 1000.25),
                                        certificateExpiry: Date(timeIntervalSince1970: 2000), mtls: "permissive")
+        instance.trustRoots = ["0a1b", "2c3d"]
+        instance.certificateRoot = "2c3d"
         let first = try await store.commitRegistryChange(.upsert(instance))
         XCTAssertEqual(first, 1)
         let touched = try await store.touchInstance(id: "api-1", at: Date(timeIntervalSince1970: 1500))

@@ -186,6 +186,11 @@ struct ProxyAPIRoutes: Sendable {
     /// connections are noticed on both sides.
     private func watch(_ request: APIRequest) async throws -> APIResponse {
         let (_, service) = try caller(request)
+        // A replica cut off from the store no longer sees other replicas' changes: it sends
+        // proxies to another (503), rather than keep them on a view that silently ages.
+        if let problem = await registry.storeFailingLongerThan(Self.staleStoreLimit) {
+            throw MeshError(.storeFailure, "this replica cannot read the store (\(problem)); use another replica")
+        }
         let since = request.query["since"].flatMap { UInt64($0) }
         let events = await registry.watch(since: since)
         let keepalive = watchKeepalive
@@ -208,9 +213,16 @@ struct ProxyAPIRoutes: Sendable {
                 if case .dropped = continuation.yield(ByteBuffer(bytes: data)) { break }
             }
         }
+        let registry = self.registry
         let ticker = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: keepalive)
+                // The store failing for long: end the stream so the proxy moves to a replica
+                // that has it (and, if none has, reports itself stale).
+                if await registry.storeFailingLongerThan(Self.staleStoreLimit) != nil {
+                    continuation.finish()
+                    return
+                }
                 continuation.yield(ByteBuffer(string: "\n"))
             }
         }
@@ -221,6 +233,9 @@ struct ProxyAPIRoutes: Sendable {
         }
         return APIResponse(status: .ok, headers: ["content-type": "application/x-ndjson"], body: .stream(stream))
     }
+
+    /// How long a replica may fail to read the store before it sends proxies elsewhere.
+    static let staleStoreLimit: TimeInterval = 10
 
     /// The caller's workload identity, required on every call but join.
     private func caller(_ request: APIRequest) throws -> (SPIFFEID, ServiceName) {

@@ -13,9 +13,11 @@ import MeshStore
 enum SharedTrust {
     static func load(store: any MeshStore, secret: StoreSecret, directory: DataDirectory, trustDomain: String,
                      logger: Logger) async throws -> (storage: StoreTrustStorage, adminToken: String) {
-        // Offer the data directory's CA, or a new one; whichever replica stored first wins.
+        // Offer the CA an earlier release kept in the store (`ca`, before rotations), else the
+        // data directory's, else a new one; whichever replica stored first wins.
         let local = try directory.existingCA()
-        let offered = try local ?? CertificateAuthority.create(trustDomain: trustDomain)
+        let legacy = try await legacyCA(store: store, secret: secret)
+        let offered = try legacy ?? local ?? CertificateAuthority.create(trustDomain: trustDomain)
         let storage = StoreTrustStorage(store: store, secret: secret, initial: try TrustState.single(offered))
         let state = try await storage.load()
         if let local, try !state.roots.contains(where: { $0.certificatePEM == (try local.certificatePEM) }) {
@@ -28,5 +30,21 @@ enum SharedTrust {
         let adminToken = try secret.open(sealedToken, purpose: "admin token")
         try directory.writeAdminToken(adminToken)
         return (storage, adminToken)
+    }
+
+    /// The CA as the first replicated release stored it (`ca`: certificate and sealed key).
+    /// Reading a shared value stores the offer when there is none: an empty one means none.
+    private static func legacyCA(store: any MeshStore, secret: StoreSecret) async throws -> CertificateAuthority? {
+        struct StoredCA: Codable {
+            var certificatePEM: String
+            var sealedKey: String
+        }
+        let text = try await store.sharedValue("ca", orInsert: "")
+        guard !text.isEmpty else { return nil }
+        guard let stored = try? JSONDecoder().decode(StoredCA.self, from: Data(text.utf8)) else {
+            throw MeshError(.storeFailure, "the CA kept in the store does not decode; the store may be damaged or written by a newer mesh")
+        }
+        return try CertificateAuthority(certificatePEM: stored.certificatePEM,
+                                        privateKeyPEM: try secret.open(stored.sealedKey, purpose: "CA private key"))
     }
 }

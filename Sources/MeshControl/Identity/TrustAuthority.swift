@@ -19,7 +19,7 @@ import X509
 /// No proxy ever sees a certificate from a root it does not trust yet, so no connection
 /// fails. Each step also waits `minimumStep` so that every replica has taken the previous
 /// one (replicas learn of a step from the registry log at once, and re-read the state every
-/// resync). The replica holding the CA duty moves the rotation on; any replica may start it.
+/// 5 s in any case). The replica holding the CA duty moves the rotation on; any replica may start it.
 actor TrustAuthority {
     private(set) var state: TrustState
     private var signer: CertificateAuthority

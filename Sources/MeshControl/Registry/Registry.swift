@@ -31,6 +31,8 @@ public actor Registry {
     private var lastStoreFailure: Date?
     /// The last store error, while the store fails (for `/v1/health` and `mesh check`).
     public private(set) var storeError: String?
+    /// Since when store calls fail (nil while they work).
+    private var storeFailingSince: Date?
     /// Called when a `trust` event arrives from the log (a CA rotation step, maybe by another
     /// replica), so that this replica re-reads the CA state.
     private var onTrust: (@Sendable () -> Void)?
@@ -60,6 +62,12 @@ public actor Registry {
     }
 
     public var current: RegistrySnapshot { snapshot }
+
+    /// The store's error when it has failed for longer than `limit`, else nil.
+    func storeFailingLongerThan(_ limit: TimeInterval) -> String? {
+        guard let since = storeFailingSince, clock().timeIntervalSince(since) > limit else { return nil }
+        return storeError
+    }
 
     /// The roots proxies get with every snapshot, and who to tell when a `trust` event comes.
     func setTrust(_ update: TrustUpdate, onChange: @escaping @Sendable () -> Void) {
@@ -287,10 +295,12 @@ public actor Registry {
             if storeError != nil {
                 logger.notice("the store answers again")
                 storeError = nil
+                storeFailingSince = nil
             }
             return result
         } catch {
             lastStoreFailure = clock()
+            if storeFailingSince == nil { storeFailingSince = clock() }
             storeError = (error as? MeshError)?.message ?? "\(error)"
             throw error
         }

@@ -82,7 +82,12 @@ struct ControlPlaneSource: SidecarSource {
         if let state {
             do {
                 if let saved = try state.load(service: service, trustDomain: trustDomain) {
-                    await identity.adopt(saved.svid, bundle: saved.bundle)
+                    // The saved roots and those of --ca-file: after a rotation retired the saved
+                    // ones, the operator's new ca.pem still reaches the control plane.
+                    let given = try TrustBundle(pem: settings.trustBundlePEM)
+                    let known = Set(saved.bundle.fingerprints)
+                    let roots = saved.bundle.roots + given.roots.filter { !known.contains(TrustBundle.fingerprint(of: $0)) }
+                    await identity.adopt(saved.svid, bundle: try TrustBundle(roots: roots, trustDomain: trustDomain))
                     do {
                         try await identity.renew()
                     } catch let error as MeshError where error.code == .unavailable {

@@ -69,7 +69,10 @@ actor IdentityManager {
     func join(token: String) async throws {
         let key = WorkloadKey()
         let request = ControlAPI.JoinRequest(token: token, csrPEM: try key.csrPEM(service: service))
-        let response = try await controlClient().send(.POST, ControlAPI.joinPath, json: request)
+        var client = try controlClient()
+        // A join that reached a replica may have spent the token: never sent twice.
+        client.retryAfterSend = false
+        let response = try await client.send(.POST, ControlAPI.joinPath, json: request)
             .decode(ControlAPI.CertificateResponse.self)
         try await install(response, key: key)
     }
@@ -90,9 +93,14 @@ actor IdentityManager {
         guard newSVID.id == expected else {
             throw MeshError(.invalidCertificate, "the control plane issued \(newSVID.id), expected \(expected)")
         }
-        let newBundle = try TrustBundle(pem: response.trustBundlePEM)
+        var newBundle = try TrustBundle(pem: response.trustBundlePEM)
         guard newBundle.trustDomain == bundle.trustDomain else {
             throw MeshError(.invalidCertificate, "the control plane sent a bundle for another trust domain")
+        }
+        // During a CA rotation the roots from the registry stream are the authority: a renewal
+        // answered by a replica that has not taken the latest step must not undo it.
+        if let latestTrust, let announced = try? TrustBundle(pem: latestTrust.bundlePEM), announced.trustDomain == bundle.trustDomain {
+            newBundle = announced
         }
         svid = newSVID
         bundle = newBundle
@@ -113,11 +121,14 @@ actor IdentityManager {
     }
 
     private var scheduledRenewal: Task<Void, Never>?
+    /// The last roots announced on the registry stream (a CA rotation step).
+    private var latestTrust: TrustUpdate?
 
     /// A step of a CA rotation from the registry stream: takes the new bundle (TLS contexts
     /// rebuilt, saved), and renews onto the signing root, at a random moment within the window,
     /// when the SVID chains to another one.
     func apply(trust update: TrustUpdate) async {
+        latestTrust = update
         do {
             let next = try TrustBundle(pem: update.bundlePEM)
             guard next.trustDomain == bundle.trustDomain else {
@@ -125,11 +136,15 @@ actor IdentityManager {
                 return
             }
             if next.fingerprints != bundle.fingerprints {
-                bundle = next
                 logger.notice("trust bundle updated", metadata: ["roots": "\(next.fingerprints.joined(separator: ","))"])
                 if let svid {
+                    // The data path first: heartbeats report the new roots only once the TLS
+                    // contexts hold them.
                     await onChange(svid, next)
-                    do { try state?.save(svid: svid, bundle: next) } catch {
+                }
+                bundle = next
+                if let current = svid {
+                    do { try state?.save(svid: current, bundle: next) } catch {
                         logger.warning("cannot save the trust bundle in the state directory", metadata: ["error": "\(error)"])
                     }
                 }
@@ -147,16 +162,22 @@ actor IdentityManager {
         }
     }
 
+    /// Renews until the SVID chains to the announced signing root (a replica that has not
+    /// taken the step yet may still sign with the old one).
     private func renewForRotation() async {
         var attempt = 0
         while !Task.isCancelled {
+            if let signing = latestTrust?.signingRoot, trustReport.certificateRoot == signing { break }
             do {
                 try await renew()
+                if let signing = latestTrust?.signingRoot, trustReport.certificateRoot != signing {
+                    throw MeshError(.unavailable, "the renewed SVID still chains to the old root")
+                }
                 break
             } catch {
                 attempt += 1
                 logger.warning("SVID renewal for the CA rotation failed; retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
-                try? await Task.sleep(for: .seconds(min(5.0, 0.2 * Double(attempt)) * Double.random(in: 0.5...1.0)))
+                try? await Task.sleep(for: .seconds(min(5.0, 0.5 * Double(attempt)) * Double.random(in: 0.5...1.0)))
             }
         }
         scheduledRenewal = nil

@@ -5,8 +5,9 @@ import MeshIdentity
 import MeshTransport
 
 /// What a proxy keeps on disk with `--state-dir DIR`, so that it can restart while the control
-/// plane is down: its SVID chain (`svid.pem`), the SVID's private key (`svid.key`), the trust
-/// bundle (`bundle.pem`), the last registry and policies (`registry.json`) and its instance id
+/// plane is down: its SVID chain followed by the SVID's private key (`svid.pem`: one file, so
+/// a crash between two writes can never pair a chain with another key), the trust bundle
+/// (`bundle.pem`), the last registry and policies (`registry.json`) and its instance id
 /// (`instance-id`). The directory is 0700 and every file 0600, written whole (temporary file,
 /// then rename). A restarted proxy renews with the saved SVID (no new join token); if the
 /// control plane cannot be reached it serves with the saved SVID and registry, but only while
@@ -17,7 +18,6 @@ struct ProxyState: Sendable {
     init(path: String) { directory = URL(fileURLWithPath: path, isDirectory: true) }
 
     private var svidFile: URL { directory.appendingPathComponent("svid.pem") }
-    private var keyFile: URL { directory.appendingPathComponent("svid.key") }
     private var bundleFile: URL { directory.appendingPathComponent("bundle.pem") }
     private var registryFile: URL { directory.appendingPathComponent("registry.json") }
     private var instanceFile: URL { directory.appendingPathComponent("instance-id") }
@@ -53,11 +53,12 @@ struct ProxyState: Sendable {
     /// nil when there is none; an error that says why a saved one cannot be used.
     func load(service: ServiceName, trustDomain: String, now: Date = Date()) throws -> Saved? {
         let fm = FileManager.default
-        guard fm.fileExists(atPath: svidFile.path), fm.fileExists(atPath: keyFile.path) else { return nil }
+        guard fm.fileExists(atPath: svidFile.path) else { return nil }
         let svid: SVID
         let bundle: TrustBundle
         do {
-            svid = try SVID(chain: try PEM.certificates(from: try read(svidFile)), key: try WorkloadKey(pem: try read(keyFile)))
+            let text = try read(svidFile)
+            svid = try SVID(chain: try PEM.certificates(from: text), key: try WorkloadKey(pem: try Self.keyBlock(in: text)))
             bundle = try TrustBundle(pem: try read(bundleFile))
         } catch {
             throw MeshError(.invalidCertificate, "the SVID saved in \(directory.path) cannot be read (\(error)); remove the directory and start with a new join token")
@@ -78,9 +79,18 @@ struct ProxyState: Sendable {
     }
 
     func save(svid: SVID, bundle: TrustBundle) throws {
-        try write(try PEM.text(of: svid.chain), to: svidFile)
-        try write(try svid.key.pem, to: keyFile)
+        try write(try PEM.text(of: svid.chain) + (try svid.key.pem), to: svidFile)
         try write(try bundle.pem, to: bundleFile)
+    }
+
+    /// The private key block of a PEM text that also holds certificates.
+    private static func keyBlock(in text: String) throws -> String {
+        let lines = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+        guard let start = lines.firstIndex(where: { $0.hasPrefix("-----BEGIN") && $0.hasSuffix("PRIVATE KEY-----") }),
+              let end = lines[start...].firstIndex(where: { $0.hasPrefix("-----END") && $0.hasSuffix("PRIVATE KEY-----") }) else {
+            throw MeshError(.invalidCertificate, "no private key in the saved SVID file")
+        }
+        return lines[start...end].joined(separator: "\n") + "\n"
     }
 
     func save(registry: RegistrySnapshot) throws {
