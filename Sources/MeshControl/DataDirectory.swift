@@ -27,25 +27,6 @@ public struct DataDirectory: Sendable {
         }
     }
 
-    /// Loads the CA, or creates and persists one on first start.
-    public func loadOrCreateCA(trustDomain: String) throws -> CertificateAuthority {
-        let fm = FileManager.default
-        if fm.fileExists(atPath: caKeyFile.path) {
-            let ca = try CertificateAuthority(certificatePEM: try read(caCertificateFile), privateKeyPEM: try read(caKeyFile))
-            guard ca.trustDomain == trustDomain else {
-                throw MeshError(.invalidRequest, "the data directory holds a CA for trust domain '\(ca.trustDomain)', not '\(trustDomain)'; pass --trust-domain \(ca.trustDomain) or use another --data-dir")
-            }
-            // Re-write the bundle in case an operator deleted it.
-            if !fm.fileExists(atPath: trustBundleFile.path) { try write(try ca.certificatePEM, to: trustBundleFile, mode: 0o644) }
-            return ca
-        }
-        let ca = try CertificateAuthority.create(trustDomain: trustDomain)
-        try write(try ca.privateKeyPEM, to: caKeyFile, mode: 0o600)
-        try write(try ca.certificatePEM, to: caCertificateFile, mode: 0o644)
-        try write(try ca.certificatePEM, to: trustBundleFile, mode: 0o644)
-        return ca
-    }
-
     /// Loads the admin token, or creates one on first start.
     public func loadOrCreateAdminToken() throws -> String {
         if let token = try existingAdminToken() { return token }

@@ -8,12 +8,6 @@ import XCTest
 /// them, a replica can die under load without a failed request, its duties move, and
 /// concurrent applies through two replicas lose nothing.
 final class ReplicaTests: XCTestCase {
-    private let allow = """
-        kind: AuthorizationPolicy
-        metadata: {name: web-to-api}
-        spec: {selector: {service: api}, rules: [{from: [{services: [web]}]}]}
-        """
-
     func testAChangeThroughOneReplicaReachesProxiesOfTheOthersWithinASecond() async throws {
         try requirePostgreSQL()
         let mesh = try await ReplicatedMesh.start(replicas: 3)
@@ -34,9 +28,7 @@ final class ReplicaTests: XCTestCase {
             }
 
             // The policy goes in through replica 2, which neither proxy talks to.
-            let file = mesh.directory.appendingPathComponent("allow.yaml")
-            try allow.write(to: file, atomically: true, encoding: .utf8)
-            let applied = try await mesh.cli(["apply", "-f", file.path], replica: 2)
+            let applied = try await mesh.apply(ReplicatedMesh.webToAPI, replica: 2)
             XCTAssertEqual(applied.status, 0, applied.err)
             let propagation = try await waitUntil(timeout: .seconds(10)) {
                 (try? await callThroughMesh(web.outbound, service: "api").status.code) == 200
@@ -74,9 +66,7 @@ final class ReplicaTests: XCTestCase {
         let first = try await TestApp.start("api-1")
         let second = try await TestApp.start("api-2")
         do {
-            let file = mesh.directory.appendingPathComponent("allow.yaml")
-            try allow.write(to: file, atomically: true, encoding: .utf8)
-            let applied = try await mesh.cli(["apply", "-f", file.path], replica: 1)
+            let applied = try await mesh.apply(ReplicatedMesh.webToAPI, replica: 1)
             XCTAssertEqual(applied.status, 0, applied.err)
             // Every proxy knows all three replicas and starts on replica 0, which (first up)
             // also holds the sweep duty.
@@ -130,8 +120,8 @@ final class ReplicaTests: XCTestCase {
         let mesh = try await ReplicatedMesh.start(replicas: 3)
         do {
             for round in 0..<10 {
-                async let a = Self.apply(round: round, writer: "a", through: 0, mesh)
-                async let b = Self.apply(round: round, writer: "b", through: 1, mesh)
+                async let a = mesh.apply(Self.defaults(round: round, writer: "a"), replica: 0)
+                async let b = mesh.apply(Self.defaults(round: round, writer: "b"), replica: 1)
                 let results = try await [a, b]
                 for result in results { XCTAssertEqual(result.status, 0, result.err) }
             }
@@ -164,14 +154,11 @@ final class ReplicaTests: XCTestCase {
         var after: String?
     }
 
-    private static func apply(round: Int, writer: String, through replica: Int, _ mesh: ReplicatedMesh) async throws
-        -> (status: Int32, out: String, err: String) {
-        let file = mesh.directory.appendingPathComponent("defaults-\(writer)-\(round).yaml")
-        try """
-            kind: ServiceDefaults
-            metadata: {name: api}
-            spec: {labels: {round: round-\(writer)-\(round)}}
-            """.write(to: file, atomically: true, encoding: .utf8)
-        return try await mesh.cli(["apply", "-f", file.path], replica: replica)
+    private static func defaults(round: Int, writer: String) -> String {
+        """
+        kind: ServiceDefaults
+        metadata: {name: api}
+        spec: {labels: {round: round-\(writer)-\(round)}}
+        """
     }
 }

@@ -15,35 +15,17 @@ final class ResilienceTests: XCTestCase {
             _ = try await eventually { try await callThroughMesh(web.outbound, service: "api") }
 
             // 12 s of traffic from 4 concurrent callers spans at least three renewals per proxy.
-            let failures = NIOLockedValueBox<[String]>([])
-            let successes = NIOLockedValueBox(0)
-            let end = ContinuousClock.now + .seconds(12)
-            await withTaskGroup(of: Void.self) { group in
-                for _ in 0..<4 {
-                    group.addTask {
-                        while ContinuousClock.now < end {
-                            do {
-                                let response = try await callThroughMesh(web.outbound, service: "api")
-                                if response.status.code == 200 {
-                                    successes.withLockedValue { $0 += 1 }
-                                } else {
-                                    failures.withLockedValue { $0.append("\(response.status.code) \(response.text)") }
-                                }
-                            } catch {
-                                failures.withLockedValue { $0.append("\(error)") }
-                            }
-                            try? await Task.sleep(for: .milliseconds(20))
-                        }
-                    }
-                }
-            }
-            XCTAssertEqual(failures.withLockedValue { $0 }, [])
-            XCTAssertGreaterThan(successes.withLockedValue { $0 }, 100)
+            let load = MeshLoad()
+            load.start(through: web.outbound, service: "api")
+            try await Task.sleep(for: .seconds(12))
+            await load.stop()
+            XCTAssertEqual(load.failures.withLockedValue { $0 }, [])
+            XCTAssertGreaterThan(load.successes.withLockedValue { $0 }, 100)
             for proxy in [api, web] {
                 let installs = proxy.process.log.components(separatedBy: "SVID installed").count - 1
                 XCTAssertGreaterThanOrEqual(installs, 3, "expected the join and at least two renewals")
             }
-            print("requests during renewal: \(successes.withLockedValue { $0 }) ok, 0 failed")
+            print("requests during renewal: \(load.successes.withLockedValue { $0 }) ok, 0 failed")
         } catch {
             XCTFail("\(error)\n\(mesh.logs)")
         }

@@ -13,10 +13,7 @@ final class RotationTests: XCTestCase {
         let first = try await TestApp.start("api-1")
         let second = try await TestApp.start("api-2")
         do {
-            let file = mesh.directory.appendingPathComponent("allow.yaml")
-            try "kind: AuthorizationPolicy\nmetadata: {name: web-to-api}\nspec: {selector: {service: api}, rules: [{from: [{services: [web]}]}]}\n"
-                .write(to: file, atomically: true, encoding: .utf8)
-            let applied = try await mesh.cli(["apply", "-f", file.path])
+            let applied = try await mesh.apply(ReplicatedMesh.webToAPI)
             XCTAssertEqual(applied.status, 0, applied.err)
             _ = try await mesh.proxy("api", app: first.address)
             _ = try await mesh.proxy("api", app: second.address, controls: [1, 0])

@@ -88,10 +88,7 @@ final class StaticStabilityTests: XCTestCase {
         let mesh = try await ReplicatedMesh.start(replicas: 3)
         let app = try await TestApp.start("api")
         do {
-            let file = mesh.directory.appendingPathComponent("allow.yaml")
-            try "kind: AuthorizationPolicy\nmetadata: {name: web-to-api}\nspec: {selector: {service: api}, rules: [{from: [{services: [web]}]}]}\n"
-                .write(to: file, atomically: true, encoding: .utf8)
-            let applied = try await mesh.cli(["apply", "-f", file.path])
+            let applied = try await mesh.apply(ReplicatedMesh.webToAPI)
             XCTAssertEqual(applied.status, 0, applied.err)
             _ = try await mesh.proxy("api", app: app.address)
             let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
@@ -139,10 +136,7 @@ final class StaticStabilityTests: XCTestCase {
         let mesh = try await ReplicatedMesh.start(replicas: 2)
         let app = try await TestApp.start("api")
         do {
-            let file = mesh.directory.appendingPathComponent("allow.yaml")
-            try "kind: AuthorizationPolicy\nmetadata: {name: web-to-api}\nspec: {selector: {service: api}, rules: [{from: [{services: [web]}]}]}\n"
-                .write(to: file, atomically: true, encoding: .utf8)
-            let applied = try await mesh.cli(["apply", "-f", file.path])
+            let applied = try await mesh.apply(ReplicatedMesh.webToAPI)
             XCTAssertEqual(applied.status, 0, applied.err)
             _ = try await mesh.proxy("api", app: app.address)
             let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
@@ -150,8 +144,7 @@ final class StaticStabilityTests: XCTestCase {
                 let status = try await callThroughMesh(web.outbound, service: "api").status.code
                 guard status == 200 else { throw TestFailure("not allowed yet: \(status)") }
             }
-            let retries = mesh.directory.appendingPathComponent("retries.yaml")
-            try "kind: TrafficPolicy\nmetadata: {name: api}\nspec: {retries: {attempts: 3}}\n".write(to: retries, atomically: true, encoding: .utf8)
+            let retries = "kind: TrafficPolicy\nmetadata: {name: api}\nspec: {retries: {attempts: 3}}\n"
             let load = MeshLoad()
             load.start(through: web.outbound, service: "api")
             try await Task.sleep(for: .milliseconds(300))
@@ -163,7 +156,7 @@ final class StaticStabilityTests: XCTestCase {
                 return health.text
             }
             XCTAssertTrue(degraded.contains("store does not answer"), degraded)
-            let refused = try await mesh.cli(["apply", "-f", retries.path], replica: 1)
+            let refused = try await mesh.apply(retries, replica: 1)
             XCTAssertNotEqual(refused.status, 0)
             XCTAssertTrue(refused.err.contains("PostgreSQL"), refused.err)
             try await Task.sleep(for: .seconds(5))
@@ -172,7 +165,7 @@ final class StaticStabilityTests: XCTestCase {
             let recovered = try await waitUntil(timeout: .seconds(30)) {
                 (try? await mesh.adminClient(0).get("/v1/health").status.code) == 200
             }
-            let reapplied = try await mesh.cli(["apply", "-f", retries.path], replica: 1)
+            let reapplied = try await mesh.apply(retries, replica: 1)
             XCTAssertEqual(reapplied.status, 0, reapplied.err)
             // Past the sweep's grace after the outage: nobody expired, no request failed.
             try await Task.sleep(for: .seconds(14))

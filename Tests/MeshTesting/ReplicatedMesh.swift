@@ -75,6 +75,20 @@ public final class ReplicatedMesh: @unchecked Sendable {
         try await MeshProcess.runToEnd(arguments + ["--admin", admins[index].description, "--data-dir", dataDir(index).path])
     }
 
+    /// The policy most tests need: `web` may call `api`.
+    public static let webToAPI = """
+        kind: AuthorizationPolicy
+        metadata: {name: web-to-api}
+        spec: {selector: {service: api}, rules: [{from: [{services: [web]}]}]}
+        """
+
+    /// Writes `yaml` to a file and runs `mesh apply -f` through replica `index`.
+    public func apply(_ yaml: String, replica index: Int = 0) async throws -> (status: Int32, out: String, err: String) {
+        let file = directory.appendingPathComponent("apply-\(UUID().uuidString.prefix(8)).yaml")
+        try yaml.write(to: file, atomically: true, encoding: .utf8)
+        return try await cli(["apply", "-f", file.path], replica: index)
+    }
+
     public func adminClient(_ index: Int) throws -> APIClient {
         let token = try String(contentsOf: dataDir(index).appendingPathComponent("admin.token"), encoding: .utf8)
             .trimmingCharacters(in: .whitespacesAndNewlines)

@@ -51,7 +51,9 @@ struct DirectoryTrustStorage: TrustStorage {
 
     func load() async throws -> TrustState {
         if let saved = try directory.trustState() { return saved }
-        let state = try TrustState.single(try directory.loadOrCreateCA(trustDomain: trustDomain))
+        // First start, or a data directory from before rotations (its `ca.key`). The trust
+        // domain is checked where the state is used (`TrustAuthority`).
+        let state = try TrustState.single(try directory.existingCA() ?? CertificateAuthority.create(trustDomain: trustDomain))
         try directory.save(trustState: state)
         return state
     }
