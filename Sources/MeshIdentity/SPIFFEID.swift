@@ -6,6 +6,9 @@ public struct SPIFFEID: Hashable, Sendable, CustomStringConvertible, Codable {
     public let trustDomain: String
     /// The path, starting with `/`; empty for the trust domain's own ID.
     public let path: String
+    /// The service name when this is a workload ID in the default namespace. Worked out once:
+    /// the proxies ask for it on every request.
+    public let service: ServiceName?
 
     /// Namespace in which every workload lives for now; a later multi-tenant mesh adds more.
     public static let defaultNamespace = "default"
@@ -28,6 +31,7 @@ public struct SPIFFEID: Hashable, Sendable, CustomStringConvertible, Codable {
         }
         self.trustDomain = trustDomain
         self.path = path
+        self.service = Self.service(inPath: path)
     }
 
     /// The identity of a workload: `spiffe://<td>/ns/<namespace>/sa/<service>`.
@@ -60,8 +64,7 @@ public struct SPIFFEID: Hashable, Sendable, CustomStringConvertible, Codable {
         }
     }
 
-    /// The service name when this is a workload ID in the default namespace.
-    public var service: ServiceName? {
+    private static func service(inPath path: String) -> ServiceName? {
         let parts = path.split(separator: "/")
         guard parts.count == 4, parts[0] == "ns", parts[1] == Substring(SPIFFEID.defaultNamespace), parts[2] == "sa" else {
             return nil
@@ -70,6 +73,14 @@ public struct SPIFFEID: Hashable, Sendable, CustomStringConvertible, Codable {
     }
 
     public var description: String { "spiffe://\(trustDomain)\(path)" }
+
+    // `service` follows from the path: equality and hashing leave it out.
+    public static func == (lhs: SPIFFEID, rhs: SPIFFEID) -> Bool { lhs.path == rhs.path && lhs.trustDomain == rhs.trustDomain }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(trustDomain)
+        hasher.combine(path)
+    }
 
     public init(from decoder: Decoder) throws {
         try self.init(parsing: try decoder.singleValueContainer().decode(String.self))

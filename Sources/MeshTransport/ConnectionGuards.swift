@@ -83,22 +83,32 @@ public final class IdleCloseHandler: ChannelInboundHandler, RemovableChannelHand
 /// from the first byte of the request (slowloris). Sits before the HTTP decoder, on raw
 /// bytes; the request handler calls ``headReceived()`` when a head is complete and
 /// ``awaitNextRequest()`` when the connection waits for the next request.
+///
+/// The timer is armed only when a read ends with the head still incomplete: a head that
+/// arrives whole (nearly every request) costs a clock read, not a scheduled task.
 public final class RequestHeaderTimer: ChannelInboundHandler, RemovableChannelHandler {
     public typealias InboundIn = ByteBuffer
     public typealias InboundOut = ByteBuffer
 
     private let limit: TimeAmount
     private var waitingForHead = true
+    /// When the first byte of the awaited head arrived; nil before it.
+    private var firstByte: NIODeadline?
     private var timer: Scheduled<Void>?
 
     public init(limit: TimeAmount) { self.limit = limit }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if waitingForHead && timer == nil {
-            let channel = context.channel
-            timer = context.eventLoop.scheduleTask(in: limit) { channel.close(promise: nil) }
-        }
+        if waitingForHead && firstByte == nil { firstByte = .now() }
         context.fireChannelRead(data)
+    }
+
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        if waitingForHead, let firstByte, timer == nil {
+            let channel = context.channel
+            timer = context.eventLoop.scheduleTask(deadline: firstByte + limit) { channel.close(promise: nil) }
+        }
+        context.fireChannelReadComplete()
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
@@ -110,6 +120,7 @@ public final class RequestHeaderTimer: ChannelInboundHandler, RemovableChannelHa
     /// A complete request head arrived: the body may take as long as it needs.
     public func headReceived() {
         waitingForHead = false
+        firstByte = nil
         timer?.cancel()
         timer = nil
     }

@@ -30,9 +30,10 @@ final class HostileHTTPTests: XCTestCase {
             XCTAssertEqual(tooBig.status.code, 431, tooBig.text)
             XCTAssertFalse(app.requests.contains { $0.path == "/over-limit" || $0.path == "/too-big" })
 
-            // Garbage instead of HTTP: a 400 or a close, and the proxy keeps serving.
+            // Garbage instead of HTTP: a 400 and a close, and the proxy keeps serving.
             let garbage = try await RawSocket.send(Array("\u{0}\u{1}NOT HTTP\r\n\r\n".utf8), to: web.outbound)
-            XCTAssertTrue(garbage.isEmpty || garbage.hasPrefix("HTTP/1.1 400"), garbage)
+            XCTAssertTrue(garbage.hasPrefix("HTTP/1.1 400"), garbage)
+            XCTAssertTrue(garbage.contains("malformed HTTP request"), garbage)
             let still = try await callThroughMesh(web.outbound, service: "api")
             XCTAssertEqual(still.status.code, 200)
         } catch {
@@ -86,6 +87,37 @@ final class HostileHTTPTests: XCTestCase {
             try await Task.sleep(for: .milliseconds(300))
             let paths = app.requests.dropFirst(before).map(\.path)
             XCTAssertEqual(paths, ["/first"], "the app saw \(paths)")
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        await app.stop()
+        await mesh.shutdown()
+    }
+
+    /// The proxy writes headers without a second validation pass (it costs a pipeline hop per
+    /// message): whatever a client sends, no CR, LF or NUL may reach the app in a header, and
+    /// no header may be injected.
+    func testHeaderValuesCannotCarryLineBreaksToTheApp() async throws {
+        let mesh = try await TestMesh.start()
+        let app = try await TestApp.start("api")
+        do {
+            _ = try await mesh.proxy("api", app: app.address)
+            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
+            _ = try await eventually { try await callThroughMesh(web.outbound, service: "api") }
+            for (path, header) in [("/folded", "X-Fold: a\r\n Injected: folded"), ("/bare-cr", "X-CR: a\rInjected: cr"),
+                                   ("/bare-lf", "X-LF: a\nInjected: lf"), ("/nul", "X-Nul: a\u{0}b")] {
+                let request = "GET \(path) HTTP/1.1\r\nHost: api\r\n\(header)\r\nConnection: close\r\n\r\n"
+                let answer = try await RawSocket.send(Array(request.utf8), to: web.outbound)
+                XCTAssertTrue(answer.hasPrefix("HTTP/1.1 400") || answer.hasPrefix("HTTP/1.1 200"), "\(path): \(answer)")
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            for seen in app.requests {
+                for (name, value) in seen.headers {
+                    XCTAssertNotEqual(name.lowercased(), "injected", "\(seen.path) injected a header")
+                    XCTAssertFalse(value.contains { $0 == "\r" || $0 == "\n" || $0 == "\r\n" || $0 == "\u{0}" },
+                                   "\(seen.path): \(name) carries a line break or NUL to the app")
+                }
+            }
         } catch {
             XCTFail("\(error)\n\(mesh.logs)")
         }

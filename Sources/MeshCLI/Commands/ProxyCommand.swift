@@ -87,6 +87,9 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(help: "Time from a request's first byte to the end of its headers before the connection is closed.")
     var requestHeaderTimeout = DurationArgument(seconds: 10)
 
+    @Option(help: "Time without a read or a write after which a connection to the proxy is closed (a service's TrafficPolicy timeouts.idle overrides it for its traffic).")
+    var idleTimeout = DurationArgument(seconds: 3600)
+
     @Option(help: "Event loop threads of the data path.")
     var threads: Int?
 
@@ -148,6 +151,8 @@ struct ProxyCommand: AsyncParsableCommand {
         }
         sidecarConfig.limits.requestHeaderTimeout = .milliseconds(Int64(requestHeaderTimeout.seconds * 1000))
         sidecarConfig.limits.detectTimeout = .milliseconds(Int64(detectTimeout.seconds * 1000))
+        guard idleTimeout.seconds >= 0.1 else { throw ValidationError("--idle-timeout must be at least 100ms (it is \(idleTimeout.seconds) s)") }
+        sidecarConfig.limits.idleTimeout = .milliseconds(Int64(idleTimeout.seconds * 1000))
         if let peerProtocol {
             guard ["h2", "http1"].contains(peerProtocol) else { throw ValidationError("--peer-protocol must be h2 or http1") }
             sidecarConfig.limits.http1OverHTTP2 = peerProtocol == "h2"

@@ -194,22 +194,42 @@ struct HopTiming: Equatable {
 
     var headerValue: String { "app=\(appNanos / 1000),proxy=\(proxyNanos / 1000)" }
 
-    /// Parses a header value; nil for anything malformed or absurd (over an hour).
+    /// Parses a header value; nil for anything malformed or absurd (over an hour). Reads the
+    /// bytes in one pass: the outbound proxy parses one on every response from a peer.
     init?(headerValue: String) {
         var app: UInt64?
         var proxy: UInt64?
         guard headerValue.utf8.count <= 64 else { return nil }
-        for part in headerValue.split(separator: ",") {
-            let pair = part.split(separator: "=", maxSplits: 1)
-            guard pair.count == 2, let micros = UInt64(pair[1].trimmingCharacters(in: .whitespaces)),
-                  micros <= 3_600_000_000 else { return nil }
-            switch pair[0].trimmingCharacters(in: .whitespaces) {
-            case "app": app = micros * 1000
-            case "proxy": proxy = micros * 1000
-            default: continue
+        var value = headerValue
+        let parsed: Bool = value.withUTF8 { bytes in
+            var index = 0
+            func skipSpaces() { while index < bytes.count, bytes[index] == 0x20 || bytes[index] == 0x09 { index += 1 } }
+            while index < bytes.count {
+                skipSpaces()
+                let keyStart = index
+                while index < bytes.count, bytes[index] != UInt8(ascii: "="), bytes[index] != UInt8(ascii: ",") { index += 1 }
+                var keyEnd = index
+                while keyEnd > keyStart, bytes[keyEnd - 1] == 0x20 || bytes[keyEnd - 1] == 0x09 { keyEnd -= 1 }
+                guard index < bytes.count, bytes[index] == UInt8(ascii: "=") else { return false }
+                index += 1
+                skipSpaces()
+                var micros: UInt64 = 0
+                var digits = 0
+                while index < bytes.count, bytes[index] >= 0x30, bytes[index] <= 0x39 {
+                    micros = micros * 10 + UInt64(bytes[index] - 0x30)
+                    digits += 1
+                    guard digits <= 10 else { return false }
+                    index += 1
+                }
+                skipSpaces()
+                guard digits > 0, micros <= 3_600_000_000, index == bytes.count || bytes[index] == UInt8(ascii: ",") else { return false }
+                index += 1
+                let key = UnsafeBufferPointer(rebasing: bytes[keyStart..<keyEnd])
+                if key.elementsEqual("app".utf8) { app = micros * 1000 } else if key.elementsEqual("proxy".utf8) { proxy = micros * 1000 }
             }
+            return true
         }
-        guard let app, let proxy else { return nil }
+        guard parsed, let app, let proxy else { return nil }
         self.appNanos = app
         self.proxyNanos = proxy
     }

@@ -64,10 +64,10 @@ extension ProxyHTTPHandler {
             if retryable, retry(kind, upstream: nil, pending: (pending, bytes, ended)) { return }
             finishExchange()
             state = ended ? .idle : .discarding
-            if ended { headerTimer?.awaitNextRequest() }
             // Reading may be paused on a full pending body: the rest must still be read (and dropped).
             resumeReading(context)
             writeLocalResponse(.gatewayTimeout, code: kind, message: message, context: context)
+            if ended { requestDone() }
         case .forwarding(let upstream, let ended, let started):
             if started {
                 upstream.handler.responder = nil
@@ -84,8 +84,8 @@ extension ProxyHTTPHandler {
             upstream.channel.close(promise: nil)
             finishExchange()
             state = ended ? .idle : .discarding
-            if ended { headerTimer?.awaitNextRequest() }
             writeLocalResponse(.gatewayTimeout, code: kind, message: message, context: context)
+            if ended { requestDone() }
         case .idle, .discarding, .upgraded:
             return
         }
@@ -138,13 +138,15 @@ extension ProxyHTTPHandler {
             let candidates = route.pick(now: Exchange.now(), random: &loop.random, avoiding: avoiding, subset: exchange.subset)
             guard !candidates.isEmpty else {
                 finishExchange()
-                if case .connecting(_, _, let ended) = state {
+                var ended = false
+                if case .connecting(_, _, let requestEnded) = state {
+                    ended = requestEnded
                     state = ended ? .idle : .discarding
-                    if ended { headerTimer?.awaitNextRequest() }
                 }
                 resumeReading(channelContext)
                 writeLocalResponse(.serviceUnavailable, code: "no-endpoints",
                                    message: "service '\(route.service)' has no endpoints left to retry on", context: channelContext)
+                if ended { requestDone() }
                 return
             }
             armTryTimer(policy)

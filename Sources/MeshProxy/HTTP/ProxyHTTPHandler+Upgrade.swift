@@ -75,10 +75,13 @@ extension ProxyHTTPHandler {
             let downRelay = TCPRelay()
             let upRelay = TCPRelay()
             let down = downstream.pipeline.syncOperations
+            // The HTTP handler kept the idle timeout; the relay's connection gets its own.
+            if let idle = flow.idleTimeout {
+                try down.addHandler(IdleStateHandler(allTimeout: idle))
+                try down.addHandler(IdleCloseHandler())
+            }
             try down.addHandler(downRelay)
             remove(RequestHeaderTimer.self, from: down)
-            remove(HTTPParseErrorResponder.self, from: down)
-            remove(HTTPServerPipelineHandler.self, from: down)
             remove(NIOHTTPResponseHeadersValidator.self, from: down)
             remove(HTTPResponseEncoder.self, from: down)
             remove(ProxyHTTPHandler.self, from: down)

@@ -8,9 +8,15 @@ import Tracing
 
 /// Forwards HTTP/1.1 exchanges from a downstream connection to pooled upstream connections.
 ///
-/// One handler per downstream connection, after `HTTPServerPipelineHandler` (which delivers
-/// one request at a time). Everything happens on the connection's event loop: no locks, no
-/// tasks. The router (inbound or outbound) decides where each request goes.
+/// One handler per downstream connection, right after the HTTP codec. Everything happens on
+/// the connection's event loop: no locks, no tasks. The router (inbound or outbound) decides
+/// where each request goes.
+///
+/// The handler also does what separate handlers did before them on every read and write
+/// (each hop through a pipeline costs a type-erased wrap and unwrap): it holds pipelined
+/// requests until the current exchange ends (``DownstreamFlow``), closes the connection after
+/// its idle timeout, and answers requests the decoder cannot parse (400, or 431 for an
+/// oversized head).
 final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, UpstreamResponder {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
@@ -53,8 +59,8 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     var closeOnRequestEnd = false
     private var discardedBytes = 0
     var tryTimer: Scheduled<Void>?
-    /// Reading was paused because the pending body reached its limit.
-    private var readPaused = false
+    /// Pipelined requests, the idle clock and why reading is paused.
+    var flow: DownstreamFlow
     private static let maxReplayBytes = 64 * 1024
     /// The current request asks for `Upgrade: websocket`.
     var upgrading = false
@@ -82,7 +88,11 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     var upgradeHead: HTTPRequestHead?
     var upgradeGeneration: UInt64 = 0
 
-    init(role: String, router: @escaping Router, streamAuthorizer: StreamAuthorizer? = nil, states: LoopStates, logger: Logger) {
+    /// - Parameter idleTimeout: closes the connection after this long without a read or a
+    ///   write; nil where something else bounds it (an HTTP/2 stream).
+    init(role: String, router: @escaping Router, streamAuthorizer: StreamAuthorizer? = nil, states: LoopStates,
+         idleTimeout: TimeAmount? = nil, logger: Logger) {
+        self.flow = DownstreamFlow(idleTimeout: idleTimeout)
         self.streamAuthorizer = streamAuthorizer
         self.role = role
         self.direction = role == "inbound" ? .inbound : .outbound
@@ -97,12 +107,39 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         self.context = context
         self.loopState = states.state(on: context.eventLoop)
         self.headerTimer = try? context.pipeline.syncOperations.handler(type: RequestHeaderTimer.self)
+        armIdleTimer(context)
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    func handlerRemoved(context: ChannelHandlerContext) {
+        flow.idleTimer?.cancel()
+        flow.idleTimer = nil
+        self.context = nil
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
+        flow.touch()
+        if flow.mustHold(part, exchangeOpen: exchangeOpen) {
+            // A pipelined request: it waits for the current exchange's end (answers go out in
+            // order), and reading stops until it has been taken on.
+            if flow.hold(part) { pauseReading(.pipelined) } else {
+                logger.info("pipelined requests over the limit; closing the connection", metadata: ["role": "\(role)"])
+                context.close(promise: nil)
+            }
+            return
+        }
+        handle(part, context: context)
+    }
+
+    /// Whether an exchange is under way: a head that arrives now is pipelined.
+    var exchangeOpen: Bool {
+        switch state {
+        case .connecting, .forwarding, .discarding: return true
+        case .idle, .upgraded: return false
+        }
+    }
+
+    func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
         // A carried request without a body gets none: DATA is dropped before anything (the
         // replay copy included) could write it unframed to the app.
         if carriedWithoutBody, case .body = part { return }
@@ -121,10 +158,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             state = .connecting(pending: pending, pendingBytes: bytes, requestEnded: ended)
             if bytes > (loopState?.pool.limits.maxPendingBodyBytes ?? 1 << 20) {
                 // Stop reading until the upstream is there: the buffer stays bounded.
-                if !readPaused {
-                    readPaused = true
-                    context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
-                }
+                pauseReading(.pendingBody)
             }
         case (.forwarding(let upstream, _, let started), _):
             let ended: Bool
@@ -133,7 +167,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             upstream.channel.writeAndFlush(clientPart(part), promise: nil)
         case (.discarding, .end):
             state = .idle
-            headerTimer?.awaitNextRequest()
+            requestDone()
             if closeOnRequestEnd {
                 closeOnRequestEnd = false
                 context.close(promise: nil)
@@ -148,6 +182,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        flow.idleTimer?.cancel()
+        flow.idleTimer = nil
+        flow.dropHeld()
         switch state {
         case .forwarding(let upstream, _, _):
             upstream.handler.responder = nil
@@ -179,8 +216,36 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if let parseError = error as? HTTPParserError {
+            answerParseError(parseError, context: context)
+            return
+        }
         logger.debug("downstream connection error", metadata: ["role": "\(role)", "error": "\(error)"])
         context.close(promise: nil)
+    }
+
+    /// The decoder cannot read the request: 431 when its head is larger than the decoder
+    /// accepts, 400 for anything else, then the connection closes. Mid-response (or with an
+    /// answer still to come for an earlier request) there is no way to send a status: just
+    /// close.
+    private func answerParseError(_ error: HTTPParserError, context: ChannelHandlerContext) {
+        flow.dropHeld()
+        switch state {
+        case .idle, .discarding:
+            let tooLarge: Bool
+            if case .headerOverflow = error { tooLarge = true } else { tooLarge = false }
+            let status: HTTPResponseStatus = tooLarge ? .init(statusCode: 431) : .badRequest
+            let body = ByteBuffer(string: tooLarge ? "swiftmesh: request headers too large\n" : "swiftmesh: malformed HTTP request\n")
+            let headers: HTTPHeaders = ["connection": "close", "content-length": "\(body.readableBytes)",
+                                        "content-type": "text/plain; charset=utf-8"]
+            state = .discarding
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            context.close(promise: nil)
+        case .connecting, .forwarding, .upgraded:
+            context.close(promise: nil)
+        }
     }
 
     // MARK: - Request start
@@ -190,7 +255,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         http2 = head.version.major == 2
         headRequest = head.method == .HEAD
         // An HTTP/2 stream ends with its exchange; the connection under it is not ours to close.
-        keepAlive = http2 || head.isKeepAlive
+        keepAlive = http2 || ProxyHeaders.isKeepAlive(version: head.version, head.headers)
         // The parser stops at an upgrade request: unless the upstream switches protocols, the
         // connection closes after the answer.
         upgrading = !http2 && Self.isWebSocketUpgrade(head)
@@ -408,12 +473,12 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             logger.warning("upstream unavailable", metadata: ["role": "\(role)", "upstream": "\(key.address)", "error": "\(error)"])
             finishExchange()
             state = ended ? .idle : .discarding
-            if ended { headerTimer?.awaitNextRequest() }
             resumeReading(context)
             let status: HTTPResponseStatus = key.peerIdentity == nil ? .badGateway : .serviceUnavailable
             writeLocalResponse(status, code: "upstream-unavailable",
                                message: "cannot reach \(key.peerIdentity?.description ?? "the local app") at \(key.address): \(error)",
                                context: context)
+            if ended { requestDone() }
         }
     }
 
@@ -421,6 +486,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
 
     func upstreamEvent(_ event: UpstreamEvent) {
         guard case .forwarding(let upstream, let requestEnded, let started) = state, let context else { return }
+        flow.touch()
         switch event {
         case .part(.head(let head)) where head.status.code == 101:
             guard upgrading, !started, requestEnded, head.headers.first(name: "upgrade")?.lowercased() == "websocket" else {
@@ -441,7 +507,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             // The timeouts run until the response starts: a long body is not cut.
             cancelTimers()
             if http2 && !carriedHTTP1 { heldTrailers = HTTP2Stack.takeTrailersOnlyStatus(&head.headers) }
-            let upstreamKeepAlive = head.isKeepAlive
+            let upstreamKeepAlive = ProxyHeaders.isKeepAlive(version: head.version, head.headers)
             ProxyHeaders.stripHopByHop(&head.headers)
             exchange.responseHead = Exchange.now()
             exchange.status = Int(head.status.code)
@@ -474,11 +540,12 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             recordExchange()
             finishExchange()
             state = requestEnded ? .idle : .discarding
-            if requestEnded { headerTimer?.awaitNextRequest() }
-            let closeAfter = !keepAlive
-            context.writeAndFlush(wrapOutboundOut(.end(trailers))).whenComplete { _ in
-                if closeAfter { self.closeWhenRequestRead(context) }
+            if keepAlive {
+                context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            } else {
+                context.writeAndFlush(wrapOutboundOut(.end(trailers))).whenComplete { _ in self.closeWhenRequestRead(context) }
             }
+            if requestEnded { requestDone() }
         case .closed:
             if !started, requestEnded, upstream.uses > 1, !replayed, let parts = replay, let loopState {
                 replayed = true
@@ -501,9 +568,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                 context.close(promise: nil)
             } else {
                 state = requestEnded ? .idle : .discarding
-                if requestEnded { headerTimer?.awaitNextRequest() }
                 writeLocalResponse(.badGateway, code: "upstream-reset",
                                    message: "the upstream closed the connection before answering", context: context)
+                if requestEnded { requestDone() }
             }
         }
     }
@@ -526,13 +593,11 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
 
     /// Lifts a read pause set while the upstream connection was being made.
     func resumeReading(_ context: ChannelHandlerContext) {
-        guard readPaused else { return }
-        readPaused = false
-        context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+        resumeReading(.pendingBody)
     }
 
     private func keepForReplay(_ part: HTTPServerRequestPart) {
-        guard var parts = replay else { return }
+        guard replay != nil else { return }
         switch state {
         case .connecting, .forwarding: break
         case .idle, .discarding, .upgraded: return
@@ -544,8 +609,8 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                 return
             }
         }
-        parts.append(part)
-        replay = parts
+        // In place: the copy is not shared, so appending does not copy it.
+        replay?.append(part)
     }
 
     func finishExchange() {
@@ -600,9 +665,10 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         if !keepAlive { headers.add(name: "connection", value: "close") }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         if !headRequest { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
-        let closeAfter = !keepAlive
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
-            if closeAfter { self.closeWhenRequestRead(context) }
+        if keepAlive {
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        } else {
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in self.closeWhenRequestRead(context) }
         }
     }
 

@@ -98,17 +98,77 @@ enum ProxyHeaders {
 
     /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
     static func stripHopByHop(_ headers: inout HTTPHeaders) {
-        // Fast path: most requests carry none of these, and a scan is cheaper than removals.
+        // Fast path: most messages carry none of these, or only `Connection: keep-alive` or
+        // `close`; a scan that allocates nothing is cheaper than removals.
         var present = false
-        for (name, _) in headers where hopByHop.contains(where: { name.utf8.count == $0.utf8.count && name.lowercased() == $0 }) {
+        var namesOthers = false
+        for (name, value) in headers where isHopByHop(name) {
             present = true
-            break
+            if name.utf8.count == 10, name.equalsLowercaseASCII("connection") {
+                forEachToken(of: value) { token in
+                    if !token.elementsEqual("close".utf8) && !token.elementsEqual("keep-alive".utf8) { namesOthers = true }
+                }
+            }
         }
         guard present else { return }
-        let named = headers[canonicalForm: "connection"].map { $0.lowercased() }
-        for name in named where name != "close" && name != "keep-alive" { headers.remove(name: String(name)) }
-        for name in ["connection", "keep-alive", "proxy-connection", "upgrade", "proxy-authenticate"] {
-            headers.remove(name: name)
+        if namesOthers {
+            let named = headers[canonicalForm: "connection"].map { $0.lowercased() }
+            for name in named where name != "close" && name != "keep-alive" { headers.remove(name: String(name)) }
+        }
+        for name in hopByHop { headers.remove(name: name) }
+    }
+
+    private static func isHopByHop(_ name: String) -> Bool {
+        switch name.utf8.count {
+        case 7: return name.equalsLowercaseASCII("upgrade")
+        case 10: return name.equalsLowercaseASCII("connection") || name.equalsLowercaseASCII("keep-alive")
+        case 16: return name.equalsLowercaseASCII("proxy-connection")
+        case 18: return name.equalsLowercaseASCII("proxy-authenticate")
+        default: return false
+        }
+    }
+
+    /// Whether the connection stays open after this message: HTTP/1.1 unless `Connection`
+    /// says `close`, HTTP/1.0 only when it says `keep-alive`. Without allocating (NIO's
+    /// `isKeepAlive` splits the header into an array).
+    static func isKeepAlive(version: HTTPVersion, _ headers: HTTPHeaders) -> Bool {
+        var close = false
+        var keepAlive = false
+        for (name, value) in headers where name.utf8.count == 10 && name.equalsLowercaseASCII("connection") {
+            forEachToken(of: value) { token in
+                if token.elementsEqual("close".utf8) { close = true } else if token.elementsEqual("keep-alive".utf8) { keepAlive = true }
+            }
+        }
+        if close { return false }
+        return version.major > 1 || (version.major == 1 && version.minor >= 1) || keepAlive
+    }
+
+    /// Calls `body` with each comma-separated token of a header value, trimmed and lowercased
+    /// (tokens over 32 bytes are passed as they are: no token we look for is that long).
+    static func forEachToken(of value: String, _ body: (UnsafeBufferPointer<UInt8>) -> Void) {
+        var value = value
+        value.withUTF8 { bytes in
+            withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { scratch in
+                var start = 0
+                while start <= bytes.count {
+                    var end = start
+                    while end < bytes.count, bytes[end] != UInt8(ascii: ",") { end += 1 }
+                    var lower = start
+                    var upper = end
+                    while lower < upper, bytes[lower] == 0x20 || bytes[lower] == 0x09 { lower += 1 }
+                    while upper > lower, bytes[upper - 1] == 0x20 || bytes[upper - 1] == 0x09 { upper -= 1 }
+                    if upper - lower <= 32 {
+                        for i in lower..<upper {
+                            let byte = bytes[i]
+                            scratch[i - lower] = byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
+                        }
+                        body(UnsafeBufferPointer(rebasing: scratch[0..<(upper - lower)]))
+                    } else {
+                        body(UnsafeBufferPointer(rebasing: bytes[lower..<upper]))
+                    }
+                    start = end + 1
+                }
+            }
         }
     }
 
@@ -120,6 +180,26 @@ enum ProxyHeaders {
     /// exactly `chunked` (once) and wins over `Content-Length`, which is then dropped; TRACE
     /// carries no body; and every request goes upstream as HTTP/1.1.
     static func sanitizeFraming(_ head: inout HTTPRequestHead, http2: Bool = false) -> String? {
+        // One scan first: a request with at most one Content-Length and neither
+        // Transfer-Encoding nor TE (nearly all) needs no change.
+        var transferEncoding = false
+        var lengths = 0
+        var te = false
+        for (name, _) in head.headers {
+            switch name.utf8.count {
+            case 17 where name.equalsLowercaseASCII("transfer-encoding"): transferEncoding = true
+            case 14 where name.equalsLowercaseASCII("content-length"): lengths += 1
+            case 2 where name.equalsLowercaseASCII("te"): te = true
+            default: break
+            }
+        }
+        if !transferEncoding && lengths <= 1 && !te {
+            if head.method == .TRACE && lengths == 1 && (head.headers.first(name: "content-length").flatMap(Int.init) ?? 0) > 0 {
+                return "a TRACE request must not carry a body"
+            }
+            head.version = .http1_1
+            return nil
+        }
         let encodings = head.headers["transfer-encoding"]
         if !encodings.isEmpty {
             guard encodings.count == 1, encodings[0].trimmingCharacters(in: .whitespaces).lowercased() == "chunked" else {
@@ -193,5 +273,18 @@ enum ProxyHeaders {
             return "request headers are \(bytes) bytes, the limit is \(limits.maxRequestHeaderBytes)"
         }
         return nil
+    }
+}
+
+extension String {
+    /// ASCII case-insensitive equality with a lowercase ASCII string, without allocating
+    /// (`lowercased()` makes a new string).
+    func equalsLowercaseASCII(_ lowercase: String) -> Bool {
+        guard utf8.count == lowercase.utf8.count else { return false }
+        for (byte, expected) in zip(utf8, lowercase.utf8) {
+            let folded = byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
+            if folded != expected { return false }
+        }
+        return true
     }
 }

@@ -12,9 +12,27 @@ import NIOTLS
 /// Where a request goes next: an address, and — for a mesh hop — the identity the peer must
 /// prove in the TLS handshake.
 struct UpstreamKey: Hashable {
-    var address: HostPort
+    let address: HostPort
     /// nil: plain HTTP (the local app). Set: mTLS, and the peer must be exactly this ID.
-    var peerIdentity: SPIFFEID?
+    let peerIdentity: SPIFFEID?
+    /// Hashed once: the pool looks a key up twice per request, and hashing its strings each
+    /// time showed in the profile.
+    private let hash: Int
+
+    init(address: HostPort, peerIdentity: SPIFFEID?) {
+        self.address = address
+        self.peerIdentity = peerIdentity
+        var hasher = Hasher()
+        hasher.combine(address)
+        hasher.combine(peerIdentity)
+        self.hash = hasher.finalize()
+    }
+
+    static func == (lhs: UpstreamKey, rhs: UpstreamKey) -> Bool {
+        lhs.hash == rhs.hash && lhs.address == rhs.address && lhs.peerIdentity == rhs.peerIdentity
+    }
+
+    func hash(into hasher: inout Hasher) { hasher.combine(hash) }
 }
 
 /// Keep-alive connections to upstreams, per event loop (so never shared across threads and
@@ -57,8 +75,8 @@ final class UpstreamPool {
 
     /// An idle connection to `key`, if there is one (no future, no allocation).
     func takeIdle(_ key: UpstreamKey) -> UpstreamConnection? {
-        while var list = idle[key], let connection = list.popLast() {
-            idle[key] = list.isEmpty ? nil : list
+        // In place (no copy of the list), and an emptied list stays for the next release.
+        while let connection = idle[key]?.popLast() {
             if connection.channel.isActive {
                 connection.uses += 1
                 return connection
@@ -70,13 +88,11 @@ final class UpstreamPool {
     /// Returns a connection after a complete exchange that both sides kept alive.
     func release(_ connection: UpstreamConnection) {
         guard connection.channel.isActive else { return }
-        var list = idle[connection.key, default: []]
-        guard list.count < limits.maxIdlePerUpstream else {
+        guard idle[connection.key, default: []].count < limits.maxIdlePerUpstream else {
             connection.channel.close(promise: nil)
             return
         }
-        list.append(connection)
-        idle[connection.key] = list
+        idle[connection.key, default: []].append(connection)
     }
 
     fileprivate func forget(_ connection: UpstreamConnection) {
@@ -127,7 +143,7 @@ final class UpstreamPool {
         let ready = eventLoop.makePromise(of: Void.self)
         var verifier: SPIFFEPeerVerifier?
         if let expected = key.peerIdentity {
-            guard let clientTLS, let bundle else {
+            guard clientTLS != nil, let bundle else {
                 return eventLoop.makeFailedFuture(MeshError(.unavailable, "this proxy has no SVID yet"))
             }
             verifier = SPIFFEPeerVerifier(bundle: bundle, expected: [expected], usage: .serverAuth)
@@ -144,7 +160,8 @@ final class UpstreamPool {
                         try sync.addPeerTLS(tlsContext, verifier: verifier)
                     }
                     // Bytes past a 101 (WebSocket frames sent at once) are handed on, not dropped.
-                    try sync.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes)
+                    // No header validator: see `OutboundListener.addHTTPStack`.
+                    try sync.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes, enableOutboundHeaderValidation: false)
                     try sync.addHandler(UpstreamHandler(ready: ready, expectsTLS: verifier != nil,
                                                         handshakeTimeout: handshakeTimeout, onHandshakeFailure: onHandshakeFailure))
                 }

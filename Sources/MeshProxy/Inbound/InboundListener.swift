@@ -28,8 +28,10 @@ enum InboundListener {
 
     static func bind(_ address: HostPort, app: HostPort, appProtocol: AppProtocol, group: EventLoopGroup, states: LoopStates,
                      limits: ProxyLimits, logger: Logger) async throws -> Channel {
+        // Made once: every request to the app has the same one candidate.
+        let appKeys = [UpstreamKey(address: app, peerIdentity: nil)]
         let router: Router = { head, info, state in
-            route(head, info: &info, state: state, appPort: app.port, logger: logger, app: app)
+            route(head, info: &info, state: state, appPort: app.port, logger: logger, appKeys: appKeys)
         }
         let streamAuthorizer: StreamAuthorizer = { head, info, state in
             if info.peer == nil && state.mtlsMode == .strict { return false }
@@ -62,13 +64,13 @@ enum InboundListener {
                         }
                         let idle = state.inboundIdleTimeout(limits)
                         let addHTTP: (ChannelPipeline.SynchronousOperations) throws -> Void = { sync in
-                            try sync.addHandler(IdleStateHandler(allTimeout: idle))
-                            try sync.addHandler(IdleCloseHandler())
                             try sync.addHandler(RequestHeaderTimer(limit: limits.requestHeaderTimeout))
-                            try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
-                            try sync.addHandler(HTTPParseErrorResponder())
+                            // Pipelining, the idle timeout and parse errors are the proxy
+                            // handler's (see `DownstreamFlow`).
+                            try sync.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: false,
+                                                                withOutboundHeaderValidation: false)
                             try sync.addHandler(ProxyHTTPHandler(role: "inbound", router: router, streamAuthorizer: streamAuthorizer,
-                                                                 states: states, logger: logger))
+                                                                 states: states, idleTimeout: idle, logger: logger))
                         }
                         // An opaque stream is relayed to the app at L4 instead of the HTTP stack.
                         let addOpaque: (Channel) throws -> Void = { channel in
@@ -199,7 +201,7 @@ final class TLSSniffer: ChannelInboundHandler, RemovableChannelHandler {
 
 extension InboundListener {
     static func route(_ head: HTTPRequestHead, info: inout DownstreamInfo, state: LoopState, appPort: Int,
-                      logger: Logger, app: HostPort) -> RouteDecision {
+                      logger: Logger, appKeys: [UpstreamKey]) -> RouteDecision {
         let peer = info.peerHeaderValue
         if peer == nil && state.mtlsMode == .strict {
             // A plaintext connection accepted while the service was permissive: the mode is
@@ -236,7 +238,7 @@ extension InboundListener {
                                 message: "more than \(limit.requestsPerSecond) requests per second \(limit.perCaller ? "from \(caller) " : "")to paths under \(limit.pathPrefix) (rateLimits of this service's TrafficPolicy); retry later")
             }
         }
-        return .forward(candidates: [UpstreamKey(address: app, peerIdentity: nil)], head: head)
+        return .forward(candidates: appKeys, head: head)
     }
 
     /// An opaque TCP stream from a caller: authorized once at L4 (the caller's identity and

@@ -1,0 +1,140 @@
+import NIOCore
+import NIOHTTP1
+
+/// The state a downstream HTTP/1.1 connection keeps besides its exchange: requests a client
+/// pipelined behind the current one, the last time anything was read or written (the idle
+/// timeout), and why reading is paused.
+///
+/// This replaces `HTTPServerPipelineHandler`, `IdleStateHandler` and the parse-error
+/// responder in the data path. Those sat in the pipeline and saw every read and write; the
+/// pipeline handler also turned reading off and on around every request (two `epoll_ctl`
+/// calls per request). Here, reading stops only when a client actually pipelines.
+struct DownstreamFlow {
+    /// Why reading is paused; it resumes when no reason is left.
+    struct Pause: OptionSet {
+        let rawValue: UInt8
+        /// The body waiting for an upstream connection reached its limit.
+        static let pendingBody = Pause(rawValue: 1)
+        /// A pipelined request waits for the current exchange to end.
+        static let pipelined = Pause(rawValue: 2)
+    }
+
+    /// At most this many bytes of pipelined requests are held: a client that pipelines more
+    /// than one read's worth is closed (reading stops at the first pipelined head, so only
+    /// the rest of that read can arrive).
+    static let maxHeldBytes = 1 << 20
+
+    let idleTimeout: TimeAmount?
+    var lastActivity: UInt64 = 0
+    var idleTimer: Scheduled<Void>?
+    var paused: Pause = []
+    private(set) var held: [HTTPServerRequestPart] = []
+    private var heldBytes = 0
+    var drainScheduled = false
+
+    init(idleTimeout: TimeAmount?) {
+        self.idleTimeout = idleTimeout
+    }
+
+    /// Something was read or written now.
+    mutating func touch() {
+        if idleTimeout != nil { lastActivity = Exchange.now() }
+    }
+
+    /// Whether a part must wait: a head while an exchange is open, and everything behind a
+    /// held part (the order of parts is the order of requests).
+    func mustHold(_ part: HTTPServerRequestPart, exchangeOpen: Bool) -> Bool {
+        if !held.isEmpty { return true }
+        if case .head = part { return exchangeOpen }
+        return false
+    }
+
+    /// Holds a part; false when the held requests are over the limit.
+    mutating func hold(_ part: HTTPServerRequestPart) -> Bool {
+        if case .body(let chunk) = part { heldBytes += chunk.readableBytes }
+        guard heldBytes <= Self.maxHeldBytes else { return false }
+        held.append(part)
+        return true
+    }
+
+    mutating func takeHeld() -> HTTPServerRequestPart? {
+        guard !held.isEmpty else { return nil }
+        let part = held.removeFirst()
+        if case .body(let chunk) = part { heldBytes -= chunk.readableBytes }
+        return part
+    }
+
+    mutating func dropHeld() {
+        held.removeAll()
+        heldBytes = 0
+    }
+}
+
+extension ProxyHTTPHandler {
+    func pauseReading(_ reason: DownstreamFlow.Pause) {
+        guard !flow.paused.contains(reason) else { return }
+        let wasReading = flow.paused.isEmpty
+        flow.paused.insert(reason)
+        if wasReading, let context { setAutoRead(false, context) }
+    }
+
+    func resumeReading(_ reason: DownstreamFlow.Pause) {
+        guard flow.paused.contains(reason) else { return }
+        flow.paused.remove(reason)
+        if flow.paused.isEmpty, let context { setAutoRead(true, context) }
+    }
+
+    private func setAutoRead(_ on: Bool, _ context: ChannelHandlerContext) {
+        if let options = context.channel.syncOptions {
+            try? options.setOption(ChannelOptions.autoRead, value: on)
+        } else {
+            context.channel.setOption(ChannelOptions.autoRead, value: on).whenComplete { _ in }
+        }
+    }
+
+    /// The current request has been read to its end and answered (or its answer is under
+    /// way): the header clock restarts, and a pipelined request is taken on — after this
+    /// call's own writes, so that answers leave in the order of the requests.
+    func requestDone() {
+        headerTimer?.awaitNextRequest()
+        guard !flow.held.isEmpty, !flow.drainScheduled, let context else { return }
+        flow.drainScheduled = true
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        context.eventLoop.execute { bound.value.drainHeld() }
+    }
+
+    private func drainHeld() {
+        flow.drainScheduled = false
+        guard let context else { return }
+        // Parts of the next request go on until its exchange is open and another head waits.
+        while !flow.held.isEmpty {
+            if case .head = flow.held[0], exchangeOpen { return }
+            guard let part = flow.takeHeld() else { break }
+            handle(part, context: context)
+        }
+        resumeReading(.pipelined)
+    }
+
+    /// Closes the connection after `idleTimeout` without a read or a write. One timer per
+    /// connection, moved on lazily: activity only stamps the time, and the timer, when it
+    /// fires early, waits for the rest.
+    func armIdleTimer(_ context: ChannelHandlerContext) {
+        guard let timeout = flow.idleTimeout else { return }
+        flow.touch()
+        scheduleIdleCheck(in: timeout, context: context)
+    }
+
+    private func scheduleIdleCheck(in delay: TimeAmount, context: ChannelHandlerContext) {
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        flow.idleTimer = context.eventLoop.scheduleTask(in: delay) {
+            let handler = bound.value
+            guard let context = handler.context, let timeout = handler.flow.idleTimeout else { return }
+            let idle = Int64(Exchange.now() &- handler.flow.lastActivity)
+            if idle >= timeout.nanoseconds {
+                context.close(promise: nil)
+            } else {
+                handler.scheduleIdleCheck(in: .nanoseconds(timeout.nanoseconds - idle), context: context)
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+@testable import MeshProxy
+import NIOHTTP1
+import XCTest
+
+/// The allocation-free header helpers of the data path must say exactly what the general
+/// (slower) code said: keep-alive, hop-by-hop stripping, framing and the hop-timing header.
+final class HeaderFastPathTests: XCTestCase {
+    func testKeepAliveFollowsTheConnectionHeaderInAnyCase() {
+        XCTAssertTrue(ProxyHeaders.isKeepAlive(version: .http1_1, [:]))
+        XCTAssertFalse(ProxyHeaders.isKeepAlive(version: .http1_0, [:]))
+        XCTAssertFalse(ProxyHeaders.isKeepAlive(version: .http1_1, ["Connection": "Close"]))
+        XCTAssertFalse(ProxyHeaders.isKeepAlive(version: .http1_1, ["connection": " upgrade ,  CLOSE"]))
+        XCTAssertTrue(ProxyHeaders.isKeepAlive(version: .http1_0, ["CONNECTION": "Keep-Alive"]))
+        XCTAssertFalse(ProxyHeaders.isKeepAlive(version: .http1_0, ["connection": "keep-alive, close"]))
+        XCTAssertTrue(ProxyHeaders.isKeepAlive(version: .http1_1, ["connection": "closed"]), "a token is matched whole")
+        XCTAssertTrue(ProxyHeaders.isKeepAlive(version: .http1_1, ["x-connection": "close"]))
+        for head in [HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: ["Connection": "close"]),
+                     HTTPRequestHead(version: .http1_0, method: .GET, uri: "/", headers: ["Connection": "keep-alive"]),
+                     HTTPRequestHead(version: .http1_0, method: .GET, uri: "/", headers: [:])] {
+            XCTAssertEqual(ProxyHeaders.isKeepAlive(version: head.version, head.headers), head.isKeepAlive, "\(head)")
+        }
+    }
+
+    func testHopByHopHeadersAndThoseConnectionNamesGo() {
+        var plain: HTTPHeaders = ["host": "api", "Connection": "keep-alive", "Keep-Alive": "timeout=5", "x-app": "1"]
+        ProxyHeaders.stripHopByHop(&plain)
+        XCTAssertEqual(plain.map(\.name), ["host", "x-app"])
+
+        var named: HTTPHeaders = ["Connection": "close, X-Secret", "x-secret": "s", "Upgrade": "h2c",
+                                  "Proxy-Connection": "x", "proxy-authenticate": "y", "x-kept": "k"]
+        ProxyHeaders.stripHopByHop(&named)
+        XCTAssertEqual(named.map(\.name), ["x-kept"])
+
+        var none: HTTPHeaders = ["host": "api", "x-connection": "close"]
+        ProxyHeaders.stripHopByHop(&none)
+        XCTAssertEqual(none.map(\.name), ["host", "x-connection"])
+    }
+
+    func testFramingFastPathAgreesWithTheRules() {
+        var get = HTTPRequestHead(version: .http1_0, method: .GET, uri: "/", headers: ["host": "api"])
+        XCTAssertNil(ProxyHeaders.sanitizeFraming(&get))
+        XCTAssertEqual(get.version, .http1_1)
+        XCTAssertEqual(get.headers.map(\.name), ["host"])
+
+        var post = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/", headers: ["Content-Length": "5"])
+        XCTAssertNil(ProxyHeaders.sanitizeFraming(&post))
+        XCTAssertEqual(post.headers["content-length"], ["5"])
+
+        var trace = HTTPRequestHead(version: .http1_1, method: .TRACE, uri: "/", headers: ["content-length": "3"])
+        XCTAssertNotNil(ProxyHeaders.sanitizeFraming(&trace))
+
+        var conflicting = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/", headers: ["content-length": "3", "Content-Length": "4"])
+        XCTAssertNotNil(ProxyHeaders.sanitizeFraming(&conflicting))
+
+        var both = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/",
+                                   headers: ["content-length": "3", "Transfer-Encoding": "Chunked"])
+        XCTAssertNil(ProxyHeaders.sanitizeFraming(&both))
+        XCTAssertEqual(both.headers["transfer-encoding"], ["chunked"])
+        XCTAssertEqual(both.headers["content-length"], [])
+
+        var te = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: ["TE": "trailers"])
+        XCTAssertNil(ProxyHeaders.sanitizeFraming(&te))
+        XCTAssertEqual(te.headers["te"], [], "TE is hop-by-hop on HTTP/1.1")
+    }
+
+    func testHopTimingHeaderParsesOnlyWellFormedValues() {
+        XCTAssertEqual(HopTiming(headerValue: "app=120,proxy=35"), HopTiming(appNanos: 120_000, proxyNanos: 35_000))
+        XCTAssertEqual(HopTiming(headerValue: " proxy = 35 , app=7, extra=1"), HopTiming(appNanos: 7_000, proxyNanos: 35_000))
+        XCTAssertEqual(HopTiming(headerValue: HopTiming(appNanos: 5_000_000, proxyNanos: 2_000).headerValue),
+                       HopTiming(appNanos: 5_000_000, proxyNanos: 2_000))
+        for bad in ["", "app=1", "app=1,proxy=", "app=x,proxy=1", "app=-1,proxy=1", "app=1;proxy=2", "app=3600000001,proxy=1",
+                    "app=99999999999999999999,proxy=1", String(repeating: "a", count: 65)] {
+            XCTAssertNil(HopTiming(headerValue: bad), bad)
+        }
+    }
+}
