@@ -32,6 +32,22 @@ final class ConnectionReuseTests: XCTestCase {
             let paths = app.requests.map(\.path).filter { ["/slow-first", "/second", "/fourth"].contains($0) }
             XCTAssertEqual(paths, ["/slow-first", "/second", "/fourth"], "the app got the requests in order, once each")
 
+            // A request the proxy cannot parse, pipelined behind one being answered: the
+            // answer to the first goes out, then the 400, then the connection closes.
+            let withGarbage = "GET /slow-before-garbage HTTP/1.1\r\nHost: api\r\n\r\n\u{0}\u{1}NOT HTTP\r\n\r\n"
+            let answers = try await RawSocket.send(Array(withGarbage.utf8), to: web.outbound)
+            let garbageStatuses = answers.replacingOccurrences(of: "\r\n", with: "\n").split(separator: "\n")
+                .filter { $0.hasPrefix("HTTP/1.1 ") }.map(String.init)
+            XCTAssertEqual(garbageStatuses, ["HTTP/1.1 200 OK", "HTTP/1.1 400 Bad Request"], answers)
+
+            // A request with Connection: close ends the connection: what was pipelined behind
+            // it never reaches the app.
+            let closing = "GET /closing HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\nGET /after-close HTTP/1.1\r\nHost: api\r\n\r\n"
+            let closed = try await RawSocket.send(Array(closing.utf8), to: web.outbound)
+            XCTAssertEqual(closed.components(separatedBy: "HTTP/1.1 ").count - 1, 1, closed)
+            try await Task.sleep(for: .milliseconds(200))
+            XCTAssertFalse(app.requests.contains { $0.path == "/after-close" }, "a request behind Connection: close was sent on")
+
             // The connection still serves normal callers afterwards.
             let still = try await callThroughMesh(web.outbound, service: "api")
             XCTAssertEqual(still.status.code, 200)

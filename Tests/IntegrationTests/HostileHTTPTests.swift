@@ -55,6 +55,14 @@ final class HostileHTTPTests: XCTestCase {
             XCTAssertEqual(answer, "")
             XCTAssertLessThan(elapsed, .seconds(4), "the slow request was not cut off")
             XCTAssertGreaterThanOrEqual(elapsed, .milliseconds(900))
+
+            // Too few bytes to tell the protocol: the detector gives up after the same time
+            // and hands them to the HTTP stack, whose header clock still runs.
+            let shortStart = ContinuousClock.now
+            let short = try await RawSocket.send(Array("GET".utf8), to: web.outbound)
+            let shortElapsed = ContinuousClock.now - shortStart
+            XCTAssertEqual(short, "")
+            XCTAssertLessThan(shortElapsed, .seconds(5), "three bytes held the connection open")
         } catch {
             XCTFail("\(error)\n\(mesh.logs)")
         }

@@ -19,17 +19,22 @@ struct DownstreamFlow {
         static let pipelined = Pause(rawValue: 2)
     }
 
-    /// At most this many bytes of pipelined requests are held: a client that pipelines more
-    /// than one read's worth is closed (reading stops at the first pipelined head, so only
-    /// the rest of that read can arrive).
+    /// At most this many bytes (bodies, and 64 per head) and this many requests are held: a
+    /// client that pipelines more is closed. Reading stops at the first pipelined head, so
+    /// only the rest of that read can arrive (NIO reads up to four buffers per readiness).
     static let maxHeldBytes = 1 << 20
+    static let maxHeldRequests = 128
 
     let idleTimeout: TimeAmount?
     var lastActivity: UInt64 = 0
     var idleTimer: Scheduled<Void>?
     var paused: Pause = []
-    private(set) var held: [HTTPServerRequestPart] = []
+    private(set) var held = CircularBuffer<HTTPServerRequestPart>()
     private var heldBytes = 0
+    private var heldRequests = 0
+    /// A parse error behind held requests (or behind the current one, once it has been
+    /// read whole): answered in its turn, after the answers before it.
+    var heldError: HTTPParserError?
     var drainScheduled = false
 
     init(idleTimeout: TimeAmount?) {
@@ -44,29 +49,40 @@ struct DownstreamFlow {
     /// Whether a part must wait: a head while an exchange is open, and everything behind a
     /// held part (the order of parts is the order of requests).
     func mustHold(_ part: HTTPServerRequestPart, exchangeOpen: Bool) -> Bool {
-        if !held.isEmpty { return true }
+        if !held.isEmpty || heldError != nil { return true }
         if case .head = part { return exchangeOpen }
         return false
     }
 
     /// Holds a part; false when the held requests are over the limit.
     mutating func hold(_ part: HTTPServerRequestPart) -> Bool {
-        if case .body(let chunk) = part { heldBytes += chunk.readableBytes }
-        guard heldBytes <= Self.maxHeldBytes else { return false }
+        heldBytes += Self.weight(part)
+        if case .head = part { heldRequests += 1 }
+        guard heldBytes <= Self.maxHeldBytes, heldRequests <= Self.maxHeldRequests else { return false }
         held.append(part)
         return true
     }
 
     mutating func takeHeld() -> HTTPServerRequestPart? {
-        guard !held.isEmpty else { return nil }
-        let part = held.removeFirst()
-        if case .body(let chunk) = part { heldBytes -= chunk.readableBytes }
+        guard let part = held.popFirst() else { return nil }
+        heldBytes -= Self.weight(part)
+        if case .head = part { heldRequests -= 1 }
         return part
     }
 
     mutating func dropHeld() {
         held.removeAll()
         heldBytes = 0
+        heldRequests = 0
+        heldError = nil
+    }
+
+    private static func weight(_ part: HTTPServerRequestPart) -> Int {
+        switch part {
+        case .head: return 64
+        case .body(let chunk): return chunk.readableBytes
+        case .end: return 0
+        }
     }
 }
 
@@ -97,7 +113,10 @@ extension ProxyHTTPHandler {
     /// call's own writes, so that answers leave in the order of the requests.
     func requestDone() {
         headerTimer?.awaitNextRequest()
-        guard !flow.held.isEmpty, !flow.drainScheduled, let context else { return }
+        // The connection closes after this answer: what was pipelined behind it is not sent
+        // upstream (it would have effects and no answer).
+        if !keepAlive { flow.dropHeld() }
+        guard !flow.held.isEmpty || flow.heldError != nil, !flow.drainScheduled, let context else { return }
         flow.drainScheduled = true
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         context.eventLoop.execute { bound.value.drainHeld() }
@@ -107,10 +126,17 @@ extension ProxyHTTPHandler {
         flow.drainScheduled = false
         guard let context else { return }
         // Parts of the next request go on until its exchange is open and another head waits.
-        while !flow.held.isEmpty {
-            if case .head = flow.held[0], exchangeOpen { return }
+        while let next = flow.held.first {
+            if case .head = next, exchangeOpen { return }
             guard let part = flow.takeHeld() else { break }
             handle(part, context: context)
+        }
+        if let error = flow.heldError {
+            // Its turn comes once the answers before it are out.
+            guard !exchangeOpen else { return }
+            flow.heldError = nil
+            answerParseError(error, context: context)
+            return
         }
         resumeReading(.pipelined)
     }

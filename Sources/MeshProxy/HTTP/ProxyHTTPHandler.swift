@@ -40,7 +40,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     var state: State = .idle
     var info = DownstreamInfo()
     private var infoLoaded = false
-    private var keepAlive = true
+    var keepAlive = true
     var context: ChannelHandlerContext?
     var loopState: LoopState?
     /// A copy of the current request while it may still be replayed: a keep-alive connection
@@ -217,21 +217,37 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if let parseError = error as? HTTPParserError {
-            answerParseError(parseError, context: context)
+            if parseErrorWaits {
+                // Behind a request still being answered: its answer goes first.
+                flow.heldError = parseError
+                pauseReading(.pipelined)
+            } else {
+                answerParseError(parseError, context: context)
+            }
             return
         }
         logger.debug("downstream connection error", metadata: ["role": "\(role)", "error": "\(error)"])
         context.close(promise: nil)
     }
 
+    /// Whether a parse error comes after the current request was read whole (or behind held
+    /// ones), so that the answers before it must go out first.
+    private var parseErrorWaits: Bool {
+        if !flow.held.isEmpty { return true }
+        switch state {
+        case .connecting(_, _, let ended): return ended
+        case .forwarding(_, let ended, _): return ended
+        case .idle, .discarding, .upgraded: return false
+        }
+    }
+
     /// The decoder cannot read the request: 431 when its head is larger than the decoder
-    /// accepts, 400 for anything else, then the connection closes. Mid-response (or with an
-    /// answer still to come for an earlier request) there is no way to send a status: just
-    /// close.
-    private func answerParseError(_ error: HTTPParserError, context: ChannelHandlerContext) {
+    /// accepts, 400 for anything else, then the connection closes. Inside a request being
+    /// forwarded or already answered there is no way to send a status: just close.
+    func answerParseError(_ error: HTTPParserError, context: ChannelHandlerContext) {
         flow.dropHeld()
         switch state {
-        case .idle, .discarding:
+        case .idle:
             let tooLarge: Bool
             if case .headerOverflow = error { tooLarge = true } else { tooLarge = false }
             let status: HTTPResponseStatus = tooLarge ? .init(statusCode: 431) : .badRequest
@@ -243,7 +259,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
             context.close(promise: nil)
-        case .connecting, .forwarding, .upgraded:
+        case .discarding, .connecting, .forwarding, .upgraded:
             context.close(promise: nil)
         }
     }
@@ -492,10 +508,11 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             guard upgrading, !started, requestEnded, head.headers.first(name: "upgrade")?.lowercased() == "websocket" else {
                 upstream.channel.close(promise: nil)
                 finishExchange()
-                state = .discarding
+                state = requestEnded ? .idle : .discarding
                 writeLocalResponse(.badGateway, code: "bad-upgrade",
                                    message: "the upstream switched protocols without a WebSocket upgrade being asked and agreed",
                                    context: context)
+                if requestEnded { requestDone() }
                 return
             }
             switchToWebSocket(head, upstream: upstream, context: context)

@@ -61,7 +61,7 @@ final class ProtocolDetectHandler: ChannelInboundHandler, RemovableChannelHandle
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         timer = context.eventLoop.scheduleTask(in: timeout) {
             let (handler, context) = loopBound.value
-            handler.finish(context: context, as: .opaque)
+            handler.finish(context: context, as: .opaque, endsRead: true)
         }
     }
 
@@ -87,7 +87,10 @@ final class ProtocolDetectHandler: ChannelInboundHandler, RemovableChannelHandle
         context.fireChannelInactive()
     }
 
-    private func finish(context: ChannelHandlerContext, as detected: DetectedProtocol) {
+    /// - Parameter endsRead: the bytes are handed on outside a read (the timer ran out), so
+    ///   a read-complete follows them: handlers that act at the end of a read (the request
+    ///   header timer) must see one.
+    private func finish(context: ChannelHandlerContext, as detected: DetectedProtocol, endsRead: Bool = false) {
         guard !done else { return }
         done = true
         timer?.cancel()
@@ -96,7 +99,10 @@ final class ProtocolDetectHandler: ChannelInboundHandler, RemovableChannelHandle
         buffered = nil
         do {
             try decided(context, detected, bytes)
-            if bytes.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(bytes)) }
+            if bytes.readableBytes > 0 {
+                context.fireChannelRead(wrapInboundOut(bytes))
+                if endsRead { context.fireChannelReadComplete() }
+            }
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         } catch {
             context.close(promise: nil)
