@@ -58,6 +58,31 @@ final class ConnectionReuseTests: XCTestCase {
         await mesh.shutdown()
     }
 
+    func testAClientThatPipelinesTooMuchIsClosedAndTheProxyServesOn() async throws {
+        let mesh = try await TestMesh.start()
+        let app = try await TestApp.start("api")
+        do {
+            _ = try await mesh.proxy("api", app: app.address)
+            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
+            _ = try await eventually { try await callThroughMesh(web.outbound, service: "api") }
+
+            // 200 requests behind a slow one, in one write: more than the 128 the proxy holds.
+            let flood = "GET /slow-flood HTTP/1.1\r\nHost: api\r\n\r\n"
+                + (0..<200).map { "GET /flood-\($0) HTTP/1.1\r\nHost: api\r\n\r\n" }.joined()
+            let answer = try await RawSocket.send(Array(flood.utf8), to: web.outbound)
+            let answered = answer.components(separatedBy: "HTTP/1.1 ").count - 1
+            XCTAssertEqual(answered, 0, "the connection was not closed at the limit: \(answered) answers")
+            try await Task.sleep(for: .milliseconds(1500))
+            XCTAssertFalse(app.requests.contains { $0.path.hasPrefix("/flood-") }, "requests held beyond the limit were sent on")
+            let still = try await callThroughMesh(web.outbound, service: "api")
+            XCTAssertEqual(still.status.code, 200)
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        await app.stop()
+        await mesh.shutdown()
+    }
+
     func testIdleConnectionsAreClosedAfterTheIdleTimeout() async throws {
         let mesh = try await TestMesh.start()
         let app = try await TestApp.start("api")
