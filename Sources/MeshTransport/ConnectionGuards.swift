@@ -150,18 +150,26 @@ public final class HTTPParseErrorResponder: ChannelDuplexHandler, RemovableChann
             return
         }
         // Mid-response there is no way to send a status: just close.
-        if !responseInProgress {
-            let tooLarge: Bool
-            if case .headerOverflow = error as? HTTPParserError { tooLarge = true } else { tooLarge = false }
-            let status: HTTPResponseStatus = tooLarge ? .init(statusCode: 431) : .badRequest
-            let body = ByteBuffer(string: tooLarge ? "swiftmesh: request headers too large\n" : "swiftmesh: malformed HTTP request\n")
-            let headers: HTTPHeaders = ["connection": "close", "content-length": "\(body.readableBytes)",
-                                        "content-type": "text/plain; charset=utf-8"]
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        if !responseInProgress, let parseError = error as? HTTPParserError {
+            let (head, body) = Self.answer(to: parseError)
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         }
         context.close(promise: nil)
+    }
+
+    /// The answer to a request the decoder cannot read: 431 when its head is larger than the
+    /// decoder accepts, 400 for anything else; the connection closes after it. Also used by
+    /// the proxy's HTTP handler, which answers parse errors itself.
+    public static func answer(to error: HTTPParserError) -> (HTTPResponseHead, ByteBuffer) {
+        let tooLarge: Bool
+        if case .headerOverflow = error { tooLarge = true } else { tooLarge = false }
+        let status: HTTPResponseStatus = tooLarge ? .init(statusCode: 431) : .badRequest
+        let body = ByteBuffer(string: tooLarge ? "swiftmesh: request headers too large\n" : "swiftmesh: malformed HTTP request\n")
+        let headers: HTTPHeaders = ["connection": "close", "content-length": "\(body.readableBytes)",
+                                    "content-type": "text/plain; charset=utf-8"]
+        return (HTTPResponseHead(version: .http1_1, status: status, headers: headers), body)
     }
 
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {

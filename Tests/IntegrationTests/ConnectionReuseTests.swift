@@ -24,9 +24,7 @@ final class ConnectionReuseTests: XCTestCase {
                 + "GET /third HTTP/1.1\r\nHost: nosuch\r\n\r\n"
                 + "GET /fourth HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n"
             let answer = try await RawSocket.send(Array(requests.utf8), to: web.outbound)
-            let statuses = answer.replacingOccurrences(of: "\r\n", with: "\n").split(separator: "\n")
-                .filter { $0.hasPrefix("HTTP/1.1 ") }.map(String.init)
-            XCTAssertEqual(statuses, ["HTTP/1.1 200 OK", "HTTP/1.1 200 OK", "HTTP/1.1 503 Service Unavailable", "HTTP/1.1 200 OK"],
+            XCTAssertEqual(statusLines(answer), ["HTTP/1.1 200 OK", "HTTP/1.1 200 OK", "HTTP/1.1 503 Service Unavailable", "HTTP/1.1 200 OK"],
                            answer)
             XCTAssertTrue(answer.contains("unknown service 'nosuch'"), answer)
             let paths = app.requests.map(\.path).filter { ["/slow-first", "/second", "/fourth"].contains($0) }
@@ -36,15 +34,13 @@ final class ConnectionReuseTests: XCTestCase {
             // answer to the first goes out, then the 400, then the connection closes.
             let withGarbage = "GET /slow-before-garbage HTTP/1.1\r\nHost: api\r\n\r\n\u{0}\u{1}NOT HTTP\r\n\r\n"
             let answers = try await RawSocket.send(Array(withGarbage.utf8), to: web.outbound)
-            let garbageStatuses = answers.replacingOccurrences(of: "\r\n", with: "\n").split(separator: "\n")
-                .filter { $0.hasPrefix("HTTP/1.1 ") }.map(String.init)
-            XCTAssertEqual(garbageStatuses, ["HTTP/1.1 200 OK", "HTTP/1.1 400 Bad Request"], answers)
+            XCTAssertEqual(statusLines(answers), ["HTTP/1.1 200 OK", "HTTP/1.1 400 Bad Request"], answers)
 
             // A request with Connection: close ends the connection: what was pipelined behind
             // it never reaches the app.
             let closing = "GET /closing HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\nGET /after-close HTTP/1.1\r\nHost: api\r\n\r\n"
             let closed = try await RawSocket.send(Array(closing.utf8), to: web.outbound)
-            XCTAssertEqual(closed.components(separatedBy: "HTTP/1.1 ").count - 1, 1, closed)
+            XCTAssertEqual(statusLines(closed).count, 1, closed)
             try await Task.sleep(for: .milliseconds(200))
             XCTAssertFalse(app.requests.contains { $0.path == "/after-close" }, "a request behind Connection: close was sent on")
 
@@ -70,7 +66,7 @@ final class ConnectionReuseTests: XCTestCase {
             let flood = "GET /slow-flood HTTP/1.1\r\nHost: api\r\n\r\n"
                 + (0..<200).map { "GET /flood-\($0) HTTP/1.1\r\nHost: api\r\n\r\n" }.joined()
             let answer = try await RawSocket.send(Array(flood.utf8), to: web.outbound)
-            let answered = answer.components(separatedBy: "HTTP/1.1 ").count - 1
+            let answered = statusLines(answer).count
             XCTAssertEqual(answered, 0, "the connection was not closed at the limit: \(answered) answers")
             try await Task.sleep(for: .milliseconds(1500))
             XCTAssertFalse(app.requests.contains { $0.path.hasPrefix("/flood-") }, "requests held beyond the limit were sent on")
@@ -111,6 +107,12 @@ final class ConnectionReuseTests: XCTestCase {
         await app.stop()
         await mesh.shutdown()
     }
+}
+
+/// The status lines of the answers read from one connection, in order.
+private func statusLines(_ answers: String) -> [String] {
+    answers.replacingOccurrences(of: "\r\n", with: "\n").split(separator: "\n")
+        .filter { $0.hasPrefix("HTTP/1.1 ") }.map(String.init)
 }
 
 /// Sends requests one after another on one keep-alive connection, reading each answer

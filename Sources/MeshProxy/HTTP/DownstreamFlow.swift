@@ -1,3 +1,4 @@
+import MeshTransport
 import NIOCore
 import NIOHTTP1
 
@@ -162,5 +163,42 @@ extension ProxyHTTPHandler {
                 handler.scheduleIdleCheck(in: .nanoseconds(timeout.nanoseconds - idle), context: context)
             }
         }
+    }
+
+    /// The decoder cannot read a request. Behind a request still being answered, the error
+    /// waits its turn (``drainHeld``); otherwise it is answered now.
+    func parseFailed(_ error: HTTPParserError, context: ChannelHandlerContext) {
+        if parseErrorWaits {
+            flow.heldError = error
+            pauseReading(.pipelined)
+        } else {
+            answerParseError(error, context: context)
+        }
+    }
+
+    /// Whether a parse error comes after the current request was read whole (or behind held
+    /// ones), so that the answers before it must go out first.
+    private var parseErrorWaits: Bool {
+        if !flow.held.isEmpty { return true }
+        switch state {
+        case .connecting(_, _, let ended): return ended
+        case .forwarding(_, let ended, _): return ended
+        case .idle, .discarding, .upgraded: return false
+        }
+    }
+
+    /// Answers a parse error (``HTTPParseErrorResponder/answer(to:)``) and closes. Inside a
+    /// request being forwarded or already answered there is no way to send a status: it
+    /// just closes.
+    private func answerParseError(_ error: HTTPParserError, context: ChannelHandlerContext) {
+        flow.dropHeld()
+        if case .idle = state {
+            let (head, body) = HTTPParseErrorResponder.answer(to: error)
+            state = .discarding
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+        context.close(promise: nil)
     }
 }

@@ -217,51 +217,11 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if let parseError = error as? HTTPParserError {
-            if parseErrorWaits {
-                // Behind a request still being answered: its answer goes first.
-                flow.heldError = parseError
-                pauseReading(.pipelined)
-            } else {
-                answerParseError(parseError, context: context)
-            }
+            parseFailed(parseError, context: context)
             return
         }
         logger.debug("downstream connection error", metadata: ["role": "\(role)", "error": "\(error)"])
         context.close(promise: nil)
-    }
-
-    /// Whether a parse error comes after the current request was read whole (or behind held
-    /// ones), so that the answers before it must go out first.
-    private var parseErrorWaits: Bool {
-        if !flow.held.isEmpty { return true }
-        switch state {
-        case .connecting(_, _, let ended): return ended
-        case .forwarding(_, let ended, _): return ended
-        case .idle, .discarding, .upgraded: return false
-        }
-    }
-
-    /// The decoder cannot read the request: 431 when its head is larger than the decoder
-    /// accepts, 400 for anything else, then the connection closes. Inside a request being
-    /// forwarded or already answered there is no way to send a status: just close.
-    func answerParseError(_ error: HTTPParserError, context: ChannelHandlerContext) {
-        flow.dropHeld()
-        switch state {
-        case .idle:
-            let tooLarge: Bool
-            if case .headerOverflow = error { tooLarge = true } else { tooLarge = false }
-            let status: HTTPResponseStatus = tooLarge ? .init(statusCode: 431) : .badRequest
-            let body = ByteBuffer(string: tooLarge ? "swiftmesh: request headers too large\n" : "swiftmesh: malformed HTTP request\n")
-            let headers: HTTPHeaders = ["connection": "close", "content-length": "\(body.readableBytes)",
-                                        "content-type": "text/plain; charset=utf-8"]
-            state = .discarding
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-            context.close(promise: nil)
-        case .discarding, .connecting, .forwarding, .upgraded:
-            context.close(promise: nil)
-        }
     }
 
     // MARK: - Request start
@@ -557,11 +517,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             recordExchange()
             finishExchange()
             state = requestEnded ? .idle : .discarding
-            if keepAlive {
-                context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
-            } else {
-                context.writeAndFlush(wrapOutboundOut(.end(trailers))).whenComplete { _ in self.closeWhenRequestRead(context) }
-            }
+            writeEnd(trailers, context: context)
             if requestEnded { requestDone() }
         case .closed:
             if !started, requestEnded, upstream.uses > 1, !replayed, let parts = replay, let loopState {
@@ -605,6 +561,16 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             resumeReading(context)
         } else {
             context.close(promise: nil)
+        }
+    }
+
+    /// Ends a response; a connection that is not kept alive closes once the request has been
+    /// read (a future is made only then: the common keep-alive end allocates none).
+    private func writeEnd(_ trailers: HTTPHeaders?, context: ChannelHandlerContext) {
+        if keepAlive {
+            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+        } else {
+            context.writeAndFlush(wrapOutboundOut(.end(trailers))).whenComplete { _ in self.closeWhenRequestRead(context) }
         }
     }
 
@@ -682,11 +648,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         if !keepAlive { headers.add(name: "connection", value: "close") }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         if !headRequest { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
-        if keepAlive {
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-        } else {
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in self.closeWhenRequestRead(context) }
-        }
+        writeEnd(nil, context: context)
     }
 
     private func clientPart(_ part: HTTPServerRequestPart) -> HTTPClientRequestPart {
