@@ -112,7 +112,7 @@ let package = Package(
         .testTarget(name: "MeshControlTests", dependencies: ["MeshControl", "MeshStore", "MeshCore", log]),
         .testTarget(name: "MeshStoreTests", dependencies: ["MeshStore", "MeshCore", "MeshTesting", log]),
         .testTarget(name: "MeshTelemetryTests", dependencies: ["MeshTelemetry"]),
-        .testTarget(name: "MeshProxyTests", dependencies: ["MeshProxy", .product(name: "NIOHTTP1", package: "swift-nio")]),
+        .testTarget(name: "MeshProxyTests", dependencies: ["MeshProxy", "MeshTransport"] + nio),
         // Depends on `mesh` so that `swift test` builds the binary the tests start.
         .testTarget(name: "IntegrationTests", dependencies: [
             "mesh", "MeshCore", "MeshIdentity", "MeshTransport", "MeshTesting",

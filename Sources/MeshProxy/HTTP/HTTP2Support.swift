@@ -20,11 +20,15 @@ import NIOSSL
 /// h2c), streams multiplexed on one connection per upstream; HTTP/1.1 requests keep their
 /// HTTP/1.1 path. Limits: swift-nio-http2's defaults (100 concurrent streams, its flood and
 /// header-list limits), DESIGN.md §6.
+///
+/// Every h2 connection has a ``FlushCoalescer`` under its HTTP/2 handler: the streams written
+/// in one event-loop tick go out in one TLS write, not one per stream.
 enum HTTP2Stack {
     /// The server side of an h2 connection: every stream gets the HTTP/1 codec and its own
     /// ``ProxyHTTPHandler``.
     static func configureServer(_ pipeline: ChannelPipeline.SynchronousOperations, role: String, router: @escaping Router,
                                 states: LoopStates, logger: Logger) throws {
+        try pipeline.addHandler(FlushCoalescer())
         _ = try pipeline.configureHTTP2Pipeline(mode: .server, connectionConfiguration: .init(), streamConfiguration: .init()) { stream in
             stream.eventLoop.makeCompletedFuture {
                 let sync = stream.pipeline.syncOperations
@@ -236,6 +240,7 @@ extension UpstreamPool {
                             try sync.addHandler(HandshakeWaiter(ready: ready, timeout: limits.tlsHandshakeTimeout,
                                                                 protocol: MeshTLS.ALPN.http2))
                         }
+                        try sync.addHandler(FlushCoalescer())
                         // Pushed streams are refused: the initializer closes them.
                         _ = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(),
                                                             streamConfiguration: .init()) { pushed in pushed.close() }
