@@ -43,12 +43,25 @@ public final class WebSocketEchoServer: Sendable {
     public func stop() async { try? await channel.close() }
 }
 
-/// Plain HTTP answers of the echo server (requests that did not upgrade).
+/// Plain HTTP answers of the echo server (requests that did not upgrade): 403, except on
+/// `/rogue-101`, answered with a `101 Switching Protocols` to WebSocket that nobody asked for
+/// (a broken or hostile app).
 private final class RefuseHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
+    private var rogue = false
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard case .end = unwrapInboundIn(data) else { return }
+        switch unwrapInboundIn(data) {
+        case .head(let head): rogue = head.uri == "/rogue-101"; return
+        case .body: return
+        case .end: break
+        }
+        if rogue {
+            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .switchingProtocols,
+                                                                         headers: ["upgrade": "websocket", "connection": "upgrade"]))),
+                                  promise: nil)
+            return
+        }
         let body = ByteBuffer(string: "no websocket here\n")
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .forbidden,
                                                                headers: ["content-length": "\(body.readableBytes)"]))), promise: nil)
