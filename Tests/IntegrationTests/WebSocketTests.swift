@@ -64,22 +64,24 @@ final class WebSocketTests: XCTestCase {
     }
 
     /// An app that switches protocols on a plain request (no upgrade was asked) gets a 502 to
-    /// the caller, and the connections stay usable: the next request on the same connection is
-    /// answered (the proxy does not wait for a request end that came already).
+    /// the caller, once, and the connections stay usable: the next request on the same
+    /// connection is answered (the proxy does not wait for a request end that came already),
+    /// and the request was not sent again when the proxy closed the app's connection.
     func testASwitchNobodyAskedForIsA502AndTheConnectionGoesOn() async throws {
         let mesh = try await TestMesh.start()
         let server = try await WebSocketEchoServer.start()
         do {
             _ = try await mesh.proxy("chat", app: server.address)
             let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
-            _ = try await eventually { try await callThroughMesh(web.outbound, service: "chat", path: "/plain") }
+            // The app closes this connection: each rogue request below is on a new one.
+            _ = try await eventually { try await callThroughMesh(web.outbound, service: "chat", path: "/bye") }
 
             let client = try RawTCPClient(web.outbound)
             for round in 1...2 {
                 try client.send("GET /rogue-101 HTTP/1.1\r\nHost: chat\r\n\r\n")
                 let (head, rest) = client.receiveHead(timeout: .seconds(10))
                 XCTAssertTrue(head.hasPrefix("HTTP/1.1 502"), "round \(round): \(head)")
-                XCTAssertTrue(head.lowercased().contains("x-mesh-error: bad-upgrade"), head)
+                XCTAssertTrue(head.lowercased().contains("x-mesh-error: bad-upgrade"), "round \(round): \(head)")
                 let length = head.lowercased().components(separatedBy: "\r\n")
                     .first { $0.hasPrefix("content-length:") }.flatMap { Int($0.dropFirst(15).trimmingCharacters(in: .whitespaces)) } ?? 0
                 _ = client.receiveBytes(count: length - rest.count, timeout: .seconds(5))
@@ -87,6 +89,7 @@ final class WebSocketTests: XCTestCase {
             try client.send("GET /plain HTTP/1.1\r\nHost: chat\r\n\r\n")
             let (plain, _) = client.receiveHead(timeout: .seconds(10))
             XCTAssertTrue(plain.hasPrefix("HTTP/1.1 403"), "the app's own answer, on the same connection: \(plain)")
+            XCTAssertEqual(server.rogueRequests, 2, "each request reached the app once: not replayed after the proxy closed the connection")
         } catch {
             XCTFail("\(error)\n\(mesh.logs)")
         }

@@ -1,5 +1,6 @@
 import Foundation
 import MeshCore
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -10,9 +11,13 @@ import NIOWebSocket
 /// the frame rides in the same read as the handshake answer).
 public final class WebSocketEchoServer: Sendable {
     private let channel: Channel
+    private let rogueCount: NIOLockedValueBox<Int>
     public var address: HostPort { HostPort(host: "127.0.0.1", port: channel.localAddress?.port ?? 0) }
+    /// How many `/rogue-101` requests reached the server.
+    public var rogueRequests: Int { rogueCount.withLockedValue { $0 } }
 
     public static func start() async throws -> WebSocketEchoServer {
+        let rogueCount = NIOLockedValueBox(0)
         let upgrader = NIOWebSocketServerUpgrader(
             shouldUpgrade: { channel, head in
                 // `/refuse` is refused: the handshake is answered with a plain 403.
@@ -32,27 +37,38 @@ public final class WebSocketEchoServer: Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                         withServerUpgrade: (upgraders: [upgrader], completionHandler: { _ in }))
-                    try channel.pipeline.syncOperations.addHandler(RefuseHandler())
+                    try channel.pipeline.syncOperations.addHandler(RefuseHandler(rogueCount: rogueCount))
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
-        return WebSocketEchoServer(channel: channel)
+        return WebSocketEchoServer(channel: channel, rogueCount: rogueCount)
     }
 
-    private init(channel: Channel) { self.channel = channel }
+    private init(channel: Channel, rogueCount: NIOLockedValueBox<Int>) {
+        self.channel = channel
+        self.rogueCount = rogueCount
+    }
     public func stop() async { try? await channel.close() }
 }
 
-/// Plain HTTP answers of the echo server (requests that did not upgrade): 403, except on
-/// `/rogue-101`, answered with a `101 Switching Protocols` to WebSocket that nobody asked for
-/// (a broken or hostile app).
+/// Plain HTTP answers of the echo server (requests that did not upgrade): 403 (on `/bye` with
+/// `Connection: close`, and the connection closes), except on `/rogue-101`, answered with a
+/// `101 Switching Protocols` to WebSocket that nobody asked for (a broken or hostile app).
 private final class RefuseHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
     private var rogue = false
+    private var bye = false
+    private let rogueCount: NIOLockedValueBox<Int>
+    init(rogueCount: NIOLockedValueBox<Int>) { self.rogueCount = rogueCount }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
-        case .head(let head): rogue = head.uri == "/rogue-101"; return
+        case .head(let head):
+            rogue = head.uri == "/rogue-101"
+            if rogue { rogueCount.withLockedValue { $0 += 1 } }
+            bye = head.uri == "/bye"
+            return
         case .body: return
         case .end: break
         }
@@ -63,10 +79,12 @@ private final class RefuseHandler: ChannelInboundHandler, RemovableChannelHandle
             return
         }
         let body = ByteBuffer(string: "no websocket here\n")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .forbidden,
-                                                               headers: ["content-length": "\(body.readableBytes)"]))), promise: nil)
+        var headers: HTTPHeaders = ["content-length": "\(body.readableBytes)"]
+        if bye { headers.add(name: "connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .forbidden, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        let sent = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if bye { sent.whenComplete { _ in context.close(promise: nil) } }
     }
 }
 

@@ -466,6 +466,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         switch event {
         case .part(.head(let head)) where head.status.code == 101:
             guard upgrading, !started, requestEnded, head.headers.first(name: "upgrade")?.lowercased() == "websocket" else {
+                // Detached first: the close reports itself at once, and this exchange is
+                // answered here (not replayed, not answered twice).
+                upstream.handler.responder = nil
                 upstream.channel.close(promise: nil)
                 finishExchange()
                 state = requestEnded ? .idle : .discarding
