@@ -25,15 +25,17 @@ import NIOSSL
 /// in one event-loop tick go out in one TLS write, not one per stream.
 enum HTTP2Stack {
     /// The server side of an h2 connection: every stream gets the HTTP/1 codec and its own
-    /// ``ProxyHTTPHandler``.
+    /// ``ProxyHTTPHandler``; the streams share the connection's ``ConnectionPeer``.
     static func configureServer(_ pipeline: ChannelPipeline.SynchronousOperations, role: String, router: @escaping Router,
                                 states: LoopStates, logger: Logger) throws {
         try pipeline.addHandler(FlushCoalescer())
+        let peer = NIOLoopBound(ConnectionPeer(), eventLoop: pipeline.eventLoop)
         _ = try pipeline.configureHTTP2Pipeline(mode: .server, connectionConfiguration: .init(), streamConfiguration: .init()) { stream in
             stream.eventLoop.makeCompletedFuture {
                 let sync = stream.pipeline.syncOperations
                 try sync.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
-                try sync.addHandler(ProxyHTTPHandler(role: role, router: router, states: states, logger: logger))
+                try sync.addHandler(ProxyHTTPHandler(role: role, router: router, connectionPeer: peer.value, states: states,
+                                                     logger: logger))
             }
         }
     }

@@ -83,6 +83,9 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
 
     /// Inbound: re-authorizes an upgraded connection (``StreamAuthorizer``).
     let streamAuthorizer: StreamAuthorizer?
+    /// An HTTP/2 stream's connection-wide caller identity (nil on an HTTP/1.1 connection,
+    /// whose handler reads it once itself).
+    private let connectionPeer: ConnectionPeer?
     /// Inbound: the upgrade request as it was authorized and forwarded, while upgrading, and
     /// the policy generation it was authorized under.
     var upgradeHead: HTTPRequestHead?
@@ -90,9 +93,10 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
 
     /// - Parameter idleTimeout: closes the connection after this long without a read or a
     ///   write; nil where something else bounds it (an HTTP/2 stream).
-    init(role: String, router: @escaping Router, streamAuthorizer: StreamAuthorizer? = nil, states: LoopStates,
-         idleTimeout: TimeAmount? = nil, logger: Logger) {
+    init(role: String, router: @escaping Router, streamAuthorizer: StreamAuthorizer? = nil,
+         connectionPeer: ConnectionPeer? = nil, states: LoopStates, idleTimeout: TimeAmount? = nil, logger: Logger) {
         self.flow = DownstreamFlow(idleTimeout: idleTimeout)
+        self.connectionPeer = connectionPeer
         self.streamAuthorizer = streamAuthorizer
         self.role = role
         self.direction = role == "inbound" ? .inbound : .outbound
@@ -240,7 +244,8 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         serial &+= 1
         exchange = Exchange(start: Exchange.now())
         if !infoLoaded {
-            info = DownstreamInfo(peer: PeerIdentityReader.peer(of: context),
+            let peer = if let connectionPeer { connectionPeer.peer(of: context) } else { PeerIdentityReader.peer(of: context) }
+            info = DownstreamInfo(peer: peer,
                                   remoteAddress: context.channel.remoteAddress ?? context.channel.parent?.remoteAddress)
             infoLoaded = true
         }
