@@ -77,6 +77,10 @@ final class HTTP2Connection {
     var resets = 0
     /// The kernel's retransmission total at the last TCP_INFO sample.
     var reportedRetransmits: UInt32 = 0
+    /// When the last stream ended, while no stream is open (nil while one is).
+    var idleSince: NIODeadline?
+    /// An idle check is scheduled (at most one at a time).
+    var idleCheckScheduled = false
 
     /// Stream IDs are 31 bits and odd for a client: a long-lived connection is replaced well
     /// before it runs out of them.
@@ -87,6 +91,12 @@ final class HTTP2Connection {
     /// layer's own queue, where a stream cancelled while queued was seen to stay counted and
     /// wedge the connection.
     static let maxConcurrentStreams = 100
+
+    /// How long an extra connection (one opened because the others were full) stays open with
+    /// no stream: load that needs several connections comes and goes by the millisecond, and
+    /// closing one the moment its last stream ended meant a new connection (and, to a peer
+    /// proxy, a TLS handshake) for the next burst, dozens of times a second under gRPC load.
+    static let extraIdleGrace = TimeAmount.seconds(10)
 
     /// After this many resets the connection is replaced. Peers count resets (a flood of them
     /// is an attack they cut off), and a stream cancelled at the wrong moment was seen to stay
@@ -166,6 +176,7 @@ extension UpstreamPool {
             let secure = key.peerIdentity != nil
             connection.streamsOpened += 1
             connection.streamsActive += 1
+            connection.idleSince = nil
             let reused = connection.streamsOpened
             if connection.streamsOpened >= HTTP2Connection.maxStreams { self.retire(connection, key: key) }
             let stream = connection.multiplexer.createStreamChannel { stream in
@@ -195,9 +206,30 @@ extension UpstreamPool {
         connection.streamsActive -= 1
         if connection.resets >= HTTP2Connection.maxResets, !connection.retired { retire(connection, key: key) }
         guard connection.streamsActive == 0 else { return }
-        // An extra connection opened for a burst goes once it is idle; the first one stays.
-        if connection.retired || (http2Open[key]?.first.map { $0 !== connection } ?? true) {
+        if connection.retired {
             retire(connection, key: key)
+        } else if http2Open[key]?.first !== connection {
+            // An extra connection opened for a burst goes once it has stayed idle for
+            // `extraIdleGrace`; the first one stays.
+            connection.idleSince = .now()
+            if !connection.idleCheckScheduled { scheduleIdleCheck(connection, key: key, in: HTTP2Connection.extraIdleGrace) }
+        }
+    }
+
+    private func scheduleIdleCheck(_ connection: HTTP2Connection, key: UpstreamKey, in delay: TimeAmount) {
+        connection.idleCheckScheduled = true
+        let bound = NIOLoopBound((self, connection), eventLoop: eventLoop)
+        eventLoop.scheduleTask(in: delay) {
+            let (pool, connection) = bound.value
+            connection.idleCheckScheduled = false
+            guard !connection.retired, connection.streamsActive == 0, let since = connection.idleSince,
+                  pool.http2Open[key]?.first !== connection else { return }
+            let left = since + HTTP2Connection.extraIdleGrace - .now()
+            if left > .zero {
+                pool.scheduleIdleCheck(connection, key: key, in: left)
+            } else {
+                pool.retire(connection, key: key)
+            }
         }
     }
 
