@@ -18,6 +18,8 @@ struct DownstreamFlow {
         static let pendingBody = Pause(rawValue: 1)
         /// A pipelined request waits for the current exchange to end.
         static let pipelined = Pause(rawValue: 2)
+        /// The upstream connection is not taking the request's body as fast as it comes.
+        static let upstreamFull = Pause(rawValue: 4)
     }
 
     /// At most this many bytes (bodies, and 64 per head) and this many requests are held: a

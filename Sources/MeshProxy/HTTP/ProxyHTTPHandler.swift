@@ -106,6 +106,15 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     }
 
     var headerTimer: RequestHeaderTimer?
+    /// Inside a read of the downstream: writes upstream wait for its end to be flushed
+    /// together (a request's head, body and end leave in one TLS record and one write).
+    private var inRead = false
+    /// The upstream channel written to in this read and not flushed yet.
+    private var unflushedUpstream: Channel?
+    /// Response parts written downstream since the last flush.
+    private var downstreamUnflushed = false
+    /// The upstream connection's reading was stopped while the caller could not take more.
+    private var upstreamReadPaused = false
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -122,6 +131,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
+        inRead = true
         flow.touch()
         if flow.mustHold(part, exchangeOpen: exchangeOpen) {
             // A pipelined request: it waits for the current exchange's end (answers go out in
@@ -133,6 +143,25 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             return
         }
         handle(part, context: context)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        inRead = false
+        if let channel = unflushedUpstream {
+            unflushedUpstream = nil
+            channel.flush()
+        }
+        context.fireChannelReadComplete()
+    }
+
+    /// Flushes what was written to `channel` now, or at the end of the current read.
+    private func flushUpstream(_ channel: Channel) {
+        guard inRead else {
+            channel.flush()
+            return
+        }
+        if let other = unflushedUpstream, other !== channel { other.flush() }
+        unflushedUpstream = channel
     }
 
     /// Whether an exchange is under way: a head that arrives now is pipelined.
@@ -168,7 +197,8 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             let ended: Bool
             if case .end = part { ended = true } else { ended = false }
             state = .forwarding(upstream, requestEnded: ended, responseStarted: started)
-            upstream.channel.writeAndFlush(clientPart(part), promise: nil)
+            upstream.channel.write(clientPart(part), promise: nil)
+            flushUpstream(upstream.channel)
         case (.discarding, .end):
             state = .idle
             requestDone()
@@ -214,6 +244,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         // Backpressure: stop reading the upstream while the downstream cannot take more.
         if case .forwarding(let upstream, _, _) = state {
+            upstreamReadPaused = !context.channel.isWritable
             upstream.channel.setOption(ChannelOptions.autoRead, value: context.channel.isWritable).whenComplete { _ in }
         }
         context.fireChannelWritabilityChanged()
@@ -418,6 +449,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         case .success(let upstream):
             exchange.lastKey = key
             leavePending()
+            upstreamReadPaused = false
             state = .forwarding(upstream, requestEnded: ended, responseStarted: false)
             exchange.upstreamStart = Exchange.now()
             upstream.handler.responder = self
@@ -430,7 +462,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                     upstream.channel.write(clientPart(part), promise: nil)
                 }
             }
-            upstream.channel.flush()
+            flushUpstream(upstream.channel)
             resumeReading(context)
         case .failure(let error):
             if let route = exchange.route, let stats = route.stats(for: key) {
@@ -503,9 +535,11 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             upstream.handler.keepAlive = upstreamKeepAlive
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: head.status, headers: head.headers))),
                           promise: nil)
+            downstreamUnflushed = true
         case .part(.body(let chunk)):
             exchange.responseBytes += chunk.readableBytes
             context.write(wrapOutboundOut(.body(.byteBuffer(chunk))), promise: nil)
+            downstreamUnflushed = true
         case .part(.end(var trailers)):
             if let held = heldTrailers {
                 heldTrailers = nil
@@ -514,6 +548,11 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             // A connection that carried a refused upgrade is not reused: the upstream's parser
             // may have stopped at the upgrade request, as ours does.
             let reusable = upstream.handler.keepAlive && requestEnded && !upgrading && !upstream.isStream
+            if upstreamReadPaused {
+                // Paused for this caller's sake: the next exchange on it must read its answer.
+                upstreamReadPaused = false
+                upstream.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+            }
             if reusable {
                 upstream.handler.responder = nil
                 loopState?.pool.release(upstream)
@@ -556,6 +595,17 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         }
     }
 
+    func upstreamReadComplete() {
+        guard downstreamUnflushed, let context else { return }
+        downstreamUnflushed = false
+        context.flush()
+    }
+
+    func upstreamWritabilityChanged(_ writable: Bool) {
+        guard case .forwarding = state else { return }
+        if writable { resumeReading(.upstreamFull) } else { pauseReading(.upstreamFull) }
+    }
+
     // MARK: - Helpers
 
     /// Closes a `Connection: close` connection after its response — once the request has
@@ -575,6 +625,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     /// Ends a response; a connection that is not kept alive closes once the request has been
     /// read (a future is made only then: the common keep-alive end allocates none).
     private func writeEnd(_ trailers: HTTPHeaders?, context: ChannelHandlerContext) {
+        downstreamUnflushed = false
         if keepAlive {
             context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
         } else {
@@ -606,6 +657,8 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
 
     func finishExchange() {
         loopState?.inFlight -= 1
+        // Whatever the upstream still had to take of the request is not wanted any more.
+        resumeReading(.upstreamFull)
         // Still open here: the upstream closed before the exchange was recorded.
         settleEndpoint(failed: true)
     }

@@ -289,6 +289,20 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
         responder.upstreamEvent(.part(part))
     }
 
+    /// The parts of this read have been handed on: the exchange flushes them downstream now,
+    /// once per read rather than once per part (and a streamed body moves as it arrives).
+    func channelReadComplete(context: ChannelHandlerContext) {
+        responder?.upstreamReadComplete()
+        context.fireChannelReadComplete()
+    }
+
+    /// The request's bytes pile up in front of a slow upstream: the exchange stops reading
+    /// its caller until they drain.
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        responder?.upstreamWritabilityChanged(context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         fail(error, reason: TLSFailureReason(describing: error))
         context.close(promise: nil)
@@ -328,6 +342,10 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
 /// Receives the response of an upstream exchange (the downstream side's handler).
 protocol UpstreamResponder: AnyObject {
     func upstreamEvent(_ event: UpstreamEvent)
+    /// The upstream's read is over: flush what its parts wrote downstream.
+    func upstreamReadComplete()
+    /// The upstream connection can (true) or cannot (false) take more of the request now.
+    func upstreamWritabilityChanged(_ writable: Bool)
 }
 
 enum UpstreamEvent {
