@@ -4,7 +4,8 @@ import NIOHTTP1
 
 /// The state a downstream HTTP/1.1 connection keeps besides its exchange: requests a client
 /// pipelined behind the current one, the last time anything was read or written (the idle
-/// timeout), and why reading is paused.
+/// timeout), and why reading is paused. Its extension on ``ProxyHTTPHandler`` also holds
+/// when each direction is flushed.
 ///
 /// This replaces `HTTPServerPipelineHandler`, `IdleStateHandler` and the parse-error
 /// responder in the data path. Those sat in the pipeline and saw every read and write; the
@@ -109,6 +110,39 @@ extension ProxyHTTPHandler {
         } else {
             context.channel.setOption(ChannelOptions.autoRead, value: on).whenComplete { _ in }
         }
+    }
+
+    // Flushes: once per read in each direction, so that a request's or a response's parts of
+    // one read leave together, and a streamed body moves as it arrives.
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        inRead = false
+        if let channel = unflushedUpstream {
+            unflushedUpstream = nil
+            channel.flush()
+        }
+        context.fireChannelReadComplete()
+    }
+
+    /// Flushes what was written to `channel` now, or at the end of the current read.
+    func flushUpstream(_ channel: Channel) {
+        guard inRead else {
+            channel.flush()
+            return
+        }
+        if let other = unflushedUpstream, other !== channel { other.flush() }
+        unflushedUpstream = channel
+    }
+
+    func upstreamReadComplete() {
+        guard downstreamUnflushed, let context else { return }
+        downstreamUnflushed = false
+        context.flush()
+    }
+
+    func upstreamWritabilityChanged(_ writable: Bool) {
+        guard case .forwarding = state else { return }
+        if writable { resumeReading(.upstreamFull) } else { pauseReading(.upstreamFull) }
     }
 
     /// The current request has been read to its end and answered (or its answer is under

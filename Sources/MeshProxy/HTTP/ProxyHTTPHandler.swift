@@ -108,11 +108,11 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     var headerTimer: RequestHeaderTimer?
     /// Inside a read of the downstream: writes upstream wait for its end to be flushed
     /// together (a request's head, body and end leave in one TLS record and one write).
-    private var inRead = false
+    var inRead = false
     /// The upstream channel written to in this read and not flushed yet.
-    private var unflushedUpstream: Channel?
+    var unflushedUpstream: Channel?
     /// Response parts written downstream since the last flush.
-    private var downstreamUnflushed = false
+    var downstreamUnflushed = false
     /// The upstream connection's reading was stopped while the caller could not take more.
     private var upstreamReadPaused = false
 
@@ -143,25 +143,6 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             return
         }
         handle(part, context: context)
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        inRead = false
-        if let channel = unflushedUpstream {
-            unflushedUpstream = nil
-            channel.flush()
-        }
-        context.fireChannelReadComplete()
-    }
-
-    /// Flushes what was written to `channel` now, or at the end of the current read.
-    private func flushUpstream(_ channel: Channel) {
-        guard inRead else {
-            channel.flush()
-            return
-        }
-        if let other = unflushedUpstream, other !== channel { other.flush() }
-        unflushedUpstream = channel
     }
 
     /// Whether an exchange is under way: a head that arrives now is pipelined.
@@ -593,17 +574,6 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                 if requestEnded { requestDone() }
             }
         }
-    }
-
-    func upstreamReadComplete() {
-        guard downstreamUnflushed, let context else { return }
-        downstreamUnflushed = false
-        context.flush()
-    }
-
-    func upstreamWritabilityChanged(_ writable: Bool) {
-        guard case .forwarding = state else { return }
-        if writable { resumeReading(.upstreamFull) } else { pauseReading(.upstreamFull) }
     }
 
     // MARK: - Helpers
