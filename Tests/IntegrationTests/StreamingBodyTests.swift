@@ -5,7 +5,8 @@ import XCTest
 
 /// Bodies pass through the proxies as they come, in both directions, and never pile up in
 /// them: an event stream reaches its caller event by event, a download larger than any buffer
-/// goes through without being gathered in either proxy. Each through both kinds of hop between the proxies: a pool of
+/// goes through without being gathered in either proxy, and
+/// an upload to an app that is not reading waits in the sockets, not in the proxies. Each through both kinds of hop between the proxies: a pool of
 /// HTTP/1.1 connections (the default) and multiplexed HTTP/2 (`--peer-protocol h2`).
 final class StreamingBodyTests: XCTestCase {
     func testAnEventStreamReachesTheCallerEventByEvent() async throws {
@@ -37,11 +38,38 @@ final class StreamingBodyTests: XCTestCase {
                 try client.send("GET /bulk?bytes=\(size) HTTP/1.1\r\nHost: api\r\n\r\n")
                 let (head, rest) = client.receiveHead(timeout: .seconds(10))
                 XCTAssertTrue(head.hasPrefix("HTTP/1.1 200"), "\(hop): \(head)")
-                let body = rest.count + client.receiveBytes(count: size - rest.count, timeout: .seconds(30)).count
+                // The caller stops reading for a while, part way: the proxies must stop reading
+                // their upstream meanwhile, and start again when the caller does.
+                var body = rest.count + client.receiveBytes(count: (1 << 20) - rest.count, timeout: .seconds(10)).count
+                try await Task.sleep(for: .seconds(1.5))
+                body += client.receiveBytes(count: size - body, timeout: .seconds(30)).count
                 XCTAssertEqual(body, size, "\(hop): the whole body arrives")
                 // The body passes through; it is not gathered in either proxy.
                 XCTAssertLessThan(peakKB(caller) - before.caller, size / 2 / 1024, "\(hop): the caller's proxy held the body")
                 XCTAssertLessThan(peakKB(api) - before.api, size / 2 / 1024, "\(hop): the app's proxy held the body")
+            }
+        }
+    }
+
+    func testAnUploadToAnAppThatIsNotReadingWaitsInsteadOfPilingUpInTheProxies() async throws {
+        try await withCallers { _, api, callers in
+            let size = 48 << 20
+            let file = FileManager.default.temporaryDirectory.appendingPathComponent("upload-\(UUID().uuidString.prefix(8))")
+            try Data(repeating: UInt8(ascii: "u"), count: size).write(to: file)
+            defer { try? FileManager.default.removeItem(at: file) }
+            for (hop, caller) in callers {
+                let before = (caller: peakKB(caller), api: peakKB(api))
+                // The app stops reading for `BulkApp.uploadStall` once the head is in: meanwhile
+                // curl can send only as much as the sockets on the way hold, if the proxies
+                // stop reading their caller when their upstream is full.
+                let run = try runCapturingOutput("/usr/bin/curl", [
+                    "-sS", "--max-time", "60", "-H", "Host: api", "-H", "Expect:",
+                    "--data-binary", "@\(file.path)", "http://\(caller.outbound.host):\(caller.outbound.port)/upload",
+                ], timeout: 70)
+                XCTAssertEqual(run.status, 0, "\(hop): \(run.err)")
+                XCTAssertEqual(run.out, "received \(size)", "\(hop): the app gets the whole body")
+                XCTAssertLessThan(peakKB(caller) - before.caller, size / 2 / 1024, "\(hop): the caller's proxy gathered the upload")
+                XCTAssertLessThan(peakKB(api) - before.api, size / 2 / 1024, "\(hop): the app's proxy gathered the upload")
             }
         }
     }

@@ -95,21 +95,27 @@ extension ProxyHTTPHandler {
         guard !flow.paused.contains(reason) else { return }
         let wasReading = flow.paused.isEmpty
         flow.paused.insert(reason)
-        if wasReading, let context { setAutoRead(false, context) }
+        if wasReading, let context { setAutoRead(false, context.channel) }
     }
 
     func resumeReading(_ reason: DownstreamFlow.Pause) {
         guard flow.paused.contains(reason) else { return }
         flow.paused.remove(reason)
-        if flow.paused.isEmpty, let context { setAutoRead(true, context) }
+        if flow.paused.isEmpty, let context { setAutoRead(true, context.channel) }
     }
 
-    private func setAutoRead(_ on: Bool, _ context: ChannelHandlerContext) {
-        if let options = context.channel.syncOptions {
+    /// Stops or restarts reading a channel of this event loop: the caller's connection or
+    /// stream, or an upstream one. A socket channel asks for a read itself when auto-read
+    /// comes back on; an HTTP/2 stream channel only sets the flag, and the frames it held stay
+    /// held (an upload or a download through an HTTP/2 hop hung for good once its stream had
+    /// been paused), so a read is asked for here. Asking twice is harmless.
+    func setAutoRead(_ on: Bool, _ channel: Channel) {
+        if let options = channel.syncOptions {
             try? options.setOption(ChannelOptions.autoRead, value: on)
         } else {
-            context.channel.setOption(ChannelOptions.autoRead, value: on).whenComplete { _ in }
+            channel.setOption(ChannelOptions.autoRead, value: on).whenComplete { _ in }
         }
+        if on { channel.read() }
     }
 
     // Flushes: once per read in each direction, so that a request's or a response's parts of

@@ -226,7 +226,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         // Backpressure: stop reading the upstream while the downstream cannot take more.
         if case .forwarding(let upstream, _, _) = state {
             upstreamReadPaused = !context.channel.isWritable
-            upstream.channel.setOption(ChannelOptions.autoRead, value: context.channel.isWritable).whenComplete { _ in }
+            setAutoRead(context.channel.isWritable, upstream.channel)
         }
         context.fireChannelWritabilityChanged()
     }
@@ -532,7 +532,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             if upstreamReadPaused {
                 // Paused for this caller's sake: the next exchange on it must read its answer.
                 upstreamReadPaused = false
-                upstream.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+                setAutoRead(true, upstream.channel)
             }
             if reusable {
                 upstream.handler.responder = nil
