@@ -5,9 +5,10 @@ import XCTest
 
 /// Bodies pass through the proxies as they come, in both directions, and never pile up in
 /// them: an event stream reaches its caller event by event, a download larger than any buffer
-/// goes through without being gathered in either proxy, and
-/// an upload to an app that is not reading waits in the sockets, not in the proxies. Each through both kinds of hop between the proxies: a pool of
-/// HTTP/1.1 connections (the default) and multiplexed HTTP/2 (`--peer-protocol h2`).
+/// goes through without being gathered in either proxy, and an upload to an app that is not
+/// reading waits in the sockets, not in the proxies. Each through both kinds of hop between the
+/// proxies: a pool of HTTP/1.1 connections (the default) and multiplexed HTTP/2
+/// (`--peer-protocol h2`).
 final class StreamingBodyTests: XCTestCase {
     func testAnEventStreamReachesTheCallerEventByEvent() async throws {
         try await withCallers { app, _, callers in
