@@ -81,26 +81,12 @@ final class GRPCTests: XCTestCase {
     /// Cancelled streams once stayed counted as open inside swift-nio-http2 until a
     /// connection took no new stream; connections that saw many resets are now replaced.
     func testCancelledStreamsNeverWedgeTheMesh() async throws {
-        let h2load = "/usr/bin/h2load"
-        guard GRPCPeer.available, FileManager.default.isExecutableFile(atPath: h2load) else {
-            if ProcessInfo.processInfo.environment["MESH_REQUIRE_TOOLS"] == "1" {
-                XCTFail("grpcio (PyPI) and h2load (nghttp2-client) are required (MESH_REQUIRE_TOOLS=1)")
-            }
-            throw XCTSkip("grpcio or h2load not installed")
-        }
+        let h2load = try requireGRPCAndH2load()
         let mesh = try await TestMesh.start(defaultPolicy: "audit")
-        // The app takes 8 streams at once per connection: the proxy in front of it opens more
-        // connections rather than queue streams inside the HTTP/2 layer.
         let server = try await GRPCPeer.startServer(name: "a", maxStreams: 8)
         do {
-            let greeter = try await mesh.proxy("greeter", app: server.address, extra: ["--threads", "1"])
-            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
-            try await waitUntil { ((try? await mesh.services()) ?? []).contains { $0.service.rawValue == "greeter" } }
-            _ = try await eventually { try await GRPCPeer.call(web.outbound, authority: "greeter", count: 1) }
-
-            // A gRPC-framed "hello" posted as unary calls, 160 in flight, cut off after 2 s.
-            let body = mesh.directory.appendingPathComponent("call.bin")
-            try Data([0, 0, 0, 0, 5] + Array("hello".utf8)).write(to: body)
+            let (greeter, web, body) = try await greeterBehindEightStreamApp(mesh, server)
+            // The gRPC-framed "hello" posted as unary calls, 160 in flight, cut off after 2 s.
             for round in 1...3 {
                 let run = try await Task.detached {
                     try runCapturingOutput(h2load, ["-t1", "-c16", "-m10", "-D", "2", "-d", body.path,
@@ -125,5 +111,85 @@ final class GRPCTests: XCTestCase {
         }
         server.stop()
         await mesh.shutdown()
+    }
+
+    /// The connections a burst opens to an app that takes 8 streams at once stay through a
+    /// lull (the next burst, a second later, opens few or none: each would be a handshake to
+    /// a peer proxy), and the extra ones close after 10 s without a stream; the first stays.
+    func testExtraConnectionsOutliveALullAndCloseWhenIdle() async throws {
+        let h2load = try requireGRPCAndH2load()
+        let mesh = try await TestMesh.start(defaultPolicy: "audit")
+        let server = try await GRPCPeer.startServer(name: "a", maxStreams: 8)
+        do {
+            let (greeter, web, body) = try await greeterBehindEightStreamApp(mesh, server)
+            // 1600 unary calls, 160 in flight: about 20 connections of 8 streams each.
+            func burst() async throws {
+                let run = try await Task.detached {
+                    try runCapturingOutput(h2load, ["-t1", "-c16", "-m10", "-n", "1600", "-d", body.path,
+                                                   "-H", ":authority: greeter", "-H", "content-type: application/grpc",
+                                                   "-H", "te: trailers", "http://\(web.outbound)/test.Echo/Unary"], timeout: 60)
+                }.value
+                let done = run.out.split(separator: "\n").first { $0.hasPrefix("requests:") } ?? ""
+                XCTAssertTrue(done.contains(" 1600 succeeded"), run.out.suffix(1500).description)
+            }
+            func toApp() async throws -> (open: Double, opened: Double) {
+                let metrics = try await plainGet(greeter.admin, "/metrics").text.split(separator: "\n")
+                func value(_ name: String) -> Double {
+                    metrics.first { $0.hasPrefix(name + #"{direction="outbound",peer="dst"}"#) }
+                        .flatMap { Double($0.split(separator: " ").last ?? "") } ?? -1
+                }
+                return (value("mesh_tcp_connections_open"), value("mesh_tcp_connections_total"))
+            }
+
+            try await burst()
+            let first = try await toApp()
+            print("greeter's proxy to its app after the first burst: \(first)")
+            XCTAssertGreaterThanOrEqual(first.opened, 4, "160 calls in flight need several connections of 8 streams")
+            try await Task.sleep(for: .seconds(1))
+            try await burst()
+            let second = try await toApp()
+            print("after the second burst: \(second)")
+            XCTAssertLessThanOrEqual(second.opened - first.opened, first.opened / 2,
+                                     "the second burst reuses the connections the first one opened")
+
+            let closedAfter = try await waitUntil(timeout: .seconds(25)) { (try? await toApp().open) == 1 }
+            print("extra connections closed \(closedAfter) after the second burst")
+            XCTAssertGreaterThanOrEqual(closedAfter, .seconds(8), "extra connections stay about 10 s after their last stream")
+            let calm = try await GRPCPeer.call(web.outbound, authority: "greeter", count: 5)
+            XCTAssertEqual(calm.unary.count, 5, "calls after the extras closed use the connection that stayed")
+            let after = try await toApp()
+            XCTAssertEqual(after.opened, second.opened, "and open none")
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        server.stop()
+        await mesh.shutdown()
+    }
+
+    /// The path of h2load; skips the test (fails it under MESH_REQUIRE_TOOLS=1, as in CI) when
+    /// h2load (nghttp2-client, Debian) or grpcio (PyPI) is missing.
+    private func requireGRPCAndH2load() throws -> String {
+        let h2load = "/usr/bin/h2load"
+        guard GRPCPeer.available, FileManager.default.isExecutableFile(atPath: h2load) else {
+            if ProcessInfo.processInfo.environment["MESH_REQUIRE_TOOLS"] == "1" {
+                XCTFail("grpcio (PyPI) and h2load (nghttp2-client) are required (MESH_REQUIRE_TOOLS=1)")
+            }
+            throw XCTSkip("grpcio or h2load not installed")
+        }
+        return h2load
+    }
+
+    /// `greeter` in front of `server` (an app that takes 8 streams at once per connection: the
+    /// proxy opens more connections rather than queue streams inside the HTTP/2 layer), a `web`
+    /// caller that has reached it once, and a gRPC-framed "hello" for h2load to post.
+    private func greeterBehindEightStreamApp(_ mesh: TestMesh, _ server: GRPCPeer.Server) async throws
+        -> (greeter: TestMesh.Proxy, web: TestMesh.Proxy, body: URL) {
+        let greeter = try await mesh.proxy("greeter", app: server.address, extra: ["--threads", "1"])
+        let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
+        try await waitUntil { ((try? await mesh.services()) ?? []).contains { $0.service.rawValue == "greeter" } }
+        _ = try await eventually { try await GRPCPeer.call(web.outbound, authority: "greeter", count: 1) }
+        let body = mesh.directory.appendingPathComponent("call.bin")
+        try Data([0, 0, 0, 0, 5] + Array("hello".utf8)).write(to: body)
+        return (greeter, web, body)
     }
 }
