@@ -4,13 +4,14 @@
 # link (Package.swift) places them together at the front of the binary's code.
 #
 # Why: the kernel maps a binary's code 64 KB at a time around each page the process touches,
-# and what is mapped counts in its RSS. The few MB a sidecar runs are spread over the ~35 MB of
-# code in `mesh` (control plane, stores, CLI, libraries), so a sidecar that runs 2 MB of code
-# carried 20+ MB of it. Packed together, they take a few MB.
+# and what is mapped counts in its RSS. The ~3 MB of code a sidecar runs were spread over the
+# ~35 MB in `mesh` (control plane, stores, CLI, libraries) and kept 20 MB of it resident; packed
+# together they span about 8 MB (the toolchain's static libraries come in whole object files).
 #
 # Run it after changes that add or rename much of the data path (stale names are skipped by
 # the linker; the benchmark's RSS column shows when the list needs refreshing). It takes a few
 # minutes: the proxies run under valgrind's callgrind, which counts every function executed.
+# KEEP=1 keeps the work directory (callgrind's files) for a look with callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
