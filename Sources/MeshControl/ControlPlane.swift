@@ -150,6 +150,7 @@ public struct ControlPlane: Sendable {
                             try await registry.announceTrust(try await authority.update)
                         }
                     } catch {
+                        guard !Task.isCancelled else { break } // stopping, not failing
                         logger.warning("cannot move the CA rotation on; retrying", metadata: ["error": "\(error)"])
                     }
                 }

@@ -100,6 +100,7 @@ actor TrustAuthority {
             guard next != state else { return }
             try install(next)
         } catch {
+            guard !Task.isCancelled else { return } // stopping, not failing
             logger.warning("cannot re-read the CA state; keeping the current one", metadata: ["error": "\(error)"])
         }
     }

@@ -171,6 +171,8 @@ public actor Registry {
                 logger.info("instance expired (no heartbeat)", metadata: ["service": "\(instance.service)", "instance": "\(instance.id)"])
             }
         } catch {
+            // Cancelled (the control plane is stopping): the read was abandoned, nothing failed.
+            guard !Task.isCancelled else { return }
             logger.warning("cannot expire instances", metadata: ["error": "\(error)"])
         }
         await catchUp()
@@ -199,6 +201,7 @@ public actor Registry {
                 }
             }
         } catch {
+            guard !Task.isCancelled else { return } // stopping, not failing
             logger.warning("cannot read the registry from the store; serving the last known one",
                            metadata: ["error": "\(error)", "version": "\(snapshot.version)"])
         }
