@@ -42,6 +42,58 @@ public enum PathNormalizer {
     /// Splits `uri` into path and query, checks and normalizes the path, and returns the
     /// target to forward (`path` or `path?query`) together with the normalized path alone.
     public static func normalize(_ uri: String) -> Result<(target: String, path: String), Rejection> {
+        if let unchanged = alreadyNormal(uri) { return .success(unchanged) }
+        return normalizeFully(uri)
+    }
+
+    /// The common case without copying: a path of unreserved characters, `/`, `:`, `@` and
+    /// the sub-delimiters other than `;` — no `%`, no `\`, no empty, `.` or `..` segment —
+    /// and a query without `#` or NUL. ``normalizeFully(_:)`` returns such a target unchanged
+    /// (the tests check that the two agree), so it is returned as it is; nil sends anything
+    /// else the full way. The inbound proxy normalizes every request's target.
+    static func alreadyNormal(_ uri: String) -> (target: String, path: String)? {
+        let utf8 = uri.utf8
+        guard utf8.count <= 8192, utf8.first == UInt8(ascii: "/") else { return nil }
+        var index = utf8.index(after: utf8.startIndex)
+        var segmentLength = 0
+        var dots = 0
+        while index < utf8.endIndex {
+            let byte = utf8[index]
+            if byte == UInt8(ascii: "?") { break }
+            if byte == UInt8(ascii: "/") {
+                // The segment that ends here must be neither empty (`//`) nor a dot segment.
+                if segmentLength == 0 || (dots == segmentLength && dots <= 2) { return nil }
+                segmentLength = 0
+                dots = 0
+            } else {
+                guard isPlainPathByte(byte) else { return nil }
+                segmentLength += 1
+                if byte == UInt8(ascii: ".") { dots += 1 }
+            }
+            utf8.formIndex(after: &index)
+        }
+        // The last segment may be empty (a trailing `/`), not a dot segment.
+        if segmentLength > 0 && dots == segmentLength && dots <= 2 { return nil }
+        guard index < utf8.endIndex else { return (uri, uri) }
+        for byte in utf8[index...] where byte == UInt8(ascii: "#") || byte == 0 { return nil }
+        return (uri, String(uri[..<index]))
+    }
+
+    /// ALPHA / DIGIT / "-" / "." / "_" / "~" / ":" / "@" / "!" / "$" / "&" / "'" / "(" / ")" /
+    /// "*" / "+" / "," / "=": bytes the full normalization keeps as they are.
+    private static func isPlainPathByte(_ byte: UInt8) -> Bool {
+        if isUnreserved(byte) { return true }
+        switch byte {
+        case UInt8(ascii: ":"), UInt8(ascii: "@"), UInt8(ascii: "!"), UInt8(ascii: "$"), UInt8(ascii: "&"), UInt8(ascii: "'"),
+             UInt8(ascii: "("), UInt8(ascii: ")"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: ","), UInt8(ascii: "="):
+            return true
+        default:
+            return false
+        }
+    }
+
+    /// Every rule, byte by byte (``normalize(_:)`` without its shortcut).
+    static func normalizeFully(_ uri: String) -> Result<(target: String, path: String), Rejection> {
         let bytes = Array(uri.utf8)
         guard bytes.count <= 8192 else { return .failure(.tooLong) }
         if bytes.contains(UInt8(ascii: "#")) { return .failure(.fragment) }

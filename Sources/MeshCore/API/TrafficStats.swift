@@ -67,9 +67,19 @@ public struct EdgeCounters: Codable, Sendable, Equatable {
         latencyBuckets[Self.bucket(forLatencyMs: latencyMs)] += 1
         latencySumMs += latencyMs
         if let hopsMs, hopsMs.count == 4 {
-            for index in 0..<4 { hopSumsMs[index] += hopsMs[index] }
-            hopSamples += 1
+            addHops(callerProxy: hopsMs[0], network: hopsMs[1], peerProxy: hopsMs[2], app: hopsMs[3])
         }
+    }
+
+    /// Adds one exchange's hop attribution, in milliseconds (what `add`'s `hopsMs` does,
+    /// without an array: the proxy calls it on every response from a peer).
+    public mutating func addHops(callerProxy: Double, network: Double, peerProxy: Double, app: Double) {
+        guard hopSumsMs.count == 4 else { return }
+        hopSumsMs[0] += callerProxy
+        hopSumsMs[1] += network
+        hopSumsMs[2] += peerProxy
+        hopSumsMs[3] += app
+        hopSamples += 1
     }
 
     /// Adds another proxy's (or event loop's) counters of the same edge. Wrapping adds: the

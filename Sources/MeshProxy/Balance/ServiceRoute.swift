@@ -84,7 +84,7 @@ final class ServiceRoute {
     /// route that matched (its own timeouts and retries, ``settings(route:)``).
     func subset(for head: HTTPRequestHead, random: inout FastRandom) -> (labels: [String: String]?, route: Int?) {
         if !policy.routes.isEmpty {
-            let path = head.uri.prefix { $0 != "?" }
+            let path = ProxyHeaders.path(of: head.uri)
             for (index, route) in policy.routes.enumerated() {
                 if let prefix = route.match.pathPrefix, !path.hasPrefix(prefix) { continue }
                 if let headers = route.match.headers, !headers.allSatisfy({ head.headers.first(name: $0.key) == $0.value }) { continue }

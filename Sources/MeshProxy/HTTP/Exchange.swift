@@ -93,22 +93,30 @@ struct Exchange {
     var duration: UInt64 { (responseHead > 0 ? responseHead : Self.now()) &- start }
 
     /// Counts and times the finished exchange, and writes its access log line.
-    func record(accessLog: AccessLog?) {
+    ///
+    /// `mutating` although it changes nothing: called on the handler's stored exchange, a
+    /// non-mutating method gets a copy of it, and copying retains every reference it holds.
+    mutating func record(accessLog: AccessLog?) {
         guard let edge else { return }
         if let accessLog, let log { accessLog.write(entry(edge.labels, log).encoded()) }
         if let span { end(span, edge.labels) }
         let total = duration
         let split = hopSplit()
-        edge.counters.add(status: status, latencyMs: Double(total) / 1e6, denied: denied, hopsMs: split?.map { Double($0) / 1e6 })
+        edge.counters.add(status: status, latencyMs: Double(total) / 1e6, denied: denied, hopsMs: nil)
+        if let split {
+            edge.counters.addHops(callerProxy: Double(split.callerProxy) / 1e6, network: Double(split.network) / 1e6,
+                                  peerProxy: Double(split.peerProxy) / 1e6, app: Double(split.app) / 1e6)
+        }
         guard let series = edge.edge else { return }
         edge.requests(status: status)?.increment()
         series.latency.record(Double(total) / 1e9)
         if requestBytes > 0 { series.requestBytes.increment(by: Int64(requestBytes)) }
         if responseBytes > 0 { series.responseBytes.increment(by: Int64(responseBytes)) }
-        guard let split else { return }
-        for (index, nanos) in split.enumerated() where index < series.hops.count {
-            series.hops[index].record(Double(nanos) / 1e9)
-        }
+        guard let split, series.hops.count == 4 else { return }
+        series.hops[0].record(Double(split.callerProxy) / 1e9)
+        series.hops[1].record(Double(split.network) / 1e9)
+        series.hops[2].record(Double(split.peerProxy) / 1e9)
+        series.hops[3].record(Double(split.app) / 1e9)
     }
 
     /// Names the span after the call (`GET api`), records who called whom and the outcome,
@@ -153,7 +161,7 @@ struct Exchange {
         entry.requestBytes = requestBytes
         entry.responseBytes = responseBytes
         if let split = hopSplit() {
-            entry.hops = zip(["caller_proxy", "network", "peer_proxy", "app"], split).map { ($0, $1) }
+            entry.hops = zip(["caller_proxy", "network", "peer_proxy", "app"], split.nanos).map { ($0, $1) }
         } else if labels.direction == .inbound, upstreamStart > 0, responseHead >= upstreamStart {
             entry.hops = [("proxy", upstreamStart &- start), ("app", responseHead - upstreamStart)]
         }
@@ -174,13 +182,26 @@ struct Exchange {
 
     /// caller-proxy, network, peer-proxy, app (as ``ProxyMetrics/Hop/allCases``), in
     /// nanoseconds; nil when the exchange did not reach a peer that reported its timing.
-    func hopSplit() -> [UInt64]? {
+    func hopSplit() -> HopSplit? {
         guard let peer, upstreamStart > 0, responseHead >= upstreamStart, upstreamStart >= start else { return nil }
         let upstream = responseHead - upstreamStart
         let app = min(peer.appNanos, upstream)
         let peerProxy = min(peer.proxyNanos, upstream - app)
-        return [upstreamStart - start, upstream - app - peerProxy, peerProxy, app]
+        return HopSplit(callerProxy: upstreamStart - start, network: upstream - app - peerProxy, peerProxy: peerProxy, app: app)
     }
+}
+
+/// Where the caller's proxy saw an exchange's time go, in nanoseconds (the hops of
+/// ``ProxyMetrics/Hop``). Four fields rather than an array: it is made for every response
+/// from a peer, and an array is an allocation.
+struct HopSplit: Equatable {
+    var callerProxy: UInt64
+    var network: UInt64
+    var peerProxy: UInt64
+    var app: UInt64
+
+    /// In ``ProxyMetrics/Hop/allCases`` order.
+    var nanos: [UInt64] { [callerProxy, network, peerProxy, app] }
 }
 
 /// The inbound proxy's report of where its part of a request's time went, sent back to the

@@ -11,6 +11,10 @@ extension ProxyHTTPHandler {
     func recordExchange() {
         cancelTimers()
         leavePending()
+        if exchange.edge == nil, direction == .outbound, let loopState {
+            // Answered by this proxy before a destination was chosen.
+            exchange.edge = loopState.edge(.init(direction: .outbound, peer: nil, tls: true))
+        }
         exchange.record(accessLog: loopState?.accessLog)
         settleEndpoint(failed: exchange.status >= 500 || exchange.status == 0)
         if let top = exchange.topPath, let loopState {
@@ -27,7 +31,7 @@ extension ProxyHTTPHandler {
     }
 
     func keepDetails(_ head: HTTPRequestHead) {
-        let target = head.uri.prefix { $0 != "?" }
+        let target = ProxyHeaders.path(of: head.uri)
         exchange.log = Exchange.LogContext(
             method: head.method.rawValue, path: String(target.prefix(1024)), traceID: Exchange.traceID(of: head.headers),
             sourceAddress: direction == .inbound ? info.remoteAddress?.ipAddress : nil)

@@ -262,10 +262,11 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             infoLoaded = true
         }
         // Inbound, the edge is the verified caller; outbound, the destination once routed
-        // (the hop to a peer is always mTLS).
-        exchange.edge = direction == .inbound
-            ? loopState.edge(.init(direction: .inbound, peer: info.peer?.service, tls: info.peer != nil))
-            : loopState.edge(.init(direction: .outbound, peer: nil, tls: true))
+        // (the hop to a peer is always mTLS), or no destination when the proxy answers
+        // itself (set when the exchange is recorded: one lookup less per routed request).
+        if direction == .inbound {
+            exchange.edge = loopState.edge(.init(direction: .inbound, peer: info.peer?.service, tls: info.peer != nil))
+        }
         // The request's details are kept only when something will use them (a sampled span
         // asks for them in `trace`).
         if loopState.accessLog != nil || loopState.tap?.isOn(exchange.start) == true {
@@ -273,7 +274,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         }
         if let tracer = loopState.tracer { trace(head, tracer: tracer, loopState: loopState) }
         if direction == .inbound, loopState.metrics != nil {
-            exchange.topPath = (head.method.rawValue, head.uri.prefix { $0 != "?" })
+            exchange.topPath = (head.method.rawValue, ProxyHeaders.path(of: head.uri))
         }
         if let problem = ProxyHeaders.exceedsLimits(head, limits: loopState.pool.limits) {
             respondLocally(.init(statusCode: 431), code: "headers-too-large", message: problem, context: context)
@@ -346,11 +347,11 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                 enterPending()
             }
             if direction == .inbound, exchange.topPath != nil {
-                exchange.topPath?.path = forwardHead.uri.prefix { $0 != "?" }
+                exchange.topPath?.path = ProxyHeaders.path(of: forwardHead.uri)
             }
             if exchange.log != nil, direction == .inbound {
                 // What is logged is what was authorized and forwarded: the normalized path.
-                exchange.log?.path = String(forwardHead.uri.prefix { $0 != "?" }.prefix(1024))
+                exchange.log?.path = String(ProxyHeaders.path(of: forwardHead.uri).prefix(1024))
             }
             state = .connecting(pending: [.head(forwardHead)], pendingBytes: 0, requestEnded: false)
             let idempotent: Bool
@@ -514,8 +515,10 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             state = .forwarding(upstream, requestEnded: requestEnded, responseStarted: true)
             replay = nil
             upstream.handler.keepAlive = upstreamKeepAlive
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: head.status, headers: head.headers))),
-                          promise: nil)
+            // The caller always gets HTTP/1.1 (an HTTP/2 stream's codec ignores the version);
+            // set in place, since a new head is another allocation.
+            head.version = .http1_1
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
             downstreamUnflushed = true
         case .part(.body(let chunk)):
             exchange.responseBytes += chunk.readableBytes

@@ -89,7 +89,7 @@ extension Exchange {
         event.requestID = log.requestID
         event.traceID = log.traceID
         if let split = hopSplit() {
-            event.hopsMs = Dictionary(uniqueKeysWithValues: zip(["caller_proxy", "network", "peer_proxy", "app"], split.map { Double($0) / 1e6 }))
+            event.hopsMs = Dictionary(uniqueKeysWithValues: zip(["caller_proxy", "network", "peer_proxy", "app"], split.nanos.map { Double($0) / 1e6 }))
         } else if labels.direction == .inbound, upstreamStart > 0, responseHead >= upstreamStart {
             event.hopsMs = ["proxy": Double(upstreamStart &- start) / 1e6, "app": Double(responseHead - upstreamStart) / 1e6]
         }

@@ -88,11 +88,17 @@ final class UpstreamPool {
     /// Returns a connection after a complete exchange that both sides kept alive.
     func release(_ connection: UpstreamConnection) {
         guard connection.channel.isActive else { return }
-        guard idle[connection.key, default: []].count < limits.maxIdlePerUpstream else {
+        if !Self.keep(connection, in: &idle[connection.key, default: []], max: limits.maxIdlePerUpstream) {
             connection.channel.close(promise: nil)
-            return
         }
-        idle[connection.key, default: []].append(connection)
+    }
+
+    /// Appends to the list unless it is full; one dictionary access for the check and the
+    /// append together (a connection comes back after every request).
+    private static func keep(_ connection: UpstreamConnection, in list: inout [UpstreamConnection], max: Int) -> Bool {
+        guard list.count < max else { return false }
+        list.append(connection)
+        return true
     }
 
     fileprivate func forget(_ connection: UpstreamConnection) {
@@ -220,9 +226,13 @@ final class UpstreamConnection {
 final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart
 
-    /// The exchange the next response belongs to; set while a request is in flight. A weak
-    /// reference, not a closure, so that lending a connection allocates nothing.
-    weak var responder: UpstreamResponder?
+    /// The exchange the next response belongs to; set while a request is in flight, and
+    /// cleared when its response ends, when the connection goes back to the pool, and when
+    /// either side closes. A reference, not a closure, so that lending a connection allocates
+    /// nothing; a strong one, because a weak reference gives the exchange's handler a side
+    /// table, and every retain and release of it (several per request) then takes the
+    /// runtime's slow path.
+    var responder: UpstreamResponder?
     /// Whether the last response allowed reuse of the connection.
     var keepAlive = true
     /// The connection switched to WebSocket: HTTP parts still in this read are not anyone's.
@@ -249,8 +259,10 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
         if expectsTLS {
             handshaking = true
             let channel = context.channel
-            timeout = context.eventLoop.scheduleTask(in: handshakeTimeout) { [weak self] in
-                self?.fail(MeshError(.unavailable, "TLS handshake with the peer timed out"), reason: .timeout)
+            // Held strongly until the handshake ends (the task is cancelled then) or times
+            // out: a weak capture would slow every retain of this handler (see `responder`).
+            timeout = context.eventLoop.scheduleTask(in: handshakeTimeout) { [self] in
+                fail(MeshError(.unavailable, "TLS handshake with the peer timed out"), reason: .timeout)
                 channel.close(promise: nil)
             }
         } else {
