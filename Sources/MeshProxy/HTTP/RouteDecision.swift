@@ -96,7 +96,6 @@ enum ProxyHeaders {
     static let originalProtocol = "x-mesh-orig-proto"
     static let hopByHop = ["connection", "keep-alive", "proxy-connection", "upgrade", "proxy-authenticate"]
 
-    /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
     /// The path of a request target, without its query: `/a/b?x=1` → `/a/b`. Found on the
     /// UTF-8 bytes (a `Character` scan costs grapheme breaking on every request).
     static func path(of uri: String) -> Substring {
@@ -104,6 +103,7 @@ enum ProxyHeaders {
         return uri[..<query]
     }
 
+    /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
     static func stripHopByHop(_ headers: inout HTTPHeaders) {
         // Fast path: most messages carry none of these, or only `Connection: keep-alive` or
         // `close`; a scan that allocates nothing is cheaper than removals.
