@@ -119,7 +119,11 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.loopState = states.state(on: context.eventLoop)
-        self.headerTimer = try? context.pipeline.syncOperations.handler(type: RequestHeaderTimer.self)
+        // An HTTP/2 stream has no header timer (the connection's limits apply): no lookup,
+        // whose miss throws, for every stream.
+        if connectionPeer == nil {
+            self.headerTimer = try? context.pipeline.syncOperations.handler(type: RequestHeaderTimer.self)
+        }
         armIdleTimer(context)
     }
 

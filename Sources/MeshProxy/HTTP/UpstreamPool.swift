@@ -11,28 +11,45 @@ import NIOTLS
 
 /// Where a request goes next: an address, and — for a mesh hop — the identity the peer must
 /// prove in the TLS handshake.
-struct UpstreamKey: Hashable {
-    let address: HostPort
+///
+/// The fields live in one shared object: a key is copied about twenty times per request
+/// (routes, the pool, the exchange), and a copy of the fields retained each of their strings.
+/// Keys are made once per registry update, so two equal keys are nearly always the same
+/// object, which `==` checks first.
+struct UpstreamKey: Hashable, Sendable {
+    private final class Fields: Sendable {
+        let address: HostPort
+        let peerIdentity: SPIFFEID?
+        /// Hashed once: the pool looks a key up twice per request, and hashing its strings
+        /// each time showed in the profile.
+        let hash: Int
+
+        init(address: HostPort, peerIdentity: SPIFFEID?) {
+            self.address = address
+            self.peerIdentity = peerIdentity
+            var hasher = Hasher()
+            hasher.combine(address)
+            hasher.combine(peerIdentity)
+            self.hash = hasher.finalize()
+        }
+    }
+
+    private let fields: Fields
+
+    var address: HostPort { fields.address }
     /// nil: plain HTTP (the local app). Set: mTLS, and the peer must be exactly this ID.
-    let peerIdentity: SPIFFEID?
-    /// Hashed once: the pool looks a key up twice per request, and hashing its strings each
-    /// time showed in the profile.
-    private let hash: Int
+    var peerIdentity: SPIFFEID? { fields.peerIdentity }
 
     init(address: HostPort, peerIdentity: SPIFFEID?) {
-        self.address = address
-        self.peerIdentity = peerIdentity
-        var hasher = Hasher()
-        hasher.combine(address)
-        hasher.combine(peerIdentity)
-        self.hash = hasher.finalize()
+        fields = Fields(address: address, peerIdentity: peerIdentity)
     }
 
     static func == (lhs: UpstreamKey, rhs: UpstreamKey) -> Bool {
-        lhs.hash == rhs.hash && lhs.address == rhs.address && lhs.peerIdentity == rhs.peerIdentity
+        lhs.fields === rhs.fields
+            || (lhs.fields.hash == rhs.fields.hash && lhs.address == rhs.address && lhs.peerIdentity == rhs.peerIdentity)
     }
 
-    func hash(into hasher: inout Hasher) { hasher.combine(hash) }
+    func hash(into hasher: inout Hasher) { hasher.combine(fields.hash) }
 }
 
 /// Keep-alive connections to upstreams, per event loop (so never shared across threads and
