@@ -91,11 +91,16 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     var upgradeHead: HTTPRequestHead?
     var upgradeGeneration: UInt64 = 0
 
-    /// - Parameter idleTimeout: closes the connection after this long without a read or a
-    ///   write; nil where something else bounds it (an HTTP/2 stream).
+    /// - Parameters:
+    ///   - idleTimeout: closes the connection after this long without a read or a write; nil
+    ///     where something else bounds it (an HTTP/2 stream).
+    ///   - headerTimer: the connection's request-header timer (slowloris), restarted at each
+    ///     request; nil for an HTTP/2 stream, whose connection's limits apply.
     init(role: String, router: @escaping Router, streamAuthorizer: StreamAuthorizer? = nil,
-         connectionPeer: ConnectionPeer? = nil, states: LoopStates, idleTimeout: TimeAmount? = nil, logger: Logger) {
+         connectionPeer: ConnectionPeer? = nil, states: LoopStates, idleTimeout: TimeAmount? = nil,
+         headerTimer: RequestHeaderTimer? = nil, logger: Logger) {
         self.flow = DownstreamFlow(idleTimeout: idleTimeout)
+        self.headerTimer = headerTimer
         self.connectionPeer = connectionPeer
         self.streamAuthorizer = streamAuthorizer
         self.role = role
@@ -119,11 +124,6 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.loopState = states.state(on: context.eventLoop)
-        // An HTTP/2 stream has no header timer (the connection's limits apply): no lookup,
-        // whose miss throws, for every stream.
-        if connectionPeer == nil {
-            self.headerTimer = try? context.pipeline.syncOperations.handler(type: RequestHeaderTimer.self)
-        }
         armIdleTimer(context)
     }
 

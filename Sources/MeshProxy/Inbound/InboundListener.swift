@@ -64,13 +64,15 @@ enum InboundListener {
                         }
                         let idle = state.inboundIdleTimeout(limits)
                         let addHTTP: (ChannelPipeline.SynchronousOperations) throws -> Void = { sync in
-                            try sync.addHandler(RequestHeaderTimer(limit: limits.requestHeaderTimeout))
+                            let headerTimer = RequestHeaderTimer(limit: limits.requestHeaderTimeout)
+                            try sync.addHandler(headerTimer)
                             // Pipelining, the idle timeout and parse errors are the proxy
                             // handler's (see `DownstreamFlow`).
                             try sync.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: false,
                                                                 withOutboundHeaderValidation: false)
                             try sync.addHandler(ProxyHTTPHandler(role: "inbound", router: router, streamAuthorizer: streamAuthorizer,
-                                                                 states: states, idleTimeout: idle, logger: logger))
+                                                                 states: states, idleTimeout: idle, headerTimer: headerTimer,
+                                                                 logger: logger))
                         }
                         // An opaque stream is relayed to the app at L4 instead of the HTTP stack.
                         let addOpaque: (Channel) throws -> Void = { channel in

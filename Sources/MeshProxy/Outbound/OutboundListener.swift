@@ -94,7 +94,8 @@ enum OutboundListener {
     /// The HTTP/1.1 stack of a connection from the local app.
     static func addHTTPStack(_ sync: ChannelPipeline.SynchronousOperations, router: @escaping Router, states: LoopStates,
                              limits: ProxyLimits, logger: Logger) throws {
-        try sync.addHandler(RequestHeaderTimer(limit: limits.requestHeaderTimeout))
+        let headerTimer = RequestHeaderTimer(limit: limits.requestHeaderTimeout)
+        try sync.addHandler(headerTimer)
         // Pipelining, the idle timeout and parse errors are the proxy handler's (see
         // `DownstreamFlow`): fewer handlers on every read and write. No outbound header
         // validator either: every header the proxy writes was read by a strict parser (llhttp
@@ -103,7 +104,7 @@ enum OutboundListener {
         try sync.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: false,
                                              withOutboundHeaderValidation: false)
         try sync.addHandler(ProxyHTTPHandler(role: "outbound", router: router, states: states,
-                                             idleTimeout: limits.idleTimeout, logger: logger))
+                                             idleTimeout: limits.idleTimeout, headerTimer: headerTimer, logger: logger))
     }
 
     /// `api`, `api:8080`, `API.` → `api`.
