@@ -18,6 +18,10 @@ final class ServiceRoute {
     /// The service's instances declare `appProtocol: tcp`: connections to it are relayed
     /// opaquely at once, without waiting to see whether the caller speaks HTTP.
     let opaque: Bool
+    /// Requests to the service may take the HTTP/1.1 express path (``ExpressHandler``): its
+    /// TrafficPolicy asks for nothing that only the full stack does — timeouts, retries on
+    /// status codes, header routes, fault delays.
+    let admitsExpress: Bool
     /// Carried over when the route is rebuilt on a registry update.
     let counters: RouteCounters
     var budget: RetryBudget { counters.budget }
@@ -36,6 +40,8 @@ final class ServiceRoute {
          policy: TrafficPolicy.Effective, counters: RouteCounters = RouteCounters(), opaque: Bool = false) {
         self.service = service
         self.opaque = opaque
+        admitsExpress = policy.requestTimeoutSeconds == 0 && policy.perTryTimeoutSeconds == 0 && policy.retryStatuses.isEmpty
+            && policy.routes.isEmpty && policy.faultDelayPercent == 0
         self.keys = keys
         self.stats = stats
         self.labels = labels.count == keys.count ? labels : Array(repeating: [:], count: keys.count)

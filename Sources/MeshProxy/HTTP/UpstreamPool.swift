@@ -68,6 +68,10 @@ final class UpstreamPool {
     /// (`HTTP/HTTP2Support.swift`).
     var http2Open: [UpstreamKey: [HTTP2Connection]] = [:]
     var http2Pending: [UpstreamKey: EventLoopFuture<HTTP2Connection>] = [:]
+    /// The express path's connections (``ExpressUpstream``): idle ones, and every open one
+    /// to a peer proxy.
+    private var expressIdle: [UpstreamKey: [ExpressUpstream]] = [:]
+    private var expressPeers: [ObjectIdentifier: ExpressUpstream] = [:]
 
     init(eventLoop: EventLoop, limits: ProxyLimits) {
         self.eventLoop = eventLoop
@@ -110,9 +114,54 @@ final class UpstreamPool {
         }
     }
 
+    /// An idle express connection to `key`, if there is one.
+    func takeIdleExpress(_ key: UpstreamKey) -> ExpressUpstream? {
+        while let connection = expressIdle[key]?.popLast() {
+            if connection.channel.isActive {
+                connection.uses += 1
+                return connection
+            }
+        }
+        return nil
+    }
+
+    /// Returns an express connection after a complete exchange that both sides kept alive.
+    func releaseExpress(_ connection: ExpressUpstream) {
+        guard connection.channel.isActive else { return }
+        if !Self.keep(connection, in: &expressIdle[connection.key, default: []], max: limits.maxIdlePerUpstream) {
+            connection.channel.close(promise: nil)
+        }
+    }
+
+    /// A new express connection, ready (TLS handshake and peer check done).
+    func acquireExpress(_ key: UpstreamKey, clientTLS: NIOSSLContext?, bundle: TrustBundle?) -> EventLoopFuture<ExpressUpstream> {
+        connectChannel(key, clientTLS: clientTLS, bundle: bundle, http: false).flatMapThrowing { channel in
+            let sync = channel.pipeline.syncOperations
+            let connection = ExpressUpstream(key: key, channel: channel)
+            do {
+                // The handler that saw the handshake through steps aside for the byte reader.
+                try sync.removeHandler(try sync.handler(type: UpstreamHandler.self), promise: nil)
+                try sync.addHandler(connection)
+            } catch {
+                channel.close(promise: nil)
+                throw error
+            }
+            if key.peerIdentity != nil { self.expressPeers[ObjectIdentifier(connection)] = connection }
+            channel.closeFuture.whenComplete { [weak self] _ in
+                guard let self else { return }
+                if var list = self.expressIdle[key] {
+                    list.removeAll { $0 === connection }
+                    self.expressIdle[key] = list.isEmpty ? nil : list
+                }
+                self.expressPeers[ObjectIdentifier(connection)] = nil
+            }
+            return connection
+        }
+    }
+
     /// Appends to the list unless it is full; one dictionary access for the check and the
     /// append together (a connection comes back after every request).
-    private static func keep(_ connection: UpstreamConnection, in list: inout [UpstreamConnection], max: Int) -> Bool {
+    private static func keep<Connection>(_ connection: Connection, in list: inout [Connection], max: Int) -> Bool {
         guard list.count < max else { return false }
         list.append(connection)
         return true
@@ -130,6 +179,16 @@ final class UpstreamPool {
     func sampleTCPInfo(_ report: @escaping (TCPPathSample) -> Void) {
         #if os(Linux)
         for connection in peers.values {
+            guard let service = connection.key.peerIdentity?.service,
+                  let provider = connection.channel as? SocketOptionProvider else { continue }
+            provider.getTCPInfo().whenSuccess { info in
+                let retransmits = info.tcpi_total_retrans &- connection.reportedRetransmits
+                connection.reportedRetransmits = info.tcpi_total_retrans
+                report(TCPPathSample(destination: service, rttMicros: info.tcpi_rtt, rttVarianceMicros: info.tcpi_rttvar,
+                                     retransmits: retransmits))
+            }
+        }
+        for connection in expressPeers.values {
             guard let service = connection.key.peerIdentity?.service,
                   let provider = connection.channel as? SocketOptionProvider else { continue }
             provider.getTCPInfo().whenSuccess { info in
@@ -158,11 +217,32 @@ final class UpstreamPool {
     func closeAll() {
         for connection in idle.values.joined() { connection.channel.close(promise: nil) }
         idle.removeAll()
+        for connection in expressIdle.values.joined() { connection.channel.close(promise: nil) }
+        expressIdle.removeAll()
         for connection in http2Open.values.joined() { connection.channel.close(mode: .all, promise: nil) }
         http2Open.removeAll()
     }
 
     private func connect(_ key: UpstreamKey, clientTLS: NIOSSLContext?, bundle: TrustBundle?) -> EventLoopFuture<UpstreamConnection> {
+        connectChannel(key, clientTLS: clientTLS, bundle: bundle, http: true).flatMapThrowing { channel in
+            guard let handler = try? channel.pipeline.syncOperations.handler(type: UpstreamHandler.self) else {
+                channel.close(promise: nil)
+                throw MeshError(.unavailable, "the upstream connection closed before it was ready")
+            }
+            let connection = UpstreamConnection(key: key, channel: channel, handler: handler)
+            if key.peerIdentity != nil { self.peers[ObjectIdentifier(connection)] = connection }
+            channel.closeFuture.whenComplete { [weak self] _ in
+                self?.forget(connection)
+                self?.peers[ObjectIdentifier(connection)] = nil
+            }
+            return connection
+        }
+    }
+
+    /// A connected channel, handshake done; `http`: with NIO's HTTP/1.1 client codec (the
+    /// full stack), else bytes (the express path).
+    private func connectChannel(_ key: UpstreamKey, clientTLS: NIOSSLContext?, bundle: TrustBundle?,
+                                http: Bool) -> EventLoopFuture<Channel> {
         let ready = eventLoop.makePromise(of: Void.self)
         var verifier: SPIFFEPeerVerifier?
         if let expected = key.peerIdentity {
@@ -182,9 +262,11 @@ final class UpstreamPool {
                     if let verifier, let tlsContext {
                         try sync.addPeerTLS(tlsContext, verifier: verifier)
                     }
-                    // Bytes past a 101 (WebSocket frames sent at once) are handed on, not dropped.
-                    // No header validator: see `OutboundListener.addHTTPStack`.
-                    try sync.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes, enableOutboundHeaderValidation: false)
+                    if http {
+                        // Bytes past a 101 (WebSocket frames sent at once) are handed on, not dropped.
+                        // No header validator: see `OutboundListener.addHTTPStack`.
+                        try sync.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes, enableOutboundHeaderValidation: false)
+                    }
                     try sync.addHandler(UpstreamHandler(ready: ready, expectsTLS: verifier != nil,
                                                         handshakeTimeout: handshakeTimeout, onHandshakeFailure: onHandshakeFailure))
                 }
@@ -192,20 +274,11 @@ final class UpstreamPool {
             .connect(host: key.address.host, port: key.address.port)
             .flatMap { channel in
                 onConnection?(channel)
-                return ready.futureResult.flatMapThrowing {
-                    let handler = try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self)
-                    let connection = UpstreamConnection(key: key, channel: channel, handler: handler)
-                    if key.peerIdentity != nil { self.peers[ObjectIdentifier(connection)] = connection }
-                    channel.closeFuture.whenComplete { [weak self] _ in
-                        self?.forget(connection)
-                        self?.peers[ObjectIdentifier(connection)] = nil
+                return ready.futureResult.map { channel }
+                    .flatMapErrorThrowing { error in
+                        channel.close(promise: nil)
+                        throw error
                     }
-                    return connection
-                }
-                .flatMapErrorThrowing { error in
-                    channel.close(promise: nil)
-                    throw error
-                }
             }
     }
 }

@@ -66,13 +66,20 @@ enum InboundListener {
                         let addHTTP: (ChannelPipeline.SynchronousOperations) throws -> Void = { sync in
                             let headerTimer = RequestHeaderTimer(limit: limits.requestHeaderTimeout)
                             try sync.addHandler(headerTimer)
-                            // Pipelining, the idle timeout and parse errors are the proxy
-                            // handler's (see `DownstreamFlow`).
-                            try sync.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: false,
-                                                                withOutboundHeaderValidation: false)
-                            try sync.addHandler(ProxyHTTPHandler(role: "inbound", router: router, streamAuthorizer: streamAuthorizer,
-                                                                 states: states, idleTimeout: idle, headerTimer: headerTimer,
-                                                                 logger: logger))
+                            // Simple requests go as bytes (`ExpressHandler`); the first other
+                            // one moves the connection to NIO's codec and the proxy handler,
+                            // which do pipelining, the idle timeout and parse errors
+                            // themselves (see `DownstreamFlow`).
+                            let fullStack: (ChannelPipeline.SynchronousOperations) throws -> Void = { sync in
+                                try sync.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: false,
+                                                                    withOutboundHeaderValidation: false)
+                                try sync.addHandler(ProxyHTTPHandler(role: "inbound", router: router, streamAuthorizer: streamAuthorizer,
+                                                                     states: states, idleTimeout: idle, headerTimer: headerTimer,
+                                                                     logger: logger))
+                            }
+                            try sync.addHandler(ExpressHandler(role: "inbound", router: router, admits: { _, _ in true },
+                                                               fullStack: fullStack, states: states, idleTimeout: idle,
+                                                               headerTimer: headerTimer, logger: logger))
                         }
                         // An opaque stream is relayed to the app at L4 instead of the HTTP stack.
                         let addOpaque: (Channel) throws -> Void = { channel in

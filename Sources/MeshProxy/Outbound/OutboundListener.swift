@@ -91,11 +91,28 @@ enum OutboundListener {
         return .forward(candidates: candidates, head: head, subset: subset, route: matched)
     }
 
-    /// The HTTP/1.1 stack of a connection from the local app.
+    /// The HTTP/1.1 stack of a connection from the local app: the express path, which hands
+    /// the connection to the full stack (``addFullHTTPStack``) at the first request it does
+    /// not carry itself.
+    /// - Parameter admits: whether a request may stay on the express path (by default: its
+    ///   Host's route, ``admitsExpress(_:state:)``).
     static func addHTTPStack(_ sync: ChannelPipeline.SynchronousOperations, router: @escaping Router, states: LoopStates,
-                             limits: ProxyLimits, logger: Logger) throws {
+                             limits: ProxyLimits, logger: Logger,
+                             admits: @escaping @Sendable (HTTPRequestHead, LoopState) -> Bool = { admitsExpress($0, state: $1) }) throws {
         let headerTimer = RequestHeaderTimer(limit: limits.requestHeaderTimeout)
         try sync.addHandler(headerTimer)
+        try sync.addHandler(ExpressHandler(
+            role: "outbound", router: router, admits: admits,
+            fullStack: { sync in
+                try addFullHTTPStack(sync, router: router, states: states, limits: limits, headerTimer: headerTimer, logger: logger)
+            },
+            states: states, idleTimeout: limits.idleTimeout, headerTimer: headerTimer, logger: logger))
+    }
+
+    /// NIO's HTTP/1.1 codec and the proxy handler, behind a request-header timer already in
+    /// the pipeline.
+    static func addFullHTTPStack(_ sync: ChannelPipeline.SynchronousOperations, router: @escaping Router, states: LoopStates,
+                                 limits: ProxyLimits, headerTimer: RequestHeaderTimer, logger: Logger) throws {
         // Pipelining, the idle timeout and parse errors are the proxy handler's (see
         // `DownstreamFlow`): fewer handlers on every read and write. No outbound header
         // validator either: every header the proxy writes was read by a strict parser (llhttp
@@ -105,6 +122,17 @@ enum OutboundListener {
                                              withOutboundHeaderValidation: false)
         try sync.addHandler(ProxyHTTPHandler(role: "outbound", router: router, states: states,
                                              idleTimeout: limits.idleTimeout, headerTimer: headerTimer, logger: logger))
+    }
+
+    /// Whether a request from the local app may stay on the express path: not when requests
+    /// to peers ride HTTP/2, nor when the destination's TrafficPolicy needs the full stack.
+    /// A Host that names no route is answered by the router, on the express path too.
+    static func admitsExpress(_ head: HTTPRequestHead, state: LoopState) -> Bool {
+        if state.pool.limits.http1OverHTTP2 { return false }
+        guard let host = head.headers.first(name: "host") else { return true }
+        let service = state.hostCache[host] ?? (try? ServiceName(serviceName(fromHost: host)))
+        guard let service, let route = state.routes[service] else { return true }
+        return route.admitsExpress
     }
 
     /// `api`, `api:8080`, `API.` → `api`.

@@ -33,7 +33,10 @@ enum UpstreamListener {
                             let sync = context.pipeline.syncOperations
                             switch detected {
                             case .http1:
-                                try OutboundListener.addHTTPStack(sync, router: router, states: states, limits: limits, logger: logger)
+                                try OutboundListener.addHTTPStack(sync, router: router, states: states, limits: limits, logger: logger) { _, state in
+                                    // Routed to this service whatever the Host: its route decides.
+                                    !state.pool.limits.http1OverHTTP2 && state.routes[service]?.admitsExpress != false
+                                }
                             case .http2:
                                 try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
                                 try sync.addHandler(IdleCloseHandler())

@@ -1,0 +1,185 @@
+import NIOCore
+import NIOHTTP1
+
+/// Reads the head of a request the express path may carry (``ExpressHandler``), straight from
+/// the connection's bytes.
+///
+/// It recognizes a strict subset of HTTP/1.1 and nothing else: `GET` or `HEAD` of an
+/// origin-form target, `HTTP/1.1`, CRLF line ends, header names of token characters, visible
+/// ASCII values, exactly one `Host`, no body and nothing that changes the framing or the
+/// connection (`Content-Length`, `Transfer-Encoding`, `TE`, `Upgrade`, `Expect`, a
+/// `Connection` other than `keep-alive` or `close`), within the header limits. For anything
+/// else it says ``Outcome/unsupported`` and the connection goes to the full HTTP stack
+/// (NIO's llhttp decoder), which answers it — a 400, a 431, a body, an upgrade. So the two
+/// parsers never read the same bytes differently: what this one accepts, llhttp reads the
+/// same way, and what it is unsure of, it does not accept.
+enum ExpressRequestHead {
+    enum Outcome {
+        /// Not the whole head yet.
+        case incomplete
+        /// Not for the express path (the reason is for tests and debug logs).
+        case unsupported(String)
+        /// The head, its size in bytes, and whether the caller keeps the connection open.
+        case request(HTTPRequestHead, length: Int, keepAlive: Bool)
+    }
+
+    /// Parses the head at the start of `buffer`'s readable bytes (nothing is consumed).
+    static func parse(_ buffer: ByteBuffer, maxHeaderBytes: Int, maxHeaderFields: Int) -> Outcome {
+        buffer.withUnsafeReadableBytes { bytes in
+            parse(bytes, maxHeaderBytes: maxHeaderBytes, maxHeaderFields: maxHeaderFields)
+        }
+    }
+
+    static func parse(_ bytes: UnsafeRawBufferPointer, maxHeaderBytes: Int, maxHeaderFields: Int) -> Outcome {
+        // The request line: `GET ` or `HEAD `, the target, ` HTTP/1.1` CRLF.
+        let method: HTTPMethod
+        var index: Int
+        if bytes.starts(with: "GET ".utf8) {
+            method = .GET
+            index = 4
+        } else if bytes.starts(with: "HEAD ".utf8) {
+            method = .HEAD
+            index = 5
+        } else {
+            // A prefix of GET or HEAD may still become one.
+            if bytes.count < 5, "GET ".utf8.starts(with: bytes) || "HEAD ".utf8.starts(with: bytes) { return .incomplete }
+            return .unsupported("method")
+        }
+        let targetStart = index
+        // The head may not be in the buffer yet; its limit counts from the first byte.
+        let limit = min(bytes.count, maxHeaderBytes + 4)
+        while index < limit, bytes[index] != UInt8(ascii: " ") {
+            // Visible ASCII only: no controls, no spaces, no obs-text.
+            guard bytes[index] > 0x20, bytes[index] < 0x7F else { return .unsupported("target byte") }
+            index += 1
+        }
+        guard index < limit else { return bytes.count > maxHeaderBytes ? .unsupported("head too large") : .incomplete }
+        let targetEnd = index
+        guard targetEnd > targetStart, bytes[targetStart] == UInt8(ascii: "/") else { return .unsupported("target form") }
+        let version = " HTTP/1.1\r\n".utf8
+        guard bytes.count >= index + version.count else {
+            return version.starts(with: UnsafeRawBufferPointer(rebasing: bytes[index...])) ? .incomplete : .unsupported("version")
+        }
+        guard UnsafeRawBufferPointer(rebasing: bytes[index..<(index + version.count)]).elementsEqual(version) else {
+            return .unsupported("version")
+        }
+        index += version.count
+        var headers = HTTPHeaders()
+        var hosts = 0
+        var keepAlive = true
+        var fields = 0
+        while true {
+            guard index + 1 < limit else { return bytes.count > maxHeaderBytes ? .unsupported("head too large") : .incomplete }
+            if bytes[index] == UInt8(ascii: "\r") {
+                guard bytes[index + 1] == UInt8(ascii: "\n") else { return .unsupported("bare CR") }
+                index += 2
+                break
+            }
+            fields += 1
+            guard fields <= maxHeaderFields else { return .unsupported("too many fields") }
+            let nameStart = index
+            while index < limit, isTokenByte(bytes[index]) { index += 1 }
+            guard index < limit else { return bytes.count > maxHeaderBytes ? .unsupported("head too large") : .incomplete }
+            // No space before the colon (RFC 9112 §5.1), no empty name.
+            guard index > nameStart, bytes[index] == UInt8(ascii: ":") else { return .unsupported("field name") }
+            let name = UnsafeRawBufferPointer(rebasing: bytes[nameStart..<index])
+            index += 1
+            while index < limit, bytes[index] == 0x20 || bytes[index] == 0x09 { index += 1 }
+            let valueStart = index
+            while index < limit, bytes[index] != UInt8(ascii: "\r") {
+                let byte = bytes[index]
+                guard (byte >= 0x20 && byte < 0x7F) || byte == 0x09 else { return .unsupported("field value byte") }
+                index += 1
+            }
+            guard index + 1 < limit else { return bytes.count > maxHeaderBytes ? .unsupported("head too large") : .incomplete }
+            guard bytes[index + 1] == UInt8(ascii: "\n") else { return .unsupported("bare CR") }
+            // Trailing spaces stay part of the value, as llhttp keeps them (the full stack
+            // forwards them too); tokens are trimmed where they are compared.
+            let value = UnsafeRawBufferPointer(rebasing: bytes[valueStart..<index])
+            index += 2
+            switch classify(name) {
+            case .host:
+                hosts += 1
+            case .connection:
+                // Only the two tokens that say nothing but whether the connection stays open.
+                var other = false
+                var close = false
+                forEachToken(value) { token in
+                    if equalsLowercase(token, "close") { close = true } else if !equalsLowercase(token, "keep-alive") { other = true }
+                }
+                if other { return .unsupported("connection option") }
+                if close { keepAlive = false }
+            case .framing:
+                return .unsupported("framing or upgrade field")
+            case .other:
+                break
+            }
+            headers.add(name: String(decoding: name, as: UTF8.self), value: String(decoding: value, as: UTF8.self))
+        }
+        guard hosts == 1 else { return .unsupported("host count") }
+        guard index <= maxHeaderBytes else { return .unsupported("head too large") }
+        let target = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[targetStart..<targetEnd]), as: UTF8.self)
+        return .request(HTTPRequestHead(version: .http1_1, method: method, uri: target, headers: headers),
+                        length: index, keepAlive: keepAlive)
+    }
+
+    private enum FieldKind { case host, connection, framing, other }
+
+    /// The fields the express path looks at, by lowercase name.
+    private static func classify(_ name: UnsafeRawBufferPointer) -> FieldKind {
+        switch name.count {
+        case 2: return equalsLowercase(name, "te") ? .framing : .other
+        case 4: return equalsLowercase(name, "host") ? .host : .other
+        case 6: return equalsLowercase(name, "expect") ? .framing : .other
+        case 7: return equalsLowercase(name, "upgrade") || equalsLowercase(name, "trailer") ? .framing : .other
+        case 10:
+            if equalsLowercase(name, "connection") { return .connection }
+            return equalsLowercase(name, "keep-alive") ? .framing : .other
+        case 14: return equalsLowercase(name, "content-length") || equalsLowercase(name, "http2-settings") ? .framing : .other
+        case 16: return equalsLowercase(name, "proxy-connection") ? .framing : .other
+        case 17: return equalsLowercase(name, "transfer-encoding") || equalsLowercase(name, "x-mesh-orig-proto") ? .framing : .other
+        default: return .other
+        }
+    }
+
+    /// RFC 9110 `tchar`.
+    static func isTokenByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return true
+        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
+             UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
+             UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
+            return true
+        default:
+            return false
+        }
+    }
+
+    /// ASCII case-insensitive equality with a lowercase name.
+    static func equalsLowercase(_ bytes: UnsafeRawBufferPointer, _ lowercase: StaticString) -> Bool {
+        guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
+        let expected = lowercase.utf8Start
+        for i in 0..<bytes.count {
+            let byte = bytes[i]
+            let folded = byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
+            if folded != expected[i] { return false }
+        }
+        return true
+    }
+
+    /// Calls `body` with each comma-separated token of a value, without spaces around it.
+    static func forEachToken(_ value: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> Void) {
+        var start = 0
+        while start <= value.count {
+            var end = start
+            while end < value.count, value[end] != UInt8(ascii: ",") { end += 1 }
+            var lower = start
+            var upper = end
+            while lower < upper, value[lower] == 0x20 || value[lower] == 0x09 { lower += 1 }
+            while upper > lower, value[upper - 1] == 0x20 || value[upper - 1] == 0x09 { upper -= 1 }
+            if upper > lower { body(UnsafeRawBufferPointer(rebasing: value[lower..<upper])) }
+            start = end + 1
+        }
+    }
+}

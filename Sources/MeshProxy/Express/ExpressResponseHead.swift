@@ -1,0 +1,349 @@
+import NIOCore
+
+/// Reads a response head from an upstream on the express path (``ExpressUpstream``) and
+/// writes the head the caller gets, copying the upstream's fields as bytes.
+///
+/// What the caller gets is what the full HTTP stack sends for the same response: an
+/// `HTTP/1.1` status line with the upstream's code and reason, the upstream's fields without
+/// the hop-by-hop ones (RFC 9110 §7.6.1, and those named in `Connection`) and without
+/// `x-mesh-timing`, then the fields this proxy adds. The body keeps its framing
+/// (``Framing``); a body delimited by the connection's close goes on chunked, as NIO's encoder
+/// would send it, so the caller's connection stays open.
+enum ExpressResponseHead {
+    /// How the response body is delimited (RFC 9112 §6.3).
+    enum Framing: Equatable {
+        /// No body: `HEAD`, 1xx, 204, 304, or `Content-Length: 0`.
+        case none
+        case length(Int)
+        /// `Transfer-Encoding: chunked`: passed on as it comes (``ChunkedBody`` finds its end).
+        case chunked
+        /// Neither: the body ends when the upstream closes.
+        case untilClose
+    }
+
+    struct Parsed {
+        var status: Int
+        /// Bytes of the head, final CRLF included.
+        var length: Int
+        var framing: Framing
+        /// The upstream keeps the connection open after this response.
+        var keepAlive: Bool
+        /// The peer proxy's `x-mesh-timing` value (the first one), when asked for.
+        var timing: String?
+        /// `Connection` names fields besides `close` and `keep-alive`: they are dropped too.
+        var connectionNamesFields: Bool
+    }
+
+    enum Outcome {
+        case incomplete
+        /// The upstream's head cannot be read, or frames its body in a way a proxy must not
+        /// pass on (the reason goes to the log and to the caller's 502).
+        case invalid(String)
+        case parsed(Parsed)
+    }
+
+    /// Parses the head at the start of `bytes`. `requestWasHead`: the answer to a `HEAD` has
+    /// no body whatever its fields say.
+    static func parse(_ bytes: UnsafeRawBufferPointer, requestWasHead: Bool, maxBytes: Int, wantsTiming: Bool) -> Outcome {
+        let limit = min(bytes.count, maxBytes)
+        // `HTTP/1.x NNN reason` CRLF.
+        let prefix = 13
+        guard limit >= prefix else {
+            return bytes.count >= maxBytes ? .invalid("response head too large") : .incomplete
+        }
+        guard bytes.starts(with: "HTTP/1.".utf8), bytes[7] == UInt8(ascii: "1") || bytes[7] == UInt8(ascii: "0"),
+              bytes[8] == UInt8(ascii: " "), isDigit(bytes[9]), isDigit(bytes[10]), isDigit(bytes[11]) else {
+            return .invalid("not an HTTP/1.x status line")
+        }
+        let http10 = bytes[7] == UInt8(ascii: "0")
+        let status = Int(bytes[9] - 0x30) * 100 + Int(bytes[10] - 0x30) * 10 + Int(bytes[11] - 0x30)
+        guard status >= 100 else { return .invalid("status code \(status)") }
+        var index = 12
+        guard bytes[index] == UInt8(ascii: " ") || bytes[index] == UInt8(ascii: "\r") else { return .invalid("status line") }
+        while index < limit, bytes[index] != UInt8(ascii: "\r") {
+            let byte = bytes[index]
+            guard byte >= 0x20 && byte != 0x7F || byte == 0x09 else { return .invalid("control byte in the reason phrase") }
+            index += 1
+        }
+        var length: Int?
+        var chunked = false
+        var otherCoding = false
+        var close = false
+        var keepAliveToken = false
+        var timing: String?
+        var namesFields = false
+        while true {
+            guard index + 1 < limit else { return bytes.count >= maxBytes ? .invalid("response head too large") : .incomplete }
+            guard bytes[index] == UInt8(ascii: "\r"), bytes[index + 1] == UInt8(ascii: "\n") else { return .invalid("bare CR or LF") }
+            index += 2
+            guard index + 1 < limit else { return bytes.count >= maxBytes ? .invalid("response head too large") : .incomplete }
+            if bytes[index] == UInt8(ascii: "\r") {
+                guard bytes[index + 1] == UInt8(ascii: "\n") else { return .invalid("bare CR") }
+                index += 2
+                break
+            }
+            let nameStart = index
+            while index < limit, ExpressRequestHead.isTokenByte(bytes[index]) { index += 1 }
+            guard index < limit else { return bytes.count >= maxBytes ? .invalid("response head too large") : .incomplete }
+            guard index > nameStart, bytes[index] == UInt8(ascii: ":") else { return .invalid("malformed field name") }
+            let name = UnsafeRawBufferPointer(rebasing: bytes[nameStart..<index])
+            index += 1
+            while index < limit, bytes[index] == 0x20 || bytes[index] == 0x09 { index += 1 }
+            let valueStart = index
+            while index < limit, bytes[index] != UInt8(ascii: "\r") {
+                let byte = bytes[index]
+                // Visible characters, spaces, tabs and obs-text; no other controls.
+                guard byte >= 0x20 && byte != 0x7F || byte == 0x09 else { return .invalid("control byte in a field value") }
+                index += 1
+            }
+            var valueEnd = index
+            while valueEnd > valueStart, bytes[valueEnd - 1] == 0x20 || bytes[valueEnd - 1] == 0x09 { valueEnd -= 1 }
+            let value = UnsafeRawBufferPointer(rebasing: bytes[valueStart..<valueEnd])
+            switch name.count {
+            case 10 where ExpressRequestHead.equalsLowercase(name, "connection"):
+                ExpressRequestHead.forEachToken(value) { token in
+                    if ExpressRequestHead.equalsLowercase(token, "close") {
+                        close = true
+                    } else if ExpressRequestHead.equalsLowercase(token, "keep-alive") {
+                        keepAliveToken = true
+                    } else {
+                        namesFields = true
+                    }
+                }
+            case 14 where ExpressRequestHead.equalsLowercase(name, "content-length"):
+                guard let parsed = parseLength(value) else { return .invalid("invalid Content-Length") }
+                // Repeated, it must say the same (RFC 9112 §6.3): else the body's end is a guess.
+                if let length, length != parsed { return .invalid("conflicting Content-Length fields") }
+                length = parsed
+            case 17 where ExpressRequestHead.equalsLowercase(name, "transfer-encoding"):
+                var tokens = 0
+                var isChunked = false
+                ExpressRequestHead.forEachToken(value) { token in
+                    tokens += 1
+                    isChunked = ExpressRequestHead.equalsLowercase(token, "chunked")
+                }
+                if tokens == 1, isChunked, !chunked { chunked = true } else { otherCoding = true }
+            case 13 where wantsTiming && timing == nil && ExpressRequestHead.equalsLowercase(name, "x-mesh-timing"):
+                timing = String(decoding: value, as: UTF8.self)
+            default:
+                break
+            }
+        }
+        // Chunked exactly once and alone: anything else is a framing a proxy cannot vouch for.
+        if otherCoding { return .invalid("Transfer-Encoding other than a single 'chunked'") }
+        if chunked && length != nil { return .invalid("both Transfer-Encoding and Content-Length") }
+        let framing: Framing
+        if requestWasHead || status < 200 || status == 204 || status == 304 {
+            framing = .none
+        } else if chunked {
+            framing = .chunked
+        } else if let length {
+            framing = length == 0 ? .none : .length(length)
+        } else {
+            framing = .untilClose
+        }
+        let keepAlive = !close && (!http10 || keepAliveToken) && framing != .untilClose
+        return .parsed(Parsed(status: status, length: index, framing: framing, keepAlive: keepAlive, timing: timing,
+                              connectionNamesFields: namesFields))
+    }
+
+    /// Writes the caller's head: `HTTP/1.1`, the status and reason, every field of `bytes`'
+    /// head but the hop-by-hop ones and `x-mesh-timing`, `transfer-encoding: chunked` for a
+    /// body that ends with the upstream's close, then `extra` (whole lines, CRLF included).
+    static func write(_ bytes: UnsafeRawBufferPointer, _ parsed: Parsed, extra: String?, close: Bool,
+                      into out: inout ByteBuffer) {
+        out.writeStaticString("HTTP/1.1")
+        // From the space after the version to the end of the first line.
+        var index = 8
+        while bytes[index] != UInt8(ascii: "\r") { index += 1 }
+        out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[8..<index]))
+        out.writeStaticString("\r\n")
+        index += 2
+        let named = parsed.connectionNamesFields ? connectionTokens(bytes, end: parsed.length) : []
+        while index < parsed.length - 2 {
+            let lineStart = index
+            var colon = index
+            while bytes[colon] != UInt8(ascii: ":") { colon += 1 }
+            var lineEnd = colon
+            while bytes[lineEnd] != UInt8(ascii: "\r") { lineEnd += 1 }
+            index = lineEnd + 2
+            let name = UnsafeRawBufferPointer(rebasing: bytes[lineStart..<colon])
+            if isDropped(name) { continue }
+            if !named.isEmpty, named.contains(where: { name.count == $0.count && zip(name, $0).allSatisfy { lower($0) == $1 } }) {
+                continue
+            }
+            out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[lineStart..<index]))
+        }
+        if parsed.framing == .untilClose { out.writeStaticString("transfer-encoding: chunked\r\n") }
+        if let extra { out.writeString(extra) }
+        if close { out.writeStaticString("connection: close\r\n") }
+        out.writeStaticString("\r\n")
+    }
+
+    /// Hop-by-hop fields (those the full stack strips, ``ProxyHeaders/hopByHop``) and the
+    /// timing report between proxies.
+    private static func isDropped(_ name: UnsafeRawBufferPointer) -> Bool {
+        switch name.count {
+        case 7: return ExpressRequestHead.equalsLowercase(name, "upgrade")
+        case 10: return ExpressRequestHead.equalsLowercase(name, "connection") || ExpressRequestHead.equalsLowercase(name, "keep-alive")
+        case 13: return ExpressRequestHead.equalsLowercase(name, "x-mesh-timing")
+        case 16: return ExpressRequestHead.equalsLowercase(name, "proxy-connection")
+        case 18: return ExpressRequestHead.equalsLowercase(name, "proxy-authenticate")
+        default: return false
+        }
+    }
+
+    /// The lowercase field names a `Connection` field lists (besides `close`, `keep-alive`).
+    private static func connectionTokens(_ bytes: UnsafeRawBufferPointer, end: Int) -> [[UInt8]] {
+        var tokens: [[UInt8]] = []
+        var index = 0
+        while bytes[index] != UInt8(ascii: "\r") { index += 1 }
+        index += 2
+        while index < end - 2 {
+            let lineStart = index
+            var colon = index
+            while bytes[colon] != UInt8(ascii: ":") { colon += 1 }
+            var lineEnd = colon
+            while bytes[lineEnd] != UInt8(ascii: "\r") { lineEnd += 1 }
+            index = lineEnd + 2
+            guard ExpressRequestHead.equalsLowercase(UnsafeRawBufferPointer(rebasing: bytes[lineStart..<colon]), "connection") else { continue }
+            ExpressRequestHead.forEachToken(UnsafeRawBufferPointer(rebasing: bytes[(colon + 1)..<lineEnd])) { token in
+                if !ExpressRequestHead.equalsLowercase(token, "close"), !ExpressRequestHead.equalsLowercase(token, "keep-alive") {
+                    tokens.append(token.map(lower))
+                }
+            }
+        }
+        return tokens
+    }
+
+    private static func lower(_ byte: UInt8) -> UInt8 { byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte }
+
+    private static func isDigit(_ byte: UInt8) -> Bool { byte >= 0x30 && byte <= 0x39 }
+
+    /// Digits only, at most 18 of them (no sign, no spaces, no list).
+    private static func parseLength(_ value: UnsafeRawBufferPointer) -> Int? {
+        guard !value.isEmpty, value.count <= 18 else { return nil }
+        var result = 0
+        for byte in value {
+            guard isDigit(byte) else { return nil }
+            result = result * 10 + Int(byte - 0x30)
+        }
+        return result
+    }
+}
+
+/// Finds the end of a chunked body passed on as it comes (RFC 9112 §7.1): chunk sizes in hex
+/// with optional extensions, the data and its CRLF, the last chunk, trailer fields, the
+/// final CRLF. It reads only what it must to stay in step; the bytes go on unchanged.
+struct ChunkedBody {
+    private enum State {
+        case size(value: Int, digits: Int)
+        case extensions
+        case sizeLF(last: Bool)
+        case data(remaining: Int)
+        case dataCR
+        case dataLF
+        /// In the trailer section: at the start of a line (`empty`) or inside one.
+        case trailer(lineStart: Bool)
+        case trailerLF(lineWasEmpty: Bool)
+        case done
+    }
+
+    private var state = State.size(value: 0, digits: 0)
+    private var lastChunk = false
+    /// Bytes of trailer fields so far (bounded like a head).
+    private var trailerBytes = 0
+
+    enum Step {
+        /// `count` bytes belong to the body; `done` when the body ends with them.
+        case consumed(Int, done: Bool)
+        case invalid(String)
+    }
+
+    /// Advances over `bytes` until the body ends or the bytes run out.
+    mutating func advance(_ bytes: UnsafeRawBufferPointer) -> Step {
+        var index = 0
+        while index < bytes.count {
+            let byte = bytes[index]
+            switch state {
+            case .size(let value, let digits):
+                if let digit = Self.hexValue(byte) {
+                    // 15 hex digits: over an exabyte; more is an attack on the arithmetic.
+                    guard digits < 15 else { return .invalid("chunk size too long") }
+                    state = .size(value: value * 16 + digit, digits: digits + 1)
+                    index += 1
+                    continue
+                }
+                guard digits > 0 else { return .invalid("chunk size missing") }
+                lastChunk = value == 0
+                pendingSize = value
+                if byte == UInt8(ascii: ";") || byte == 0x20 || byte == 0x09 {
+                    state = .extensions
+                } else if byte == UInt8(ascii: "\r") {
+                    state = .sizeLF(last: lastChunk)
+                } else {
+                    return .invalid("chunk size")
+                }
+                index += 1
+            case .extensions:
+                if byte == UInt8(ascii: "\r") {
+                    state = .sizeLF(last: lastChunk)
+                } else if byte < 0x20 && byte != 0x09 || byte == 0x7F {
+                    return .invalid("control byte in a chunk extension")
+                }
+                index += 1
+            case .sizeLF(let last):
+                guard byte == UInt8(ascii: "\n") else { return .invalid("bare CR after a chunk size") }
+                state = last ? .trailer(lineStart: true) : .data(remaining: pendingSize)
+                index += 1
+            case .data(let remaining):
+                let take = min(remaining, bytes.count - index)
+                index += take
+                state = remaining - take == 0 ? .dataCR : .data(remaining: remaining - take)
+            case .dataCR:
+                guard byte == UInt8(ascii: "\r") else { return .invalid("chunk data longer than its size") }
+                state = .dataLF
+                index += 1
+            case .dataLF:
+                guard byte == UInt8(ascii: "\n") else { return .invalid("bare CR after chunk data") }
+                state = .size(value: 0, digits: 0)
+                index += 1
+            case .trailer(let lineStart):
+                trailerBytes += 1
+                guard trailerBytes <= 64 * 1024 else { return .invalid("trailer fields too large") }
+                if byte == UInt8(ascii: "\r") {
+                    state = .trailerLF(lineWasEmpty: lineStart)
+                } else if byte < 0x20 && byte != 0x09 || byte == 0x7F {
+                    return .invalid("control byte in a trailer field")
+                } else {
+                    state = .trailer(lineStart: false)
+                }
+                index += 1
+            case .trailerLF(let lineWasEmpty):
+                guard byte == UInt8(ascii: "\n") else { return .invalid("bare CR in the trailer section") }
+                index += 1
+                if lineWasEmpty {
+                    state = .done
+                    return .consumed(index, done: true)
+                }
+                state = .trailer(lineStart: true)
+            case .done:
+                return .consumed(index, done: true)
+            }
+        }
+        if case .done = state { return .consumed(index, done: true) }
+        return .consumed(index, done: false)
+    }
+
+    /// The size of the chunk whose size line is being read.
+    private var pendingSize = 0
+
+    private static func hexValue(_ byte: UInt8) -> Int? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return Int(byte - 0x30)
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return Int(byte - 0x61 + 10)
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return Int(byte - 0x41 + 10)
+        default: return nil
+        }
+    }
+}

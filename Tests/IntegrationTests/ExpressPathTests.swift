@@ -1,0 +1,79 @@
+import Foundation
+import MeshCore
+import MeshTesting
+import XCTest
+
+/// Simple requests travel the express path (bytes, no HTTP codec) through both sidecars;
+/// what an app sends back must reach the caller as the full HTTP stack would pass it on, and
+/// the first request the express path does not carry must move the connection to the full
+/// stack without the caller noticing.
+final class ExpressPathTests: XCTestCase {
+    func testWhatAppsReallySendReachesTheCallerOnOneKeptConnection() async throws {
+        let mesh = try await TestMesh.start()
+        let app = try await ScriptedHTTPApp.start([
+            "/length": .init("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\n"
+                             + "X-Secret: hop\r\nX-Kept: end-to-end\r\n\r\nhello"),
+            "/chunked": .init("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"),
+            "/until-close": .init("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the app closes", closeAfter: true),
+            "/hints": .init("HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhinted"),
+            "/conflict": .init("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+            "/empty": .init("HTTP/1.1 204 No Content\r\n\r\n"),
+        ])
+        do {
+            _ = try await mesh.proxy("api", app: app.address)
+            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
+            _ = try await eventually { try await callThroughMesh(web.outbound, service: "api") }
+
+            // One curl, one connection to the caller's sidecar: `--next` starts another
+            // request group on the same connection (num_connects 0 = reused).
+            let base = "http://\(web.outbound.host):\(web.outbound.port)"
+            let common = ["-sS", "-i", "--max-time", "20", "-H", "Host: api", "-w", "\n@@END %{http_code} connects=%{num_connects}@@\n"]
+            var arguments = common + ["\(base)/length", "\(base)/chunked", "\(base)/until-close", "\(base)/hints",
+                                      "\(base)/conflict", "\(base)/empty"]
+            arguments += ["--next"] + common + ["-I", "\(base)/length"]
+            // A request with a body: the express path hands the connection to the full stack,
+            // which serves it and the next one.
+            arguments += ["--next"] + common + ["--data-binary", "body", "\(base)/post"]
+            arguments += ["--next"] + common + ["\(base)/length"]
+            let run = try runCapturingOutput("/usr/bin/curl", arguments, timeout: 30)
+            XCTAssertEqual(run.status, 0, run.err)
+            // Each transfer ends with its `-w` marker: the text before it is its answer.
+            let parts = run.out.components(separatedBy: "\n@@END ")
+            let markers = parts.dropFirst().map { String($0.prefix { $0 != "@" }) }
+            let answers = parts.dropLast().enumerated().map { index, part in
+                index == 0 ? part : String(part.drop { $0 != "\n" }.dropFirst())
+            }
+            XCTAssertEqual(markers, ["200 connects=1", "200 connects=0", "200 connects=0", "200 connects=0", "502 connects=0",
+                                     "204 connects=0", "200 connects=0", "200 connects=0", "200 connects=0"], run.out)
+            guard answers.count == 9 else { return }
+
+            let length = answers[0].lowercased()
+            XCTAssertTrue(length.hasSuffix("hello"), answers[0])
+            XCTAssertTrue(length.contains("x-kept: end-to-end"), answers[0])
+            for hopByHop in ["keep-alive:", "x-secret:", "connection: keep-alive"] {
+                XCTAssertFalse(length.contains(hopByHop), "\(hopByHop) passed on: \(answers[0])")
+            }
+            // curl -i prints the trailer fields after the body.
+            XCTAssertTrue(answers[1].contains("\r\n\r\nhello worldx-trailer: t"), "a chunked body and its trailer: \(answers[1])")
+            XCTAssertTrue(answers[2].hasSuffix("until the app closes"), answers[2])
+            XCTAssertTrue(answers[2].lowercased().contains("transfer-encoding: chunked"),
+                          "a body the app ended by closing goes on chunked, the caller's connection stays: \(answers[2])")
+            XCTAssertTrue(answers[3].contains("103 Early Hints") && answers[3].hasSuffix("hinted"), answers[3])
+            XCTAssertTrue(answers[4].lowercased().contains("x-mesh-error: bad-response"), "conflicting lengths: \(answers[4])")
+            XCTAssertFalse(answers[4].contains("hello!"), "a body of unknown length is not passed on: \(answers[4])")
+            XCTAssertTrue(answers[6].lowercased().contains("content-length: 5") && !answers[6].hasSuffix("hello"),
+                          "HEAD: the head only: \(answers[6])")
+            XCTAssertTrue(answers[7].hasSuffix("ok"), answers[7])
+            XCTAssertTrue(answers[8].hasSuffix("hello") && !answers[8].lowercased().contains("keep-alive:"),
+                          "the full stack serves the connection on: \(answers[8])")
+
+            let paths = app.requests.filter { $0 != "GET /" }
+            XCTAssertEqual(paths, ["GET /length", "GET /chunked", "GET /until-close", "GET /hints", "GET /conflict", "GET /empty",
+                                   "HEAD /length", "POST /post", "GET /length"], "each request reached the app once, in order")
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        await app.stop()
+        await mesh.shutdown()
+    }
+}

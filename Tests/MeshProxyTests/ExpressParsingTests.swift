@@ -1,0 +1,237 @@
+@testable import MeshProxy
+import NIOCore
+import NIOEmbedded
+import NIOHTTP1
+import XCTest
+
+/// The express path reads request and response heads itself. What it accepts it must read
+/// exactly as NIO's llhttp decoder (the full stack) does, and everything it is unsure of it
+/// must leave to the full stack: two parsers that disagree on the same bytes are how requests
+/// get smuggled past a proxy's checks.
+final class ExpressParsingTests: XCTestCase {
+    private func parse(_ text: String, maxBytes: Int = 60 * 1024, maxFields: Int = 100) -> ExpressRequestHead.Outcome {
+        ExpressRequestHead.parse(ByteBuffer(string: text), maxHeaderBytes: maxBytes, maxHeaderFields: maxFields)
+    }
+
+    /// NIO's decoder on the same bytes: the head it reads, or nil when it refuses them.
+    private func nioHead(_ text: String) throws -> HTTPRequestHead? {
+        let channel = EmbeddedChannel(handler: ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes)))
+        defer { _ = try? channel.finish() }
+        do {
+            try channel.writeInbound(ByteBuffer(string: text))
+        } catch {
+            return nil
+        }
+        guard case .head(let head)? = try channel.readInbound(as: HTTPServerRequestPart.self) else { return nil }
+        return head
+    }
+
+    func testSimpleRequestsAreReadAsNIOReadsThem() throws {
+        let requests = [
+            "GET / HTTP/1.1\r\nHost: api\r\n\r\n",
+            "HEAD /a/b?x=1&y=%20 HTTP/1.1\r\nhost: api:8080\r\nAccept: */*\r\nUser-Agent: curl/8\r\n\r\n",
+            "GET /p HTTP/1.1\r\nHost:api\r\nX-Empty:\r\nX-Spaces:   padded value \t \r\nConnection: keep-alive\r\n\r\n",
+            "GET /p HTTP/1.1\r\nHOST: api\r\nx-a: 1\r\nX-A: 2\r\nCONNECTION: Close\r\n\r\n",
+            "GET /~!$&'()*+,;=:@ HTTP/1.1\r\nHost: api\r\nx-mesh-peer-identity: spiffe://evil/ns/x/sa/y\r\n\r\n",
+        ]
+        for text in requests {
+            guard case .request(let head, let length, let keepAlive) = parse(text) else {
+                XCTFail("not accepted: \(text.debugDescription)")
+                continue
+            }
+            XCTAssertEqual(length, text.utf8.count, text.debugDescription)
+            let reference = try XCTUnwrap(try nioHead(text), text.debugDescription)
+            XCTAssertEqual(head.method, reference.method)
+            XCTAssertEqual(head.uri, reference.uri)
+            XCTAssertEqual(head.version, reference.version)
+            XCTAssertEqual(head.headers.map { "\($0.name)=\($0.value)" }, reference.headers.map { "\($0.name)=\($0.value)" },
+                           text.debugDescription)
+            XCTAssertEqual(keepAlive, reference.isKeepAlive, text.debugDescription)
+        }
+    }
+
+    func testAnythingUnusualGoesToTheFullStack() {
+        let unsupported = [
+            "POST / HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\n\r\nhello",
+            "GET / HTTP/1.1\r\nHost: api\r\nContent-Length: 0\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: api\r\nTE: trailers\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: api\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: api\r\nConnection: keep-alive, x-secret\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: api\r\nExpect: 100-continue\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: api\r\nKeep-Alive: timeout=5\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: api\r\nx-mesh-orig-proto: HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: api\r\n\r\n",
+            "GET / HTTP/2.0\r\nHost: api\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: api\r\nX-Folded: a\r\n b\r\n\r\n",
+            "GET / HTTP/1.1\nHost: api\n\n",
+            "GET / HTTP/1.1\r\nHost: api\nX: y\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost : api\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: api\r\nX-Nul: a\u{0}b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: api\r\nX-CR: a\rb\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: api\r\nX-Utf8: caf\u{e9}\r\n\r\n",
+            "GET /caf\u{e9} HTTP/1.1\r\nHost: api\r\n\r\n",
+            "GET http://api/ HTTP/1.1\r\nHost: api\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: api\r\n\r\n",
+            "GET  / HTTP/1.1\r\nHost: api\r\n\r\n",
+            "get / HTTP/1.1\r\nHost: api\r\n\r\n",
+            "\r\nGET / HTTP/1.1\r\nHost: api\r\n\r\n",
+            "DELETE / HTTP/1.1\r\nHost: api\r\n\r\n",
+            "GET / HTTP/1.1\r\n: empty-name\r\nHost: api\r\n\r\n",
+        ]
+        for text in unsupported {
+            guard case .unsupported = parse(text) else {
+                XCTFail("accepted: \(text.debugDescription)")
+                continue
+            }
+        }
+    }
+
+    func testLimitsAreLeftToTheFullStackWhichAnswers431() {
+        let fields = (0..<5).map { "x-\($0): v\r\n" }.joined()
+        let text = "GET / HTTP/1.1\r\nHost: api\r\n" + fields + "\r\n"
+        guard case .request = parse(text, maxFields: 6) else { return XCTFail("6 fields are within a limit of 6") }
+        guard case .unsupported = parse(text, maxFields: 5) else { return XCTFail("6 fields are over a limit of 5") }
+        let big = "GET / HTTP/1.1\r\nHost: api\r\nx-big: \(String(repeating: "a", count: 2000))\r\n\r\n"
+        guard case .unsupported = parse(big, maxBytes: 1024) else { return XCTFail("over the byte limit") }
+        // A head that never ends is not waited for beyond the limit.
+        let endless = "GET / HTTP/1.1\r\nHost: api\r\nx-big: " + String(repeating: "a", count: 2000)
+        guard case .unsupported = parse(endless, maxBytes: 1024) else { return XCTFail("an endless head is waited for") }
+    }
+
+    func testEveryPrefixOfAHeadIsIncomplete() {
+        let text = "HEAD /path?q=1 HTTP/1.1\r\nHost: api\r\nAccept: */*\r\n\r\n"
+        let bytes = Array(text.utf8)
+        for cut in 1..<bytes.count {
+            var buffer = ByteBuffer()
+            buffer.writeBytes(bytes[..<cut])
+            guard case .incomplete = ExpressRequestHead.parse(buffer, maxHeaderBytes: 1024, maxHeaderFields: 100) else {
+                return XCTFail("prefix of \(cut) bytes: not incomplete")
+            }
+        }
+    }
+
+    // MARK: - Responses
+
+    private func parseResponse(_ text: String, head: Bool = false, timing: Bool = false) -> ExpressResponseHead.Outcome {
+        Array(text.utf8).withUnsafeBytes { ExpressResponseHead.parse($0, requestWasHead: head, maxBytes: 64 * 1024, wantsTiming: timing) }
+    }
+
+    private func framing(_ text: String, head: Bool = false) -> ExpressResponseHead.Framing? {
+        guard case .parsed(let parsed) = parseResponse(text, head: head) else { return nil }
+        return parsed.framing
+    }
+
+    func testResponseFramingFollowsRFC9112() {
+        XCTAssertEqual(framing("HTTP/1.1 200 OK\r\nContent-Length: 19\r\n\r\n"), .length(19))
+        XCTAssertEqual(framing("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), ExpressResponseHead.Framing.none)
+        XCTAssertEqual(framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"), .length(5))
+        XCTAssertEqual(framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n"), .chunked)
+        XCTAssertEqual(framing("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"), .untilClose)
+        XCTAssertEqual(framing("HTTP/1.1 200 OK\r\nContent-Length: 19\r\n\r\n", head: true), ExpressResponseHead.Framing.none)
+        XCTAssertEqual(framing("HTTP/1.1 204 No Content\r\n\r\n"), ExpressResponseHead.Framing.none)
+        XCTAssertEqual(framing("HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n"), ExpressResponseHead.Framing.none)
+        XCTAssertEqual(framing("HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"), ExpressResponseHead.Framing.none)
+        XCTAssertEqual(framing("HTTP/1.1 200\r\nContent-Length: 1\r\n\r\n"), .length(1), "the reason phrase may be absent")
+
+        guard case .parsed(let old) = parseResponse("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n"),
+              case .parsed(let oldKept) = parseResponse("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n"),
+              case .parsed(let closing) = parseResponse("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n"),
+              case .parsed(let plain) = parseResponse("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n"),
+              case .parsed(let endless) = parseResponse("HTTP/1.1 200 OK\r\n\r\n") else { return XCTFail("not parsed") }
+        XCTAssertFalse(old.keepAlive)
+        XCTAssertTrue(oldKept.keepAlive)
+        XCTAssertFalse(closing.keepAlive)
+        XCTAssertTrue(plain.keepAlive)
+        XCTAssertFalse(endless.keepAlive, "a body delimited by the close ends the connection")
+    }
+
+    func testResponsesAProxyMustNotPassOnAreRefused() {
+        for text in ["HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+                     "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                     "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                     "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                     "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+                     "HTTP/1.1 200 OK\r\nContent-Length: 1 2\r\n\r\n",
+                     "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+                     "HTTP/1.1 200 OK\nContent-Length: 1\n\n",
+                     "HTTP/1.1 200 OK\r\nX: a\rb\r\nContent-Length: 1\r\n\r\n",
+                     "HTTP/1.1 200 OK\r\nX : a\r\n\r\n",
+                     "HTTP/1.1 200 OK\r\n folded\r\n\r\n",
+                     "HTTP/2 200 OK\r\n\r\n",
+                     "ICY 200 OK\r\n\r\n",
+                     "HTTP/1.1 20 OK\r\n\r\n",
+                     "HTTP/1.1 099 Low\r\n\r\n"] {
+            guard case .invalid = parseResponse(text) else {
+                XCTFail("passed on: \(text.debugDescription)")
+                continue
+            }
+        }
+        guard case .incomplete = parseResponse("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n") else { return XCTFail("not incomplete") }
+    }
+
+    func testTheCallerGetsTheHeadWithoutHopByHopFields() throws {
+        let text = "HTTP/1.0 200 Fine\r\nServer: app\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\n"
+            + "X-Secret: s\r\nx-mesh-timing: app=1,proxy=2\r\nUpgrade: h2c\r\nProxy-Connection: x\r\n"
+            + "Proxy-Authenticate: y\r\nContent-Length: 2\r\nx-secrets: kept\r\n\r\nhi"
+        guard case .parsed(let parsed) = parseResponse(text, timing: true) else { return XCTFail("not parsed") }
+        XCTAssertEqual(parsed.timing, "app=1,proxy=2")
+        var out = ByteBuffer()
+        Array(text.utf8).withUnsafeBytes {
+            ExpressResponseHead.write($0, parsed, extra: "x-mesh-timing: app=3,proxy=4\r\n", close: true, into: &out)
+        }
+        XCTAssertEqual(String(buffer: out),
+                       "HTTP/1.1 200 Fine\r\nServer: app\r\nContent-Length: 2\r\nx-secrets: kept\r\n"
+                       + "x-mesh-timing: app=3,proxy=4\r\nconnection: close\r\n\r\n")
+
+        let endless = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+        guard case .parsed(let untilClose) = parseResponse(endless) else { return XCTFail("not parsed") }
+        var chunked = ByteBuffer()
+        Array(endless.utf8).withUnsafeBytes { ExpressResponseHead.write($0, untilClose, extra: nil, close: false, into: &chunked) }
+        XCTAssertEqual(String(buffer: chunked), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n")
+    }
+
+    // MARK: - Chunked bodies
+
+    /// Runs `body` through a tracker in pieces of `step` bytes: the bytes it took, and whether
+    /// it found the end (nil: refused).
+    private func track(_ body: String, step: Int) -> (taken: Int, done: Bool)? {
+        let bytes = Array(body.utf8)
+        var tracker = ChunkedBody()
+        var taken = 0
+        var index = 0
+        while index < bytes.count {
+            let piece = Array(bytes[index..<min(bytes.count, index + step)])
+            let result = piece.withUnsafeBytes { tracker.advance($0) }
+            switch result {
+            case .invalid: return nil
+            case .consumed(let count, let done):
+                taken += count
+                if done { return (taken, true) }
+                XCTAssertEqual(count, piece.count, "a piece before the end is taken whole")
+            }
+            index += step
+        }
+        return (taken, false)
+    }
+
+    func testTheEndOfAChunkedBodyIsFoundWhereverTheReadsSplitIt() {
+        let body = "5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: t\r\n\r\n"
+        for step in 1...body.utf8.count {
+            let result = track(body + "HTTP/1.1 200 next", step: step)
+            XCTAssertEqual(result?.taken, body.utf8.count, "step \(step)")
+            XCTAssertEqual(result?.done, true, "step \(step)")
+        }
+        XCTAssertEqual(track("0\r\n\r\n", step: 64)?.taken, 5)
+        XCTAssertEqual(track("A\r\n0123456789\r\n", step: 64)?.done, false, "no last chunk yet")
+    }
+
+    func testMalformedChunkedBodiesAreRefused() {
+        for bad in ["x\r\n", "\r\n", "5\r\nhelloX\r\n0\r\n\r\n", "5\nhello\r\n", "5\r\nhello\r\r", "1234567890abcdef0\r\n",
+                    "0\r\nx-t: \u{1}\r\n\r\n", "5;\u{0}\r\nhello\r\n"] {
+            XCTAssertNil(track(bad, step: 64), bad.debugDescription)
+        }
+    }
+}
