@@ -19,7 +19,7 @@ import NIOHTTP1
 /// fields taken out, its body as it comes.
 ///
 /// Anything else — a body, an upgrade, a malformed or unusual head, a destination whose
-/// TrafficPolicy has timeouts, retries on status, routes, splits or fault delays, tracing,
+/// TrafficPolicy has timeouts, retries on status codes, header routes or fault delays, tracing,
 /// the access log, a `mesh tap` — moves the connection to the full stack for good, at a
 /// request boundary (``fallBack``): the bytes not yet used are handed to NIO's decoder, which
 /// starts with that request. Default retries (connect failure, reset), endpoint choice,
@@ -35,6 +35,9 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         case forwarding(ExpressUpstream, responseStarted: Bool)
         /// The full stack has the connection (this handler is leaving the pipeline).
         case fellBack
+        /// The caller asked to close after the answer: whatever else it sends is dropped
+        /// (llhttp refuses data after `Connection: close` too).
+        case closing
     }
 
     private let role: String
@@ -106,9 +109,14 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
         if idleTimeout != nil { lastActivity = Exchange.now() }
-        if case .fellBack = phase {
+        switch phase {
+        case .fellBack:
             context.fireChannelRead(data)
             return
+        case .closing:
+            return
+        case .idle, .connecting, .forwarding:
+            break
         }
         if var held = pending {
             pending = nil
@@ -168,22 +176,54 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    /// Starts on the next request in the held bytes, if its head is there.
+    /// Starts on the next request in the held bytes, if its head is there; then on the one
+    /// after it while each is answered at once (a loop, not a recursion: a read can hold
+    /// thousands of requests the proxy answers itself).
     private func takeNext(_ context: ChannelHandlerContext) {
+        if takingNext {
+            takeAgain = true
+            return
+        }
+        takingNext = true
+        defer { takingNext = false }
+        repeat {
+            takeAgain = false
+            takeOne(context)
+        } while takeAgain
+    }
+
+    private var takingNext = false
+    private var takeAgain = false
+    /// How far the held bytes were searched for the end of a head: a head that arrives in
+    /// many small reads is parsed once it is whole, not again on every read.
+    private var scanned = 0
+
+    private func takeOne(_ context: ChannelHandlerContext) {
         guard case .idle = phase, let loopState else { return }
         guard let buffer = pending, buffer.readableBytes > 0 else {
             pending = nil
+            scanned = 0
             resumeReading(context)
             return
         }
         let limits = loopState.pool.limits
+        // The first bytes of a head are parsed at once (what is not for the express path is
+        // known from its first line); after that, only once the head is whole or too large.
+        if scanned > 0, buffer.readableBytes <= limits.maxRequestHeaderBytes + 4,
+           !Self.containsHeadEnd(buffer, from: scanned - 3) {
+            scanned = buffer.readableBytes
+            resumeReading(context)
+            return
+        }
         switch ExpressRequestHead.parse(buffer, maxHeaderBytes: limits.maxRequestHeaderBytes,
                                         maxHeaderFields: limits.maxRequestHeaderFields) {
         case .incomplete:
+            scanned = buffer.readableBytes
             resumeReading(context)
         case .unsupported:
             fallBack(context)
         case .request(let head, let length, let keepAlive):
+            scanned = 0
             // What the express path does not do itself: the full stack does it, from here on.
             guard loopState.tracer == nil, loopState.accessLog == nil, loopState.tap?.isOn(Exchange.now()) != true,
                   admits(head, loopState) else {
@@ -193,6 +233,20 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
             pending?.moveReaderIndex(forwardBy: length)
             begin(head, keepAlive: keepAlive, context: context, loopState: loopState)
             if case .idle = phase {} else { holdRest(context) }
+        }
+    }
+
+    /// Whether CRLF CRLF occurs in the readable bytes from `offset` on.
+    private static func containsHeadEnd(_ buffer: ByteBuffer, from offset: Int) -> Bool {
+        buffer.withUnsafeReadableBytes { bytes in
+            var index = max(offset, 0) + 3
+            while index < bytes.count {
+                if bytes[index] == 0x0A, bytes[index - 1] == 0x0D, bytes[index - 2] == 0x0A, bytes[index - 3] == 0x0D {
+                    return true
+                }
+                index += 1
+            }
+            return false
         }
     }
 
@@ -395,12 +449,6 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     // MARK: - Responses (called by ExpressUpstream)
 
-    func responseInterim(_ head: ByteBuffer) {
-        guard case .forwarding = phase, let context else { return }
-        context.write(wrapOutboundOut(head), promise: nil)
-        downstreamUnflushed = true
-    }
-
     func responseHead(_ parsed: ExpressResponseHead.Parsed, bytes: UnsafeRawBufferPointer) {
         guard case .forwarding(let upstream, _) = phase, let context else { return }
         if idleTimeout != nil { lastActivity = Exchange.now() }
@@ -425,9 +473,11 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         downstreamUnflushed = true
     }
 
-    func responseBody(_ chunk: ByteBuffer) {
+    /// `dataBytes`: how much of `chunk` is body (not chunk framing), as the metrics count it.
+    func responseBody(_ chunk: ByteBuffer, dataBytes: Int) {
         guard let context, chunk.readableBytes > 0 else { return }
-        exchange.responseBytes += chunk.readableBytes
+        if idleTimeout != nil { lastActivity = Exchange.now() }
+        exchange.responseBytes += dataBytes
         if framing == .untilClose {
             // Sent on chunked (the caller's connection outlives the upstream's).
             var size = context.channel.allocator.buffer(capacity: 12)
@@ -468,6 +518,34 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// The upstream closed before its response ended.
     func upstreamClosed() {
+        upstreamFailed(code: "upstream-reset", message: "the upstream closed the connection before answering")
+    }
+
+    /// The upstream's response cannot be passed on (`ExpressUpstream` closed the connection):
+    /// handled as a close, with its own reason. A 101 nobody asked for is answered at once.
+    func responseInvalid(_ reason: String, code: String = "bad-response") {
+        logger.warning("upstream sent a response that cannot be passed on", metadata: ["role": "\(role)", "reason": "\(reason)"])
+        if code == "bad-response" {
+            upstreamFailed(code: code, message: "the upstream's response cannot be passed on: \(reason)")
+            return
+        }
+        guard case .forwarding(_, let started) = phase, let context else { return }
+        finishExchange()
+        if started {
+            exchange.status = 0
+            recordExchange()
+            phase = .idle
+            context.close(promise: nil)
+        } else {
+            respond(.badGateway, text: reason, fields: Self.errorField(.badGateway, code: code), context: context)
+        }
+    }
+
+    /// The upstream connection failed before the response ended: before it started, the
+    /// request is sent again where the full stack would (a reused pooled connection once, then
+    /// the policy's retries on reset); else the caller gets a 502 with `code`. After it
+    /// started, the caller's connection closes: nothing else can be said.
+    private func upstreamFailed(code: String, message: String) {
         guard case .forwarding(let upstream, let started) = phase, let context, let loopState else { return }
         if !started, upstream.uses > 1, !replayed {
             // A pooled connection the peer closed just as it was reused: the one failure a
@@ -485,25 +563,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
             phase = .idle
             context.close(promise: nil)
         } else {
-            respond(.badGateway, text: "the upstream closed the connection before answering",
-                    fields: Self.errorField(.badGateway, code: "upstream-reset"), context: context)
-        }
-    }
-
-    /// The upstream's response cannot be passed on (ExpressUpstream closed the connection).
-    /// `code` goes in `x-mesh-error` when the caller can still be told.
-    func responseInvalid(_ reason: String, code: String = "bad-response") {
-        guard case .forwarding(_, let started) = phase, let context else { return }
-        logger.warning("upstream sent a response that cannot be passed on", metadata: ["role": "\(role)", "reason": "\(reason)"])
-        finishExchange()
-        if started {
-            exchange.status = 0
-            recordExchange()
-            phase = .idle
-            context.close(promise: nil)
-        } else {
-            respond(.badGateway, text: code == "bad-response" ? "the upstream's response cannot be passed on: \(reason)" : reason,
-                    fields: Self.errorField(.badGateway, code: code), context: context)
+            respond(.badGateway, text: message, fields: Self.errorField(.badGateway, code: code), context: context)
         }
     }
 
@@ -538,10 +598,10 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
             exchange.status = 0
             recordExchange()
             finishExchange()
-        case .idle, .fellBack:
+        case .idle, .fellBack, .closing:
             break
         }
-        if case .fellBack = phase {} else { phase = .idle }
+        if case .fellBack = phase {} else { phase = .closing }
         context.fireChannelInactive()
     }
 
@@ -557,6 +617,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         headerTimer?.awaitNextRequest()
         guard keepAlive else {
             pending = nil
+            phase = .closing
             context.writeAndFlush(wrapOutboundOut(ByteBuffer())).whenComplete { _ in context.close(promise: nil) }
             return
         }
@@ -658,10 +719,6 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         idleTimer = context.eventLoop.scheduleTask(in: delay) {
             let handler = bound.value
             guard let context = handler.context, let timeout = handler.idleTimeout else { return }
-            if case .forwarding = handler.phase {
-                // A response under way counts as activity.
-                handler.lastActivity = Exchange.now()
-            }
             let idle = Int64(Exchange.now() &- handler.lastActivity)
             if idle >= timeout.nanoseconds {
                 context.close(promise: nil)

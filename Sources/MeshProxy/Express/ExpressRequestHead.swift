@@ -65,6 +65,9 @@ enum ExpressRequestHead {
         }
         index += version.count
         var headers = HTTPHeaders()
+        // The full stack's measure of the head (``ProxyHeaders/exceedsLimits``): the target,
+        // and each field's name and value plus 4. A head over it goes there, for its 431.
+        var counted = targetEnd - targetStart
         var hosts = 0
         var keepAlive = true
         var fields = 0
@@ -97,6 +100,8 @@ enum ExpressRequestHead {
             // forwards them too); tokens are trimmed where they are compared.
             let value = UnsafeRawBufferPointer(rebasing: bytes[valueStart..<index])
             index += 2
+            counted += name.count + value.count + 4
+            guard counted <= maxHeaderBytes else { return .unsupported("head too large") }
             switch classify(name) {
             case .host:
                 hosts += 1

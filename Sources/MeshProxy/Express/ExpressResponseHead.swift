@@ -112,8 +112,8 @@ enum ExpressResponseHead {
                 }
             case 14 where ExpressRequestHead.equalsLowercase(name, "content-length"):
                 guard let parsed = parseLength(value) else { return .invalid("invalid Content-Length") }
-                // Repeated, it must say the same (RFC 9112 §6.3): else the body's end is a guess.
-                if let length, length != parsed { return .invalid("conflicting Content-Length fields") }
+                // Once: llhttp (the full stack) refuses a repeated one too, even when equal.
+                guard length == nil else { return .invalid("repeated Content-Length") }
                 length = parsed
             case 17 where ExpressRequestHead.equalsLowercase(name, "transfer-encoding"):
                 var tokens = 0
@@ -208,9 +208,13 @@ enum ExpressResponseHead {
             index = lineEnd + 2
             guard ExpressRequestHead.equalsLowercase(UnsafeRawBufferPointer(rebasing: bytes[lineStart..<colon]), "connection") else { continue }
             ExpressRequestHead.forEachToken(UnsafeRawBufferPointer(rebasing: bytes[(colon + 1)..<lineEnd])) { token in
-                if !ExpressRequestHead.equalsLowercase(token, "close"), !ExpressRequestHead.equalsLowercase(token, "keep-alive") {
-                    tokens.append(token.map(lower))
+                // The framing fields stay whatever `Connection` says: the body is passed on as
+                // it is framed, and without them the caller could not find its end.
+                for kept in ["close", "keep-alive", "content-length", "transfer-encoding"] where token.count == kept.utf8.count
+                    && zip(token, kept.utf8).allSatisfy({ lower($0) == $1 }) {
+                    return
                 }
+                tokens.append(token.map(lower))
             }
         }
         return tokens
@@ -250,6 +254,8 @@ struct ChunkedBody {
     }
 
     private var state = State.size(value: 0, digits: 0)
+    /// Bytes of chunk data so far (what the full stack counts as the body's size).
+    private(set) var dataBytes = 0
     private var lastChunk = false
     /// Bytes of trailer fields so far (bounded like a head).
     private var trailerBytes = 0
@@ -299,6 +305,7 @@ struct ChunkedBody {
             case .data(let remaining):
                 let take = min(remaining, bytes.count - index)
                 index += take
+                dataBytes += take
                 state = remaining - take == 0 ? .dataCR : .data(remaining: remaining - take)
             case .dataCR:
                 guard byte == UInt8(ascii: "\r") else { return .invalid("chunk data longer than its size") }

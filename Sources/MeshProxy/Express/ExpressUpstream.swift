@@ -79,8 +79,9 @@ final class ExpressUpstream: ChannelInboundHandler {
                         return
                     }
                     if parsed.status < 200 {
-                        // An interim answer (103 Early Hints): passed on, the final one follows.
-                        responder.responseInterim(buffer.readSlice(length: parsed.length) ?? ByteBuffer())
+                        // An interim answer (103 Early Hints): dropped, as the full stack's
+                        // decoder drops it; the final one follows.
+                        buffer.moveReaderIndex(forwardBy: parsed.length)
                         continue
                     }
                     buffer.withUnsafeReadableBytes { responder.responseHead(parsed, bytes: $0) }
@@ -98,7 +99,7 @@ final class ExpressUpstream: ChannelInboundHandler {
                 }
             case .length(let remaining):
                 let take = min(remaining, buffer.readableBytes)
-                responder.responseBody(buffer.readSlice(length: take) ?? ByteBuffer())
+                responder.responseBody(buffer.readSlice(length: take) ?? ByteBuffer(), dataBytes: take)
                 if take == remaining {
                     finish(responder, reusable: keepAlive && buffer.readableBytes == 0)
                     if buffer.readableBytes > 0 { context.close(promise: nil) }
@@ -106,6 +107,7 @@ final class ExpressUpstream: ChannelInboundHandler {
                 }
                 phase = .length(remaining: remaining - take)
             case .chunked(var body):
+                let before = body.dataBytes
                 let step = buffer.withUnsafeReadableBytes { body.advance($0) }
                 switch step {
                 case .invalid(let reason):
@@ -115,7 +117,7 @@ final class ExpressUpstream: ChannelInboundHandler {
                     return
                 case .consumed(let count, let done):
                     phase = .chunked(body)
-                    responder.responseBody(buffer.readSlice(length: count) ?? ByteBuffer())
+                    responder.responseBody(buffer.readSlice(length: count) ?? ByteBuffer(), dataBytes: body.dataBytes - before)
                     if done {
                         finish(responder, reusable: keepAlive && buffer.readableBytes == 0)
                         if buffer.readableBytes > 0 { context.close(promise: nil) }
@@ -123,7 +125,7 @@ final class ExpressUpstream: ChannelInboundHandler {
                     }
                 }
             case .untilClose:
-                responder.responseBody(buffer)
+                responder.responseBody(buffer, dataBytes: buffer.readableBytes)
                 return
             }
         }
