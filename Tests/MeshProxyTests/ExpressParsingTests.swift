@@ -89,6 +89,13 @@ final class ExpressParsingTests: XCTestCase {
         }
     }
 
+    func testTokenBytesAreExactlyRFC9110s() {
+        let tchar = Set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
+        for byte in UInt8.min...UInt8.max {
+            XCTAssertEqual(ExpressRequestHead.isTokenByte(byte), tchar.contains(byte), "byte \(byte)")
+        }
+    }
+
     func testLimitsAreLeftToTheFullStackWhichAnswers431() {
         let fields = (0..<5).map { "x-\($0): v\r\n" }.joined()
         let text = "GET / HTTP/1.1\r\nHost: api\r\n" + fields + "\r\n"

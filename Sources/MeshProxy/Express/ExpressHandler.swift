@@ -4,6 +4,7 @@ import MeshTelemetry
 import MeshTransport
 import NIOCore
 import NIOHTTP1
+import Tracing
 
 /// The express path of an HTTP/1.1 connection: simple requests forwarded as bytes, without
 /// NIO's HTTP codec on either side.
@@ -19,11 +20,12 @@ import NIOHTTP1
 /// fields taken out, its body as it comes.
 ///
 /// Anything else — a body, an upgrade, a malformed or unusual head, a destination whose
-/// TrafficPolicy has timeouts, retries on status codes, header routes or fault delays, tracing,
-/// the access log, a `mesh tap` — moves the connection to the full stack for good, at a
+/// TrafficPolicy has timeouts, retries on status codes, header routes or fault delays, the
+/// access log, a `mesh tap` — moves the connection to the full stack for good, at a
 /// request boundary (``fallBack``): the bytes not yet used are handed to NIO's decoder, which
 /// starts with that request. Default retries (connect failure, reset), endpoint choice,
-/// outlier detection, circuit breaking, metrics and the hop timing are the same here.
+/// outlier detection, circuit breaking, metrics, tracing (the same sampling decision, span and
+/// propagated context) and the hop timing are the same here.
 final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -225,8 +227,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .request(let head, let length, let keepAlive):
             scanned = 0
             // What the express path does not do itself: the full stack does it, from here on.
-            guard loopState.tracer == nil, loopState.accessLog == nil, loopState.tap?.isOn(Exchange.now()) != true,
-                  admits(head, loopState) else {
+            guard loopState.accessLog == nil, loopState.tap?.isOn(Exchange.now()) != true, admits(head, loopState) else {
                 fallBack(context)
                 return
             }
@@ -288,15 +289,32 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
             exchange.edge = loopState.edge(.init(direction: .inbound, peer: info.peer?.service, tls: info.peer != nil))
             if loopState.metrics != nil { exchange.topPath = (head.method.rawValue, ProxyHeaders.path(of: head.uri)) }
         }
-        switch router(head, &info, loopState) {
+        // Sampled or not, as the full stack decides (the span ends when the exchange is recorded).
+        if let tracer = loopState.tracer {
+            exchange.trace(head, tracer: tracer, loopState: loopState, direction: direction, info: &info)
+        }
+        let decision = router(head, &info, loopState)
+        if exchange.log != nil, let last = info.lastDecision {
+            exchange.log?.decision = last.code
+            exchange.log?.policy = last.policy
+        }
+        switch decision {
         case .deny(let code, let requestID):
+            exchange.log?.requestID = requestID
             exchange.denied = true
             respond(.forbidden, text: "access denied by policy (request id \(requestID))",
                     fields: "\(ProxyHeaders.decision): \(code)\r\n\(ProxyHeaders.requestID): \(requestID)\r\n", context: context)
         case .respond(let status, let code, let message):
             respond(status, text: message, fields: Self.errorField(status, code: code), context: context)
-        case .forward(let candidates, let forwardHead, let subset, let matchedRoute):
+        case .forward(let candidates, var forwardHead, let subset, let matchedRoute):
             exchange.subset = subset
+            if let span = exchange.span, let tracer = loopState.tracer?.tracer {
+                // The next hop (the peer proxy, or the app) continues this span's trace.
+                tracer.inject(span.context, into: &forwardHead.headers, using: HTTPHeadersInjector())
+            } else if let parent = exchange.unsampledParent {
+                forwardHead.headers.replaceOrAdd(name: "traceparent", value: parent)
+                forwardHead.headers.remove(name: "tracestate")
+            }
             if direction == .outbound, let destination = candidates.first?.peerIdentity?.service {
                 exchange.edge = loopState.edge(.init(direction: .outbound, peer: destination, tls: true))
                 exchange.route = loopState.routes[destination]
@@ -308,6 +326,10 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
             if direction == .inbound, exchange.topPath != nil {
                 exchange.topPath?.path = ProxyHeaders.path(of: forwardHead.uri)
+            }
+            if exchange.log != nil, direction == .inbound {
+                // What is logged is what was authorized and forwarded: the normalized path.
+                exchange.log?.path = String(ProxyHeaders.path(of: forwardHead.uri).prefix(1024))
             }
             request = Self.serialize(forwardHead, allocator: context.channel.allocator)
             replayed = false

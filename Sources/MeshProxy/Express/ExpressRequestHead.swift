@@ -34,15 +34,15 @@ enum ExpressRequestHead {
         // The request line: `GET ` or `HEAD `, the target, ` HTTP/1.1` CRLF.
         let method: HTTPMethod
         var index: Int
-        if bytes.starts(with: "GET ".utf8) {
+        if matches(bytes, at: 0, "GET ") {
             method = .GET
             index = 4
-        } else if bytes.starts(with: "HEAD ".utf8) {
+        } else if matches(bytes, at: 0, "HEAD ") {
             method = .HEAD
             index = 5
         } else {
             // A prefix of GET or HEAD may still become one.
-            if bytes.count < 5, "GET ".utf8.starts(with: bytes) || "HEAD ".utf8.starts(with: bytes) { return .incomplete }
+            if bytes.count < 5, isPrefix(bytes, of: "GET ") || isPrefix(bytes, of: "HEAD ") { return .incomplete }
             return .unsupported("method")
         }
         let targetStart = index
@@ -56,15 +56,16 @@ enum ExpressRequestHead {
         guard index < limit else { return bytes.count > maxHeaderBytes ? .unsupported("head too large") : .incomplete }
         let targetEnd = index
         guard targetEnd > targetStart, bytes[targetStart] == UInt8(ascii: "/") else { return .unsupported("target form") }
-        let version = " HTTP/1.1\r\n".utf8
-        guard bytes.count >= index + version.count else {
-            return version.starts(with: UnsafeRawBufferPointer(rebasing: bytes[index...])) ? .incomplete : .unsupported("version")
+        let version: StaticString = " HTTP/1.1\r\n"
+        guard bytes.count >= index + version.utf8CodeUnitCount else {
+            return isPrefix(UnsafeRawBufferPointer(rebasing: bytes[index...]), of: version) ? .incomplete : .unsupported("version")
         }
-        guard UnsafeRawBufferPointer(rebasing: bytes[index..<(index + version.count)]).elementsEqual(version) else {
-            return .unsupported("version")
-        }
-        index += version.count
-        var headers = HTTPHeaders()
+        guard matches(bytes, at: index, version) else { return .unsupported("version") }
+        index += version.utf8CodeUnitCount
+        // Collected as pairs and made into `HTTPHeaders` once: `add` scans every name for
+        // non-ASCII bytes, which the token check here has ruled out already.
+        var fieldList: [(String, String)] = []
+        fieldList.reserveCapacity(8)
         // The full stack's measure of the head (``ProxyHeaders/exceedsLimits``): the target,
         // and each field's name and value plus 4. A head over it goes there, for its 431.
         var counted = targetEnd - targetStart
@@ -119,12 +120,12 @@ enum ExpressRequestHead {
             case .other:
                 break
             }
-            headers.add(name: String(decoding: name, as: UTF8.self), value: String(decoding: value, as: UTF8.self))
+            fieldList.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
         }
         guard hosts == 1 else { return .unsupported("host count") }
         guard index <= maxHeaderBytes else { return .unsupported("head too large") }
         let target = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[targetStart..<targetEnd]), as: UTF8.self)
-        return .request(HTTPRequestHead(version: .http1_1, method: method, uri: target, headers: headers),
+        return .request(HTTPRequestHead(version: .http1_1, method: method, uri: target, headers: HTTPHeaders(fieldList)),
                         length: index, keepAlive: keepAlive)
     }
 
@@ -147,18 +148,31 @@ enum ExpressRequestHead {
         }
     }
 
-    /// RFC 9110 `tchar`.
+    /// RFC 9110 `tchar`: ALPHA, DIGIT and ``!#$%&'*+-.^_`|~``, as two bit masks (bytes 0–63
+    /// and 64–127; a test per byte instead of a chain of comparisons).
+    @inline(__always)
     static func isTokenByte(_ byte: UInt8) -> Bool {
-        switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-            return true
-        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
-             UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
-             UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
-            return true
-        default:
-            return false
-        }
+        if byte < 64 { return (0x03FF_6CFA_0000_0000 as UInt64) >> byte & 1 == 1 }
+        if byte < 128 { return (0x57FF_FFFF_C7FF_FFFE as UInt64) >> (byte - 64) & 1 == 1 }
+        return false
+    }
+
+    /// Whether `bytes` holds `literal` at `offset` (in full).
+    @inline(__always)
+    static func matches(_ bytes: UnsafeRawBufferPointer, at offset: Int, _ literal: StaticString) -> Bool {
+        let count = literal.utf8CodeUnitCount
+        guard bytes.count - offset >= count else { return false }
+        let expected = literal.utf8Start
+        for i in 0..<count where bytes[offset + i] != expected[i] { return false }
+        return true
+    }
+
+    /// Whether all of `bytes` is the start of `literal`.
+    static func isPrefix(_ bytes: UnsafeRawBufferPointer, of literal: StaticString) -> Bool {
+        guard bytes.count <= literal.utf8CodeUnitCount else { return false }
+        let expected = literal.utf8Start
+        for i in 0..<bytes.count where bytes[i] != expected[i] { return false }
+        return true
     }
 
     /// ASCII case-insensitive equality with a lowercase name.

@@ -51,7 +51,7 @@ enum ExpressResponseHead {
         guard limit >= prefix else {
             return bytes.count >= maxBytes ? .invalid("response head too large") : .incomplete
         }
-        guard bytes.starts(with: "HTTP/1.".utf8), bytes[7] == UInt8(ascii: "1") || bytes[7] == UInt8(ascii: "0"),
+        guard ExpressRequestHead.matches(bytes, at: 0, "HTTP/1."), bytes[7] == UInt8(ascii: "1") || bytes[7] == UInt8(ascii: "0"),
               bytes[8] == UInt8(ascii: " "), isDigit(bytes[9]), isDigit(bytes[10]), isDigit(bytes[11]) else {
             return .invalid("not an HTTP/1.x status line")
         }

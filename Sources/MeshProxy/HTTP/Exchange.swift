@@ -245,8 +245,17 @@ struct HopTiming: Equatable {
                 skipSpaces()
                 guard digits > 0, micros <= 3_600_000_000, index == bytes.count || bytes[index] == UInt8(ascii: ",") else { return false }
                 index += 1
-                let key = UnsafeBufferPointer(rebasing: bytes[keyStart..<keyEnd])
-                if key.elementsEqual("app".utf8) { app = micros * 1000 } else if key.elementsEqual("proxy".utf8) { proxy = micros * 1000 }
+                // Byte by byte: a generic `elementsEqual` against a string's UTF-8 view cost
+                // hundreds of instructions per response.
+                let length = keyEnd - keyStart
+                if length == 3, bytes[keyStart] == UInt8(ascii: "a"), bytes[keyStart + 1] == UInt8(ascii: "p"),
+                   bytes[keyStart + 2] == UInt8(ascii: "p") {
+                    app = micros * 1000
+                } else if length == 5, bytes[keyStart] == UInt8(ascii: "p"), bytes[keyStart + 1] == UInt8(ascii: "r"),
+                          bytes[keyStart + 2] == UInt8(ascii: "o"), bytes[keyStart + 3] == UInt8(ascii: "x"),
+                          bytes[keyStart + 4] == UInt8(ascii: "y") {
+                    proxy = micros * 1000
+                }
             }
             return true
         }

@@ -31,47 +31,11 @@ extension ProxyHTTPHandler {
     }
 
     func keepDetails(_ head: HTTPRequestHead) {
-        let target = ProxyHeaders.path(of: head.uri)
-        exchange.log = Exchange.LogContext(
-            method: head.method.rawValue, path: String(target.prefix(1024)), traceID: Exchange.traceID(of: head.headers),
-            sourceAddress: direction == .inbound ? info.remoteAddress?.ipAddress : nil)
-        info.lastDecision = nil
+        exchange.keepDetails(head, direction: direction, info: &info)
     }
 
-    /// Decides whether this request is traced here, and starts this hop's span if so: a
-    /// trusted caller's decision (W3C, or B3 turned into W3C) is kept; a new trace is sampled
-    /// with the configured ratio. An unsampled request gets no span: its caller's context
-    /// goes on unchanged, or a new unsampled one is sent on, so that the next hops agree.
     func trace(_ head: HTTPRequestHead, tracer meshTracer: MeshTracer, loopState: LoopState) {
-        // A plaintext caller from outside the mesh may not decide what is sampled (a forced
-        // sampled flag would make the proxy trace everything): its context is ignored.
-        let trusted = direction == .outbound || info.peer != nil
-        var parent: String?
-        if trusted {
-            parent = head.headers.first(name: "traceparent").flatMap { TraceParent.sampled($0) == nil ? nil : $0 }
-                ?? B3.traceparent(from: head.headers)
-        }
-        let tracer = meshTracer.tracer
-        var context = ServiceContext.topLevel
-        if let parent, let sampled = TraceParent.sampled(parent) {
-            guard sampled else { return }
-            tracer.extract(HTTPHeaders([("traceparent", parent)] + head.headers["tracestate"].prefix(1).map { ("tracestate", $0) }),
-                           into: &context, using: HTTPHeadersExtractor())
-        } else if !loopState.random.chance(meshTracer.samplingRatio) {
-            let fresh = loopState.random.unsampledParent()
-            exchange.unsampledParent = fresh.header
-            exchange.log?.traceID = fresh.traceID
-            return
-        }
-        if exchange.log == nil { keepDetails(head) }
-        let span = tracer.startSpan(head.method.rawValue, context: context, ofKind: direction == .inbound ? .server : .client)
-        exchange.span = span
-        if parent == nil {
-            // A new trace: the access log shows its id, not the untrusted caller's.
-            var scratch = HTTPHeaders()
-            tracer.inject(span.context, into: &scratch, using: HTTPHeadersInjector())
-            exchange.log?.traceID = Exchange.traceID(of: scratch)
-        }
+        exchange.trace(head, tracer: meshTracer, loopState: loopState, direction: direction, info: &info)
     }
 
     /// Inbound: replaces whatever timing header the app sent with this proxy's own report,
@@ -89,6 +53,56 @@ extension ProxyHTTPHandler {
             guard let value = headers.first(name: HopTiming.header) else { return }
             exchange.peer = HopTiming(headerValue: value)
             headers.remove(name: HopTiming.header)
+        }
+    }
+}
+
+/// Shared by both HTTP/1.1 paths (``ProxyHTTPHandler``, ``ExpressHandler``): what a request
+/// keeps of itself for the access log, `mesh tap` and its span.
+extension Exchange {
+    /// Keeps the request's details for the access log, a tap sample or a span.
+    mutating func keepDetails(_ head: HTTPRequestHead, direction: ProxyMetrics.Direction, info: inout DownstreamInfo) {
+        let target = ProxyHeaders.path(of: head.uri)
+        log = Exchange.LogContext(
+            method: head.method.rawValue, path: String(target.prefix(1024)), traceID: Exchange.traceID(of: head.headers),
+            sourceAddress: direction == .inbound ? info.remoteAddress?.ipAddress : nil)
+        info.lastDecision = nil
+    }
+
+    /// Decides whether this request is traced here, and starts this hop's span if so: a
+    /// trusted caller's decision (W3C, or B3 turned into W3C) is kept; a new trace is sampled
+    /// with the configured ratio. An unsampled request gets no span: its caller's context
+    /// goes on unchanged, or a new unsampled one is sent on, so that the next hops agree.
+    mutating func trace(_ head: HTTPRequestHead, tracer meshTracer: MeshTracer, loopState: LoopState,
+                        direction: ProxyMetrics.Direction, info: inout DownstreamInfo) {
+        // A plaintext caller from outside the mesh may not decide what is sampled (a forced
+        // sampled flag would make the proxy trace everything): its context is ignored.
+        let trusted = direction == .outbound || info.peer != nil
+        var parent: String?
+        if trusted {
+            parent = head.headers.first(name: "traceparent").flatMap { TraceParent.sampled($0) == nil ? nil : $0 }
+                ?? B3.traceparent(from: head.headers)
+        }
+        let tracer = meshTracer.tracer
+        var context = ServiceContext.topLevel
+        if let parent, let sampled = TraceParent.sampled(parent) {
+            guard sampled else { return }
+            tracer.extract(HTTPHeaders([("traceparent", parent)] + head.headers["tracestate"].prefix(1).map { ("tracestate", $0) }),
+                           into: &context, using: HTTPHeadersExtractor())
+        } else if !loopState.random.chance(meshTracer.samplingRatio) {
+            let fresh = loopState.random.unsampledParent()
+            unsampledParent = fresh.header
+            log?.traceID = fresh.traceID
+            return
+        }
+        if log == nil { keepDetails(head, direction: direction, info: &info) }
+        let newSpan = tracer.startSpan(head.method.rawValue, context: context, ofKind: direction == .inbound ? .server : .client)
+        span = newSpan
+        if parent == nil {
+            // A new trace: the access log shows its id, not the untrusted caller's.
+            var scratch = HTTPHeaders()
+            tracer.inject(newSpan.context, into: &scratch, using: HTTPHeadersInjector())
+            log?.traceID = Exchange.traceID(of: scratch)
         }
     }
 }
