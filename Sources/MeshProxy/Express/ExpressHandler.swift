@@ -120,7 +120,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .idle, .connecting, .forwarding:
             break
         }
-        if var held = pending {
+        if var held = pending, held.readableBytes > 0 {
             pending = nil
             held.writeBuffer(&bytes)
             pending = held
@@ -232,6 +232,9 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
                 return
             }
             pending?.moveReaderIndex(forwardBy: length)
+            // Not kept once used up: the read buffer goes back to NIO's pool for the next read
+            // (and the next request is not copied behind an empty one).
+            if pending?.readableBytes == 0 { pending = nil }
             begin(head, keepAlive: keepAlive, context: context, loopState: loopState)
             if case .idle = phase {} else { holdRest(context) }
         }
