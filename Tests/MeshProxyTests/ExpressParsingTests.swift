@@ -61,7 +61,7 @@ final class ExpressParsingTests: XCTestCase {
                      "GET /x HTTP/1.1\r\nhost: api\r\nX-A: 1, 2\r\nConnection: keep-alive\r\nUser-Agent: t\r\n\r\n"]
         let pieces: [UInt8] = [0x0D, 0x0A, 0x20, 0x09, 0x3A, 0x00, 0x7F, 0x80, 0xFF, 0x2C, 0x2F, 0x25, 0x61, 0x48]
         let next = "GET /next HTTP/1.1\r\nHost: n\r\n\r\n"
-        var random = SplitMix(seed: 0x5EED)
+        var random = FastRandom(seed: 0x5EED)
         var accepted = 0
         for round in 0..<20_000 {
             var bytes = Array(seeds[round % seeds.count].utf8)
@@ -304,18 +304,4 @@ final class ExpressParsingTests: XCTestCase {
             XCTAssertNil(track(bad, step: 64), bad.debugDescription)
         }
     }
-}
-
-/// A small seeded generator (SplitMix64): the same cases on every run.
-private struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
 }

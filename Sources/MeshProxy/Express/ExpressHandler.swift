@@ -552,26 +552,16 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         logger.warning("upstream sent a response that cannot be passed on", metadata: ["role": "\(role)", "reason": "\(reason)"])
         if code == "bad-response" {
             upstreamFailed(code: code, message: "the upstream's response cannot be passed on: \(reason)")
-            return
-        }
-        guard case .forwarding(_, let started) = phase, let context else { return }
-        finishExchange()
-        if started {
-            exchange.status = 0
-            recordExchange()
-            phase = .idle
-            context.close(promise: nil)
         } else {
-            respond(.badGateway, text: reason, fields: Self.errorField(.badGateway, code: code), context: context)
+            abandon(code: code, message: reason)
         }
     }
 
     /// The upstream connection failed before the response ended: before it started, the
     /// request is sent again where the full stack would (a reused pooled connection once, then
-    /// the policy's retries on reset); else the caller gets a 502 with `code`. After it
-    /// started, the caller's connection closes: nothing else can be said.
+    /// the policy's retries on reset); else ``abandon(code:message:)``.
     private func upstreamFailed(code: String, message: String) {
-        guard case .forwarding(let upstream, let started) = phase, let context, let loopState else { return }
+        guard case .forwarding(let upstream, let started) = phase, let loopState else { return }
         if !started, upstream.uses > 1, !replayed {
             // A pooled connection the peer closed just as it was reused: the one failure a
             // proxy must hide. Once, on a new connection.
@@ -581,6 +571,14 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         if !started, exchange.settings?.retryOnReset == true, retry("reset") { return }
+        abandon(code: code, message: message)
+    }
+
+    /// Ends a forwarded exchange that failed: the caller gets a 502 with `code`, or — once
+    /// the response has started — its connection closes (nothing else can be said), the
+    /// exchange counted as failed (status 0).
+    private func abandon(code: String, message: String) {
+        guard case .forwarding(_, let started) = phase, let context else { return }
         finishExchange()
         if started {
             exchange.status = 0

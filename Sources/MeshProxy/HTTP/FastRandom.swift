@@ -6,6 +6,9 @@ struct FastRandom {
 
     init() { state = UInt64.random(in: 1...UInt64.max) }
 
+    /// The same sequence on every run (tests that generate their cases).
+    init(seed: UInt64) { state = seed }
+
     mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
