@@ -32,6 +32,48 @@ final class EarlyAnswerTests: XCTestCase {
         await app.stop()
         await mesh.shutdown()
     }
+
+    /// An HTTP/2 app that answers before it has read the request's body and then stops the
+    /// upload with RST_STREAM(NO_ERROR) (nginx, for every answer to a POST it does not read):
+    /// a thousand such requests, ten at a time on one connection, are all answered. The
+    /// proxy's connection to the app once took those resets for a reset flood after 200 of
+    /// them (swift-nio-http2's server-side defence), sent GOAWAY and kept the connection: the
+    /// requests after that waited for the app's idle timeout (75 s).
+    func testAnHTTP2AppThatResetsAfterEachEarlyAnswerIsServedWithoutEnd() async throws {
+        let h2load = "/usr/bin/h2load"
+        guard NginxApp.binary != nil, FileManager.default.isExecutableFile(atPath: h2load) else {
+            if ProcessInfo.processInfo.environment["MESH_REQUIRE_TOOLS"] == "1" {
+                XCTFail("nginx and h2load (nghttp2-client) are required (MESH_REQUIRE_TOOLS=1)")
+            }
+            throw XCTSkip("nginx or h2load not installed")
+        }
+        let mesh = try await TestMesh.start(defaultPolicy: "audit")
+        let app = try await NginxApp.start()
+        do {
+            // One event loop each: every request to the app shares one HTTP/2 connection.
+            _ = try await mesh.proxy("api", app: app.address, extra: ["--threads", "1"])
+            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9), extra: ["--threads", "1"])
+            try await waitUntil { ((try? await mesh.services()) ?? []).contains { $0.service.rawValue == "api" } }
+            _ = try await eventually {
+                let first = try runCapturingOutput("/usr/bin/curl", ["-sS", "--http2-prior-knowledge", "--max-time", "5",
+                                                                     "-H", "Host: api", "http://\(web.outbound)/"], timeout: 10)
+                guard first.out.contains("hello from nginx") else { throw TestFailure("not through yet: \(first.out) \(first.err)") }
+            }
+            let body = mesh.directory.appendingPathComponent("upload.bin")
+            try Data(repeating: 0x61, count: 100).write(to: body)
+            let run = try await Task.detached {
+                try runCapturingOutput(h2load, ["-t1", "-c1", "-m10", "-n", "1000", "-d", body.path, "-H", ":authority: api",
+                                               "http://\(web.outbound)/upload"], timeout: 30)
+            }.value
+            let done = run.out.split(separator: "\n").first { $0.hasPrefix("requests:") } ?? ""
+            print("POSTs answered early and reset by nginx: \(done)")
+            XCTAssertTrue(done.contains(" 1000 succeeded"), "every request is answered: \(run.out.suffix(1500))")
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        app.stop()
+        await mesh.shutdown()
+    }
 }
 
 /// An HTTP client on NIO (as the mesh's own and many others are) that sends the head, then

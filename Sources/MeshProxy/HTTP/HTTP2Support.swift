@@ -23,6 +23,11 @@ import NIOSSL
 ///
 /// Every h2 connection has a ``FlushCoalescer`` under its HTTP/2 handler: the streams written
 /// in one event-loop tick go out in one TLS write, not one per stream.
+///
+/// swift-nio-http2 meets a flood (of resets, stream errors, control frames …) with a GOAWAY
+/// and an error in the pipeline, and leaves the closing to the pipeline: every h2 connection
+/// ends there (``HTTP2ConnectionGuard``, ``HTTP2GoAwayWatcher``), or it would stay open with
+/// the peer no longer answering on it.
 enum HTTP2Stack {
     /// The server side of an h2 connection: every stream gets the HTTP/1 codec and its own
     /// ``ProxyHTTPHandler``; the streams share the connection's ``ConnectionPeer``.
@@ -38,6 +43,66 @@ enum HTTP2Stack {
                                                      logger: logger))
             }
         }
+        try pipeline.addHandler(HTTP2ConnectionGuard(role: role, logger: logger))
+    }
+
+    /// The stream settings of a connection this proxy opens (to the app or a peer proxy).
+    ///
+    /// A server may answer before it has read the request and then stop the upload with
+    /// RST_STREAM(NO_ERROR) (RFC 9113 §8.1); nginx does so after every answer to a POST it did
+    /// not read. swift-nio-http2 allows 200 resets per 30 s, a defence for servers against
+    /// clients that reset streams they opened (CVE-2023-44487): on a client connection it cut
+    /// the connection to such an app after 200 requests with a body (a GOAWAY the pool did not
+    /// see, then requests waiting until the app's idle timeout). Here a reset can only end a
+    /// stream this proxy opened, so it costs the peer a request each: the bound is kept only
+    /// against a burst no real server sends (more than 1000 within 10 ms, while at most 100
+    /// streams are open at once); floods of frames for unknown streams still meet the stream
+    /// error and glitch limits.
+    static var clientStreamConfiguration: NIOHTTP2Handler.StreamConfiguration {
+        var configuration = NIOHTTP2Handler.StreamConfiguration()
+        configuration.streamResetFrameRateLimit.maximumCount = 1000
+        configuration.streamResetFrameRateLimit.windowLength = .milliseconds(10)
+        return configuration
+    }
+
+    /// Whether `error`, seen in an h2 connection's pipeline, is one swift-nio-http2 has ended
+    /// the connection for: it sent GOAWAY with last stream 0 (every stream is given up) and
+    /// expects the connection to be closed. Stream errors and others reach the pipeline too;
+    /// those leave the connection in use.
+    static func endsConnection(_ error: Error) -> Bool {
+        switch error {
+        case is NIOHTTP2Errors.ExcessiveRSTFrames, is NIOHTTP2Errors.ExcessiveStreamErrors,
+             is NIOHTTP2Errors.ExcessiveNumberOfGlitches, is NIOHTTP2Errors.ExcessiveControlFrames,
+             is NIOHTTP2Errors.ExcessiveEmptyDataFrames, is NIOHTTP2Errors.ExcessiveContinuationFrames,
+             is NIOHTTP2Errors.ExcessiveOutboundFrameBuffering:
+            return true
+        default:
+            return false
+        }
+    }
+}
+
+/// The last handler of an h2 connection this proxy serves: closes the connection when
+/// swift-nio-http2 has given it up (``HTTP2Stack/endsConnection(_:)``), so that the client
+/// opens a new one instead of sending on a connection nobody serves.
+final class HTTP2ConnectionGuard: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+    private let role: String
+    private let logger: Logger
+
+    init(role: String, logger: Logger) {
+        self.role = role
+        self.logger = logger
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        guard HTTP2Stack.endsConnection(error) else {
+            context.fireErrorCaught(error)
+            return
+        }
+        logger.info("closing a caller's HTTP/2 connection that swift-nio-http2 gave up",
+                    metadata: ["role": "\(role)", "error": "\(error)"])
+        context.close(promise: nil)
     }
 }
 
@@ -120,7 +185,10 @@ final class HTTP2Connection {
 /// Watches the connection-level frames of an HTTP/2 client connection: a GOAWAY from the peer
 /// (it is shutting down) retires the connection, so that new requests open a new one while
 /// the streams already running finish; the peer's SETTINGS say how many streams it takes at
-/// once. In the pipeline from the start, so that the first SETTINGS is not missed.
+/// once. In the pipeline from the start, so that the first SETTINGS is not missed. When
+/// swift-nio-http2 gives the connection up itself (``HTTP2Stack/endsConnection(_:)``), the
+/// connection is retired and closed: its streams end (and are replayed or answered 502 as
+/// for any closed connection) instead of waiting for answers that will not come.
 final class HTTP2GoAwayWatcher: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
     var onGoAway: (() -> Void)?
@@ -145,6 +213,15 @@ final class HTTP2GoAwayWatcher: ChannelInboundHandler {
         default:
             break
         }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        guard HTTP2Stack.endsConnection(error) else {
+            context.fireErrorCaught(error)
+            return
+        }
+        onGoAway?()
+        context.close(promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -277,7 +354,9 @@ extension UpstreamPool {
                         try sync.addHandler(FlushCoalescer())
                         // Pushed streams are refused: the initializer closes them.
                         _ = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(),
-                                                            streamConfiguration: .init()) { pushed in pushed.close() }
+                                                            streamConfiguration: HTTP2Stack.clientStreamConfiguration) { pushed in
+                            pushed.close()
+                        }
                         try sync.addHandler(HTTP2GoAwayWatcher(firstSettings: settings))
                         if verifier == nil { ready.succeed(()) }
                         // A peer that never sends its SETTINGS: the connection closes, which
