@@ -39,6 +39,12 @@ final class EarlyAnswerTests: XCTestCase {
     /// proxy's connection to the app once took those resets for a reset flood after 200 of
     /// them (swift-nio-http2's server-side defence), sent GOAWAY and kept the connection: the
     /// requests after that waited for the app's idle timeout (75 s).
+    ///
+    /// Then uploads larger than a stream's window (256 KiB): the caller's proxy is still
+    /// sending when the answer comes, so it resets its stream to the app's proxy, once per
+    /// request; that connection once went the same way (the streams on it failed), and nginx
+    /// ends its connection with GOAWAY every few hundred such uploads, which a new stream must
+    /// not meet (it goes to a new connection).
     func testAnHTTP2AppThatResetsAfterEachEarlyAnswerIsServedWithoutEnd() async throws {
         let h2load = "/usr/bin/h2load"
         guard NginxApp.binary != nil, FileManager.default.isExecutableFile(atPath: h2load) else {
@@ -68,6 +74,16 @@ final class EarlyAnswerTests: XCTestCase {
             let done = run.out.split(separator: "\n").first { $0.hasPrefix("requests:") } ?? ""
             print("POSTs answered early and reset by nginx: \(done)")
             XCTAssertTrue(done.contains(" 1000 succeeded"), "every request is answered: \(run.out.suffix(1500))")
+
+            let large = mesh.directory.appendingPathComponent("large.bin")
+            try Data(repeating: 0x62, count: 256 * 1024).write(to: large)
+            let uploads = try await Task.detached {
+                try runCapturingOutput(h2load, ["-t1", "-c1", "-m10", "-n", "400", "-d", large.path, "-H", ":authority: api",
+                                               "http://\(web.outbound)/upload"], timeout: 60)
+            }.value
+            let uploaded = uploads.out.split(separator: "\n").first { $0.hasPrefix("requests:") } ?? ""
+            print("256 KiB uploads answered early: \(uploaded)")
+            XCTAssertTrue(uploaded.contains(" 400 succeeded"), "every upload is answered: \(uploads.out.suffix(1500))")
         } catch {
             XCTFail("\(error)\n\(mesh.logs)")
         }

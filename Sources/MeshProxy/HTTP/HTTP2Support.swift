@@ -31,11 +31,15 @@ import NIOSSL
 enum HTTP2Stack {
     /// The server side of an h2 connection: every stream gets the HTTP/1 codec and its own
     /// ``ProxyHTTPHandler``; the streams share the connection's ``ConnectionPeer``.
-    static func configureServer(_ pipeline: ChannelPipeline.SynchronousOperations, role: String, router: @escaping Router,
-                                states: LoopStates, logger: Logger) throws {
+    /// - Parameter fromPeerProxy: the caller is a peer proxy (mTLS, ALPN `h2`): its resets relay
+    ///   those of many callers and of early answers (``relayedResetsConfiguration``); an app
+    ///   or another caller gets swift-nio-http2's defaults.
+    static func configureServer(_ pipeline: ChannelPipeline.SynchronousOperations, role: String, fromPeerProxy: Bool = false,
+                                router: @escaping Router, states: LoopStates, logger: Logger) throws {
         try pipeline.addHandler(FlushCoalescer())
         let peer = NIOLoopBound(ConnectionPeer(), eventLoop: pipeline.eventLoop)
-        _ = try pipeline.configureHTTP2Pipeline(mode: .server, connectionConfiguration: .init(), streamConfiguration: .init()) { stream in
+        _ = try pipeline.configureHTTP2Pipeline(mode: .server, connectionConfiguration: .init(),
+                                                streamConfiguration: fromPeerProxy ? relayedResetsConfiguration : .init()) { stream in
             stream.eventLoop.makeCompletedFuture {
                 let sync = stream.pipeline.syncOperations
                 try sync.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
@@ -46,19 +50,23 @@ enum HTTP2Stack {
         try pipeline.addHandler(HTTP2ConnectionGuard(role: role, logger: logger))
     }
 
-    /// The stream settings of a connection this proxy opens (to the app or a peer proxy).
+    /// The stream settings of a connection whose resets are normal traffic: one this proxy
+    /// opens (to the app or a peer proxy), and one a peer proxy opened to this one.
     ///
     /// A server may answer before it has read the request and then stop the upload with
     /// RST_STREAM(NO_ERROR) (RFC 9113 §8.1); nginx does so after every answer to a POST it did
-    /// not read. swift-nio-http2 allows 200 resets per 30 s, a defence for servers against
-    /// clients that reset streams they opened (CVE-2023-44487): on a client connection it cut
-    /// the connection to such an app after 200 requests with a body (a GOAWAY the pool did not
-    /// see, then requests waiting until the app's idle timeout). Here a reset can only end a
-    /// stream this proxy opened, so it costs the peer a request each: the bound is kept only
-    /// against a burst no real server sends (more than 1000 within 10 ms, while at most 100
-    /// streams are open at once); floods of frames for unknown streams still meet the stream
-    /// error and glitch limits.
-    static var clientStreamConfiguration: NIOHTTP2Handler.StreamConfiguration {
+    /// not read, and a proxy whose caller is still sending resets its stream to the peer then.
+    /// swift-nio-http2 allows 200 resets per 30 s, a defence for servers against clients that
+    /// reset streams they opened (CVE-2023-44487): it cut the connection to such an app after
+    /// 200 requests with a body (a GOAWAY the pool did not see, then requests waiting until
+    /// the app's idle timeout), and the connection between two proxies every few hundred
+    /// early answers to uploads (the streams on it failed). On a connection this proxy opened,
+    /// a reset can only end a stream it opened; a peer proxy's resets are those of callers its
+    /// own listener already held to swift-nio-http2's defaults, many callers on one connection.
+    /// The bound is kept only against a burst no real peer sends (more than 1000 within 10 ms,
+    /// while at most 100 streams are open at once); floods of frames for unknown streams still
+    /// meet the stream error and glitch limits.
+    static var relayedResetsConfiguration: NIOHTTP2Handler.StreamConfiguration {
         var configuration = NIOHTTP2Handler.StreamConfiguration()
         configuration.streamResetFrameRateLimit.maximumCount = 1000
         configuration.streamResetFrameRateLimit.windowLength = .milliseconds(10)
@@ -240,10 +248,12 @@ extension UpstreamPool {
     /// A new stream on the (shared) HTTP/2 connection to `key`, with the HTTP/1 client codec
     /// and an ``UpstreamHandler``: an ``UpstreamConnection`` that is used for one exchange and
     /// then closed, never pooled (the connection under it is).
-    /// - Parameter fresh: open a new connection rather than the current one (a replay after
-    ///   the current one was closed under a stream).
+    /// - Parameters:
+    ///   - fresh: open a new connection rather than the current one (a replay after the
+    ///     current one was closed under a stream).
+    ///   - mayMove: a stream the chosen connection refuses is opened on another one, once.
     func acquireStream(_ key: UpstreamKey, clientTLS: NIOSSLContext?, bundle: TrustBundle?,
-                       fresh: Bool = false) -> EventLoopFuture<UpstreamConnection> {
+                       fresh: Bool = false, mayMove: Bool = true) -> EventLoopFuture<UpstreamConnection> {
         if fresh { for open in http2Open[key] ?? [] { retire(open, key: key) } }
         return http2Connection(key, clientTLS: clientTLS, bundle: bundle).flatMap { connection in
             // Filled up while it was being made (many requests waited for it): another one.
@@ -275,7 +285,14 @@ extension UpstreamPool {
                 return upstream
             }
             stream.whenFailure { _ in self.streamEnded(on: connection, key: key) }
-            return stream
+            guard mayMove else { return stream }
+            // A connection the peer has just given up (its GOAWAY read in this same tick, and
+            // the streams it closed already asking for new ones before the watcher saw it)
+            // refuses the stream: nothing was sent, so it goes to another connection.
+            return stream.flatMapError { _ in
+                self.retire(connection, key: key)
+                return self.acquireStream(key, clientTLS: clientTLS, bundle: bundle, mayMove: false)
+            }
         }
     }
 
@@ -354,7 +371,7 @@ extension UpstreamPool {
                         try sync.addHandler(FlushCoalescer())
                         // Pushed streams are refused: the initializer closes them.
                         _ = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(),
-                                                            streamConfiguration: HTTP2Stack.clientStreamConfiguration) { pushed in
+                                                            streamConfiguration: HTTP2Stack.relayedResetsConfiguration) { pushed in
                             pushed.close()
                         }
                         try sync.addHandler(HTTP2GoAwayWatcher(firstSettings: settings))
