@@ -61,6 +61,24 @@ final class HeaderFastPathTests: XCTestCase {
         var te = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: ["TE": "trailers"])
         XCTAssertNil(ProxyHeaders.sanitizeFraming(&te))
         XCTAssertEqual(te.headers["te"], [], "TE is hop-by-hop on HTTP/1.1")
+
+        // HTTP/2 keeps the one value it allows (gRPC servers insist on it), untouched; any
+        // other value, or a second field, goes.
+        var grpc = HTTPRequestHead(version: .init(major: 2, minor: 0), method: .POST, uri: "/test.Echo/Unary",
+                                   headers: ["content-type": "application/grpc", "te": "trailers", "content-length": "10"])
+        XCTAssertNil(ProxyHeaders.sanitizeFraming(&grpc, http2: true))
+        XCTAssertEqual(grpc.headers.map(\.name), ["content-type", "te", "content-length"])
+        XCTAssertEqual(grpc.headers["te"], ["trailers"])
+        XCTAssertEqual(grpc.version, .http1_1)
+        var gzip = HTTPRequestHead(version: .init(major: 2, minor: 0), method: .GET, uri: "/", headers: ["te": "gzip"])
+        XCTAssertNil(ProxyHeaders.sanitizeFraming(&gzip, http2: true))
+        XCTAssertEqual(gzip.headers["te"], [])
+        var twice = HTTPRequestHead(version: .init(major: 2, minor: 0), method: .GET, uri: "/", headers: ["te": "trailers", "TE": "gzip"])
+        XCTAssertNil(ProxyHeaders.sanitizeFraming(&twice, http2: true))
+        XCTAssertEqual(twice.headers["te"], [])
+        var trailersTwice = HTTPRequestHead(version: .init(major: 2, minor: 0), method: .GET, uri: "/", headers: ["te": "trailers", "te": "trailers"])
+        XCTAssertNil(ProxyHeaders.sanitizeFraming(&trailersTwice, http2: true))
+        XCTAssertEqual(trailersTwice.headers["te"], [], "two fields are not the one value HTTP/2 allows")
     }
 
     func testHopTimingHeaderParsesOnlyWellFormedValues() {

@@ -188,19 +188,23 @@ enum ProxyHeaders {
     /// carries no body; and every request goes upstream as HTTP/1.1.
     static func sanitizeFraming(_ head: inout HTTPRequestHead, http2: Bool = false) -> String? {
         // One scan first: a request with at most one Content-Length and neither
-        // Transfer-Encoding nor TE (nearly all) needs no change.
+        // Transfer-Encoding nor TE (nearly all), or over HTTP/2 with the one `te: trailers`
+        // (every gRPC call), needs no change.
         var transferEncoding = false
         var lengths = 0
-        var te = false
-        for (name, _) in head.headers {
+        var te = 0
+        var teTrailers = false
+        for (name, value) in head.headers {
             switch name.utf8.count {
             case 17 where name.equalsLowercaseASCII("transfer-encoding"): transferEncoding = true
             case 14 where name.equalsLowercaseASCII("content-length"): lengths += 1
-            case 2 where name.equalsLowercaseASCII("te"): te = true
+            case 2 where name.equalsLowercaseASCII("te"):
+                te += 1
+                teTrailers = value.equalsLowercaseASCII("trailers")
             default: break
             }
         }
-        if !transferEncoding && lengths <= 1 && !te {
+        if !transferEncoding && lengths <= 1 && (te == 0 || (http2 && te == 1 && teTrailers)) {
             if head.method == .TRACE && lengths == 1 && (head.headers.first(name: "content-length").flatMap(Int.init) ?? 0) > 0 {
                 return "a TRACE request must not carry a body"
             }
