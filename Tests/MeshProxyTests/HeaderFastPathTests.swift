@@ -81,6 +81,42 @@ final class HeaderFastPathTests: XCTestCase {
         XCTAssertEqual(trailersTwice.headers["te"], [], "two fields are not the one value HTTP/2 allows")
     }
 
+    func testUnsampledTraceContextIsWellFormedW3C() {
+        var random = FastRandom(seed: 42)
+        var reference = FastRandom(seed: 42)
+        func hex(_ word: UInt64) -> String {
+            let digits = String(word, radix: 16)
+            return String(repeating: "0", count: 16 - digits.count) + digits
+        }
+        var seen = Set<String>()
+        for _ in 0..<1000 {
+            let header = random.unsampledParent()
+            let traceID = TraceParent.traceID(of: header)
+            let (high, low, span) = (reference.next() | 1, reference.next(), reference.next() | 1)
+            XCTAssertEqual(header, "00-\(hex(high))\(hex(low))-\(hex(span))-00")
+            XCTAssertEqual(traceID, hex(high) + hex(low))
+            XCTAssertEqual(TraceParent.sampled(header), false, "a valid traceparent that says: not sampled")
+            seen.insert(traceID)
+        }
+        XCTAssertEqual(seen.count, 1000)
+    }
+
+    func testTraceParentIsReadOnlyWhenWellFormed() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736", span = "00f067aa0ba902b7"
+        for (flags, sampled) in [("01", true), ("00", false), ("03", true), ("02", false), ("0b", true), ("0a", false),
+                                 ("ff", true), ("fe", false)] {
+            XCTAssertEqual(TraceParent.sampled("00-\(trace)-\(span)-\(flags)"), sampled, flags)
+        }
+        XCTAssertEqual(TraceParent.sampled("01-\(trace)-\(span)-01-later-fields"), true, "a later version may add fields")
+        for bad in ["", "00-\(trace)-\(span)-0", "00-\(trace)-\(span)-01-", "00-\(trace.uppercased())-\(span)-01",
+                    "00-\(String(repeating: "0", count: 32))-\(span)-01", "00-\(trace)-\(String(repeating: "0", count: 16))-01",
+                    "ff-\(trace)-\(span)-01", "0g-\(trace)-\(span)-01", "00_\(trace)-\(span)-01", "00-\(trace)_\(span)-01",
+                    "00-\(trace)-\(span)_01", "00-\(trace)-\(span)-0x", "00-\(trace.dropLast())-\(span)-01",
+                    "00-\(trace)-\(span)-01\u{0}"] {
+            XCTAssertNil(TraceParent.sampled(bad), bad)
+        }
+    }
+
     func testHopTimingHeaderParsesOnlyWellFormedValues() {
         XCTAssertEqual(HopTiming(headerValue: "app=120,proxy=35"), HopTiming(appNanos: 120_000, proxyNanos: 35_000))
         XCTAssertEqual(HopTiming(headerValue: " proxy = 35 , app=7, extra=1"), HopTiming(appNanos: 7_000, proxyNanos: 35_000))

@@ -79,20 +79,25 @@ extension Exchange {
         // sampled flag would make the proxy trace everything): its context is ignored.
         let trusted = direction == .outbound || info.peer != nil
         var parent: String?
+        var parentSampled = false
         if trusted {
-            parent = head.headers.first(name: "traceparent").flatMap { TraceParent.sampled($0) == nil ? nil : $0 }
-                ?? B3.traceparent(from: head.headers)
+            // A W3C context if well-formed, else B3's; each read once.
+            if let value = head.headers.first(name: "traceparent"), let sampled = TraceParent.sampled(value) {
+                (parent, parentSampled) = (value, sampled)
+            } else if let value = B3.traceparent(from: head.headers), let sampled = TraceParent.sampled(value) {
+                (parent, parentSampled) = (value, sampled)
+            }
         }
         let tracer = meshTracer.tracer
         var context = ServiceContext.topLevel
-        if let parent, let sampled = TraceParent.sampled(parent) {
-            guard sampled else { return }
+        if let parent {
+            guard parentSampled else { return }
             tracer.extract(HTTPHeaders([("traceparent", parent)] + head.headers["tracestate"].prefix(1).map { ("tracestate", $0) }),
                            into: &context, using: HTTPHeadersExtractor())
         } else if !loopState.random.chance(meshTracer.samplingRatio) {
             let fresh = loopState.random.unsampledParent()
-            unsampledParent = fresh.header
-            log?.traceID = fresh.traceID
+            unsampledParent = fresh
+            if log != nil { log?.traceID = TraceParent.traceID(of: fresh) }
             return
         }
         if log == nil { keepDetails(head, direction: direction, info: &info) }

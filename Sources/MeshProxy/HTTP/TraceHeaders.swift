@@ -46,44 +46,89 @@ enum B3 {
 /// made without the tracer, for requests that are not sampled: they cost no span.
 enum TraceParent {
     /// The sampled flag of a well-formed `traceparent`; nil when malformed (then the caller's
-    /// context is ignored, as the W3C specification asks).
+    /// context is ignored, as the W3C specification asks). One pass over the bytes in place:
+    /// a proxy with tracing on reads one on nearly every request.
     static func sampled(_ value: String) -> Bool? {
-        let bytes = Array(value.utf8)
-        guard bytes.count >= 55, bytes[2] == UInt8(ascii: "-"), bytes[35] == UInt8(ascii: "-"), bytes[52] == UInt8(ascii: "-"),
-              !(bytes[0] == UInt8(ascii: "f") && bytes[1] == UInt8(ascii: "f")),
-              bytes[0..<2].allSatisfy(isLowerHex), bytes[3..<35].allSatisfy(isLowerHex), bytes[36..<52].allSatisfy(isLowerHex),
-              bytes[53..<55].allSatisfy(isLowerHex),
-              bytes[3..<35].contains(where: { $0 != UInt8(ascii: "0") }), bytes[36..<52].contains(where: { $0 != UInt8(ascii: "0") }),
-              let flags = UInt8(String(decoding: bytes[53..<55], as: UTF8.self), radix: 16) else { return nil }
-        // Version 00 is exactly 55 bytes; later versions may append fields.
-        if bytes[0] == UInt8(ascii: "0") && bytes[1] == UInt8(ascii: "0") && bytes.count != 55 { return nil }
-        return flags & 1 == 1
+        // Header values are native strings, contiguous: the fallback copy is never taken.
+        value.utf8.withContiguousStorageIfAvailable { sampled(bytes: $0) } ?? sampled(bytes: Array(value.utf8))
     }
 
+    /// The trace id (32 hex digits) of a well-formed `traceparent`.
+    static func traceID(of value: String) -> String {
+        String(decoding: value.utf8.dropFirst(3).prefix(32), as: UTF8.self)
+    }
+
+    private static func sampled(bytes: UnsafeBufferPointer<UInt8>) -> Bool? {
+        let dash = UInt8(ascii: "-"), zero = UInt8(ascii: "0"), f = UInt8(ascii: "f")
+        guard bytes.count >= 55, bytes[2] == dash, bytes[35] == dash, bytes[52] == dash,
+              !(bytes[0] == f && bytes[1] == f) else { return nil }
+        // Version 00 is exactly 55 bytes; later versions may append fields.
+        if bytes[0] == zero && bytes[1] == zero && bytes.count != 55 { return nil }
+        guard isLowerHex(bytes[0]), isLowerHex(bytes[1]), isLowerHex(bytes[53]), isLowerHex(bytes[54]),
+              let traceID = hexOr(bytes, 3..<35), let spanID = hexOr(bytes, 36..<52),
+              // All-zero trace and span ids are invalid.
+              traceID != 0, spanID != 0 else { return nil }
+        // The sampled flag is the flags' lowest bit: that of the last hex digit's value.
+        let last = bytes[54]
+        return (last <= UInt8(ascii: "9") ? last &- zero : last &- UInt8(ascii: "a") &+ 10) & 1 == 1
+    }
+
+    private static func sampled(bytes: [UInt8]) -> Bool? {
+        bytes.withUnsafeBufferPointer { sampled(bytes: $0) }
+    }
+
+    /// The bytes in `range` OR-ed together minus '0' (zero when they are all '0'); nil when
+    /// one is not a lowercase hex digit.
+    @inline(__always)
+    private static func hexOr(_ bytes: UnsafeBufferPointer<UInt8>, _ range: Range<Int>) -> UInt8? {
+        var folded: UInt8 = 0
+        var index = range.lowerBound
+        while index < range.upperBound {
+            let byte = bytes[index]
+            guard isLowerHex(byte) else { return nil }
+            folded |= byte ^ UInt8(ascii: "0")
+            index += 1
+        }
+        return folded
+    }
+
+    @inline(__always)
     private static func isLowerHex(_ byte: UInt8) -> Bool {
-        (48...57).contains(byte) || (97...102).contains(byte)
+        byte &- UInt8(ascii: "0") < 10 || byte &- UInt8(ascii: "a") < 6
     }
 }
 
 extension FastRandom {
-    /// A new trace's context, not sampled: `(traceparent, trace id)`. The next hops keep the
-    /// decision (parent-based), so one trace is sampled everywhere or nowhere.
-    mutating func unsampledParent() -> (header: String, traceID: String) {
-        var bytes = [UInt8]()
-        bytes.reserveCapacity(55)
-        func hex(_ word: UInt64) {
-            for shift in stride(from: 60, through: 0, by: -4) {
-                let nibble = UInt8((word >> UInt64(shift)) & 0xF)
-                bytes.append(nibble < 10 ? 48 + nibble : 87 + nibble)
-            }
+    /// A new trace's context (`traceparent`), not sampled. The next hops keep the decision
+    /// (parent-based), so one trace is sampled everywhere or nowhere. Written into the
+    /// string's own storage: every request of a proxy that traces makes one.
+    mutating func unsampledParent() -> String {
+        let (high, low, span) = (next() | 1, next(), next() | 1)
+        let header = String(unsafeUninitializedCapacity: 55) { buffer in
+            buffer[0] = UInt8(ascii: "0")
+            buffer[1] = UInt8(ascii: "0")
+            buffer[2] = UInt8(ascii: "-")
+            Self.writeHex(high, into: buffer, at: 3)
+            Self.writeHex(low, into: buffer, at: 19)
+            buffer[35] = UInt8(ascii: "-")
+            Self.writeHex(span, into: buffer, at: 36)
+            buffer[52] = UInt8(ascii: "-")
+            buffer[53] = UInt8(ascii: "0")
+            buffer[54] = UInt8(ascii: "0")
+            return 55
         }
-        bytes.append(contentsOf: "00-".utf8)
-        hex(next() | 1)
-        hex(next())
-        bytes.append(UInt8(ascii: "-"))
-        hex(next() | 1)
-        bytes.append(contentsOf: "-00".utf8)
-        let header = String(decoding: bytes, as: UTF8.self)
-        return (header, String(decoding: bytes[3..<35], as: UTF8.self))
+        return header
+    }
+
+    /// `word` as 16 lowercase hex digits at `offset`.
+    private static func writeHex(_ word: UInt64, into buffer: UnsafeMutableBufferPointer<UInt8>, at offset: Int) {
+        var word = word
+        var index = offset + 15
+        while index >= offset {
+            let nibble = UInt8(truncatingIfNeeded: word & 0xF)
+            buffer[index] = nibble < 10 ? 48 + nibble : 87 + nibble
+            word >>= 4
+            index -= 1
+        }
     }
 }
