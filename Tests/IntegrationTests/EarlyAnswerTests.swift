@@ -65,25 +65,24 @@ final class EarlyAnswerTests: XCTestCase {
                                                                      "-H", "Host: api", "http://\(web.outbound)/"], timeout: 10)
                 guard first.out.contains("hello from nginx") else { throw TestFailure("not through yet: \(first.out) \(first.err)") }
             }
-            let body = mesh.directory.appendingPathComponent("upload.bin")
-            try Data(repeating: 0x61, count: 100).write(to: body)
-            let run = try await Task.detached {
-                try runCapturingOutput(h2load, ["-t1", "-c1", "-m10", "-n", "1000", "-d", body.path, "-H", ":authority: api",
-                                               "http://\(web.outbound)/upload"], timeout: 30)
-            }.value
-            let done = run.out.split(separator: "\n").first { $0.hasPrefix("requests:") } ?? ""
-            print("POSTs answered early and reset by nginx: \(done)")
-            XCTAssertTrue(done.contains(" 1000 succeeded"), "every request is answered: \(run.out.suffix(1500))")
+            // `count` POSTs of `size` bytes, ten at a time on one connection: h2load's summary
+            // line ("requests: … succeeded …") and its output.
+            func post(_ count: Int, of size: Int, timeout: TimeInterval) async throws -> (summary: Substring, out: String) {
+                let body = mesh.directory.appendingPathComponent("upload-\(size).bin")
+                try Data(repeating: 0x61, count: size).write(to: body)
+                let run = try await Task.detached {
+                    try runCapturingOutput(h2load, ["-t1", "-c1", "-m10", "-n", "\(count)", "-d", body.path, "-H", ":authority: api",
+                                                   "http://\(web.outbound)/upload"], timeout: timeout)
+                }.value
+                return (run.out.split(separator: "\n").first { $0.hasPrefix("requests:") } ?? "", run.out)
+            }
+            let small = try await post(1000, of: 100, timeout: 30)
+            print("POSTs answered early and reset by nginx: \(small.summary)")
+            XCTAssertTrue(small.summary.contains(" 1000 succeeded"), "every request is answered: \(small.out.suffix(1500))")
 
-            let large = mesh.directory.appendingPathComponent("large.bin")
-            try Data(repeating: 0x62, count: 256 * 1024).write(to: large)
-            let uploads = try await Task.detached {
-                try runCapturingOutput(h2load, ["-t1", "-c1", "-m10", "-n", "400", "-d", large.path, "-H", ":authority: api",
-                                               "http://\(web.outbound)/upload"], timeout: 60)
-            }.value
-            let uploaded = uploads.out.split(separator: "\n").first { $0.hasPrefix("requests:") } ?? ""
-            print("256 KiB uploads answered early: \(uploaded)")
-            XCTAssertTrue(uploaded.contains(" 400 succeeded"), "every upload is answered: \(uploads.out.suffix(1500))")
+            let large = try await post(400, of: 256 * 1024, timeout: 60)
+            print("256 KiB uploads answered early: \(large.summary)")
+            XCTAssertTrue(large.summary.contains(" 400 succeeded"), "every upload is answered: \(large.out.suffix(1500))")
         } catch {
             XCTFail("\(error)\n\(mesh.logs)")
         }

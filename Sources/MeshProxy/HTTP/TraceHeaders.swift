@@ -50,7 +50,8 @@ enum TraceParent {
     /// a proxy with tracing on reads one on nearly every request.
     static func sampled(_ value: String) -> Bool? {
         // Header values are native strings, contiguous: the fallback copy is never taken.
-        value.utf8.withContiguousStorageIfAvailable { sampled(bytes: $0) } ?? sampled(bytes: Array(value.utf8))
+        value.utf8.withContiguousStorageIfAvailable { sampled(bytes: $0) }
+            ?? Array(value.utf8).withUnsafeBufferPointer { sampled(bytes: $0) }
     }
 
     /// The trace id (32 hex digits) of a well-formed `traceparent`.
@@ -71,10 +72,6 @@ enum TraceParent {
         // The sampled flag is the flags' lowest bit: that of the last hex digit's value.
         let last = bytes[54]
         return (last <= UInt8(ascii: "9") ? last &- zero : last &- UInt8(ascii: "a") &+ 10) & 1 == 1
-    }
-
-    private static func sampled(bytes: [UInt8]) -> Bool? {
-        bytes.withUnsafeBufferPointer { sampled(bytes: $0) }
     }
 
     /// The bytes in `range` OR-ed together minus '0' (zero when they are all '0'); nil when
