@@ -325,7 +325,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
             if let route = exchange.route {
                 exchange.settings = route.settings(route: matchedRoute)
                 route.budget.request(now: exchange.start)
-                enterPending()
+                exchange.enterPending()
             }
             if direction == .inbound, exchange.topPath != nil {
                 exchange.topPath?.path = ProxyHeaders.path(of: forwardHead.uri)
@@ -393,7 +393,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         switch result {
         case .success(let upstream):
-            leavePending()
+            exchange.leavePending()
             phase = .forwarding(upstream, responseStarted: false)
             exchange.upstreamStart = Exchange.now()
             upstream.responder = self
@@ -441,7 +441,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
             return false
         }
         loopState.countResilience("retry", destination: route.service, reason: reason)
-        settleEndpoint(failed: true)
+        exchange.settleEndpoint(failed: true, logger: logger)
         exchange.attempt += 1
         exchange.upstreamStart = 0
         exchange.responseHead = 0
@@ -449,7 +449,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         exchange.peer = nil
         exchange.responseBytes = 0
         phase = .connecting
-        enterPending()
+        exchange.enterPending()
         let ceiling = min(policy.backoffMaxSeconds, policy.backoffBaseSeconds * pow2(exchange.attempt - 2))
         let delay = Double(loopState.random.below(1_000_000)) / 1_000_000 * ceiling
         let (serial, attempt, avoiding) = (self.serial, exchange.attempt, exchange.lastKey)
@@ -612,12 +612,12 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
             upstream.responder = nil
             upstream.channel.close(promise: nil)
             // The caller gave up: a failed exchange (status 0), not the endpoint's failure.
-            releaseEndpoint()
+            exchange.releaseEndpoint()
             exchange.status = 0
             recordExchange()
             finishExchange()
         case .connecting:
-            releaseEndpoint()
+            exchange.releaseEndpoint()
             exchange.status = 0
             recordExchange()
             finishExchange()
@@ -673,12 +673,12 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
     // MARK: - Bookkeeping (as ProxyHTTPHandler's)
 
     private func recordExchange() {
-        leavePending()
+        exchange.leavePending()
         if exchange.edge == nil, direction == .outbound, let loopState {
             exchange.edge = loopState.edge(.init(direction: .outbound, peer: nil, tls: true))
         }
         exchange.record(accessLog: nil)
-        settleEndpoint(failed: exchange.status >= 500 || exchange.status == 0)
+        exchange.settleEndpoint(failed: exchange.status >= 500 || exchange.status == 0, logger: logger)
         if let top = exchange.topPath, let loopState {
             loopState.topPaths.add(method: top.method, path: top.path, status: exchange.status,
                                    latencyMs: Double(exchange.duration) / 1e6)
@@ -687,33 +687,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func finishExchange() {
         loopState?.inFlight -= 1
-        settleEndpoint(failed: true)
-    }
-
-    private func releaseEndpoint() {
-        exchange.endpoint?.inFlight -= 1
-        exchange.endpoint = nil
-    }
-
-    private func settleEndpoint(failed: Bool) {
-        guard let endpoint = exchange.endpoint, let route = exchange.route else { return }
-        endpoint.inFlight -= 1
-        exchange.endpoint = nil
-        let latency = exchange.upstreamStart > 0 && exchange.responseHead > exchange.upstreamStart
-            ? exchange.responseHead - exchange.upstreamStart : nil
-        route.finished(endpoint, failed: failed, latencyNanos: latency, now: Exchange.now(), logger: logger)
-    }
-
-    private func enterPending() {
-        guard exchange.pendingOn == nil, let route = exchange.route else { return }
-        route.pending += 1
-        exchange.pendingOn = route
-    }
-
-    private func leavePending() {
-        guard let route = exchange.pendingOn else { return }
-        route.pending -= 1
-        exchange.pendingOn = nil
+        exchange.settleEndpoint(failed: true, logger: logger)
     }
 
     private func pauseReading(_ context: ChannelHandlerContext) {

@@ -31,20 +31,6 @@ extension ProxyHTTPHandler {
         }
     }
 
-    /// Counts the request as waiting for a connection to its service (circuit breaking);
-    /// every exchange leaves when connected or, at the latest, when it is recorded.
-    func enterPending() {
-        guard exchange.pendingOn == nil, let route = exchange.route else { return }
-        route.pending += 1
-        exchange.pendingOn = route
-    }
-
-    func leavePending() {
-        guard let route = exchange.pendingOn else { return }
-        route.pending -= 1
-        exchange.pendingOn = nil
-    }
-
     func cancelTimers() {
         requestTimer?.cancel()
         tryTimer?.cancel()
@@ -117,7 +103,7 @@ extension ProxyHTTPHandler {
             upstream.handler.responder = nil
             upstream.channel.close(promise: nil)
         }
-        settleEndpoint(failed: true)
+        exchange.settleEndpoint(failed: true, logger: logger)
         tryTimer?.cancel()
         tryTimer = nil
         exchange.attempt += 1
@@ -127,7 +113,7 @@ extension ProxyHTTPHandler {
         exchange.peer = nil
         exchange.responseBytes = 0
         state = .connecting(pending: request.parts, pendingBytes: request.bytes, requestEnded: request.ended)
-        enterPending()
+        exchange.enterPending()
         // Exponential backoff with full jitter: retries of many callers do not line up.
         let ceiling = min(policy.backoffMaxSeconds, policy.backoffBaseSeconds * pow(2, Double(exchange.attempt - 2)))
         let delay = Double(loopState.random.below(1_000_000)) / 1_000_000 * ceiling

@@ -10,13 +10,13 @@ extension ProxyHTTPHandler {
     /// Counts, times, logs and traces the finished exchange.
     func recordExchange() {
         cancelTimers()
-        leavePending()
+        exchange.leavePending()
         if exchange.edge == nil, direction == .outbound, let loopState {
             // Answered by this proxy before a destination was chosen.
             exchange.edge = loopState.edge(.init(direction: .outbound, peer: nil, tls: true))
         }
         exchange.record(accessLog: loopState?.accessLog)
-        settleEndpoint(failed: exchange.status >= 500 || exchange.status == 0)
+        exchange.settleEndpoint(failed: exchange.status >= 500 || exchange.status == 0, logger: logger)
         if let top = exchange.topPath, let loopState {
             loopState.topPaths.add(method: top.method, path: top.path, status: exchange.status,
                                    latencyMs: Double(exchange.duration) / 1e6)

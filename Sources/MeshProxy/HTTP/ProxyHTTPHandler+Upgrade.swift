@@ -41,7 +41,7 @@ extension ProxyHTTPHandler {
         upstream.handler.upgraded = true
         context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .switchingProtocols,
                                                                      headers: head.headers))), promise: nil)
-        settleEndpoint(failed: false)
+        exchange.settleEndpoint(failed: false, logger: logger)
         recordExchange()
         finishExchange()
         if let authorize = streamAuthorizer, let upgradeHead, let loopState {

@@ -210,12 +210,12 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
             upstream.channel.close(promise: nil)
             // The caller gave up (or timed out): recorded with status 0, a failure — of the
             // exchange, not of the endpoint, which outlier detection must not blame.
-            releaseEndpoint()
+            exchange.releaseEndpoint()
             exchange.status = 0
             recordExchange()
             finishExchange()
         case .connecting:
-            releaseEndpoint()
+            exchange.releaseEndpoint()
             exchange.status = 0
             recordExchange()
             finishExchange()
@@ -348,7 +348,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                 exchange.settings = settings
                 route.budget.request(now: exchange.start)
                 armTimers(settings, context: context)
-                enterPending()
+                exchange.enterPending()
             }
             if direction == .inbound, exchange.topPath != nil {
                 exchange.topPath?.path = ProxyHeaders.path(of: forwardHead.uri)
@@ -434,7 +434,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         switch result {
         case .success(let upstream):
             exchange.lastKey = key
-            leavePending()
+            exchange.leavePending()
             upstreamReadPaused = false
             state = .forwarding(upstream, requestEnded: ended, responseStarted: false)
             exchange.upstreamStart = Exchange.now()
@@ -637,23 +637,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
         // Whatever the upstream still had to take of the request is not wanted any more.
         resumeReading(.upstreamFull)
         // Still open here: the upstream closed before the exchange was recorded.
-        settleEndpoint(failed: true)
-    }
-
-    /// Gives the endpoint its request back without an outcome (the caller went away).
-    func releaseEndpoint() {
-        exchange.endpoint?.inFlight -= 1
-        exchange.endpoint = nil
-    }
-
-    /// Tells the balancer how the endpoint did (once per exchange).
-    func settleEndpoint(failed: Bool) {
-        guard let endpoint = exchange.endpoint, let route = exchange.route else { return }
-        endpoint.inFlight -= 1
-        exchange.endpoint = nil
-        let latency = exchange.upstreamStart > 0 && exchange.responseHead > exchange.upstreamStart
-            ? exchange.responseHead - exchange.upstreamStart : nil
-        route.finished(endpoint, failed: failed, latencyNanos: latency, now: Exchange.now(), logger: logger)
+        exchange.settleEndpoint(failed: true, logger: logger)
     }
 
     private func respondDenied(code: String, requestID: String, context: ChannelHandlerContext) {
