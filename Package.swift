@@ -131,7 +131,7 @@ let package = Package(
         .testTarget(name: "MeshControlTests", dependencies: ["MeshControl", "MeshStore", "MeshCore", log]),
         .testTarget(name: "MeshStoreTests", dependencies: ["MeshStore", "MeshCore", "MeshTesting", log]),
         .testTarget(name: "MeshTelemetryTests", dependencies: ["MeshTelemetry"]),
-        .testTarget(name: "MeshProxyTests", dependencies: ["MeshProxy", "MeshTransport", .product(name: "NIOEmbedded", package: "swift-nio")] + nio),
+        .testTarget(name: "MeshProxyTests", dependencies: ["MeshProxy", "MeshTransport", "MeshCore", "MeshIdentity", .product(name: "NIOEmbedded", package: "swift-nio")] + nio),
         // Depends on `mesh` so that `swift test` builds the binary the tests start.
         .testTarget(name: "IntegrationTests", dependencies: [
             "mesh", "MeshCore", "MeshIdentity", "MeshTransport", "MeshTesting",

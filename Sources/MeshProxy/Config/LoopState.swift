@@ -216,7 +216,12 @@ final class LoopState {
     /// plaintext connections opened while permissive are refused once the mode is strict.
     private(set) var mtlsMode = InboundListener.MTLSMode.strict
     /// `Host` header values already resolved to a service (bounded; cleared when full).
-    var hostCache: [String: ServiceName] = [:]
+    private var hostCache: [String: ServiceName] = [:]
+    /// The last `Host` resolved on this loop and its route then. Nearly every request names
+    /// the Host of the one before, and comparing two short strings costs less than hashing
+    /// one: resolving took four dictionary lookups per express request (the express check and
+    /// the router, each a Host and a route). Stale once the routes change (`generation`).
+    private var lastHost: (host: String, service: ServiceName, route: ServiceRoute?, generation: UInt64)?
     /// TLS contexts built from the current SVID: new connections pick up a renewed
     /// certificate, existing ones keep the one they were made with.
     var serverTLS: NIOSSLContext?
@@ -286,6 +291,24 @@ final class LoopState {
     /// Goes up on every update, whatever the control plane's version numbers do; cached
     /// per-connection decisions are keyed on it.
     private(set) var generation: UInt64 = 0
+
+    /// The service a `Host` header value names (`api`, `api:8080`, `API.`) and its route (nil
+    /// while it has none); nil when the value names no valid service.
+    func resolve(host: String) -> (service: ServiceName, route: ServiceRoute?)? {
+        if let last = lastHost, last.generation == generation, last.host == host { return (last.service, last.route) }
+        let service: ServiceName
+        if let cached = hostCache[host] {
+            service = cached
+        } else {
+            guard let parsed = try? ServiceName(OutboundListener.serviceName(fromHost: host)) else { return nil }
+            if hostCache.count >= 1024 { hostCache.removeAll(keepingCapacity: true) }
+            hostCache[host] = parsed
+            service = parsed
+        }
+        let route = routes[service]
+        lastHost = (host, service, route, generation)
+        return (service, route)
+    }
 
     func setRegistry(_ snapshot: RegistrySnapshot, evaluator: PolicyEvaluator? = nil) {
         registry = snapshot

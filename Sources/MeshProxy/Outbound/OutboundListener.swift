@@ -45,27 +45,22 @@ enum OutboundListener {
         guard let host = head.headers.first(name: "host"), !host.isEmpty else {
             return .respond(.badRequest, code: "no-host", message: "the request has no Host header; send Host: <service>")
         }
-        // The same few Host values arrive again and again: resolve each once.
-        let service: ServiceName
-        if let cached = state.hostCache[host] {
-            service = cached
-        } else {
-            let name = serviceName(fromHost: host)
-            guard let parsed = try? ServiceName(name) else {
-                return .respond(.serviceUnavailable, code: "unknown-service",
-                                message: "'\(name)' is not a valid mesh service name")
-            }
-            if state.hostCache.count >= 1024 { state.hostCache.removeAll(keepingCapacity: true) }
-            state.hostCache[host] = parsed
-            service = parsed
+        guard let (service, route) = state.resolve(host: host) else {
+            return .respond(.serviceUnavailable, code: "unknown-service",
+                            message: "'\(serviceName(fromHost: host))' is not a valid mesh service name")
         }
-        return route(head, to: service, state: state)
+        return Self.route(head, to: service, route: route, state: state)
     }
 
     /// Routes a request to `service` (named by its Host, or by the upstream listener it came
     /// to): endpoint choice, fault injection, circuit breaking, routes and splits.
     static func route(_ head: HTTPRequestHead, to service: ServiceName, state: LoopState) -> RouteDecision {
-        guard let route = state.routes[service], !route.keys.isEmpty else {
+        route(head, to: service, route: state.routes[service], state: state)
+    }
+
+    /// ``route(_:to:state:)`` with the service's route already looked up (nil: it has none).
+    private static func route(_ head: HTTPRequestHead, to service: ServiceName, route: ServiceRoute?, state: LoopState) -> RouteDecision {
+        guard let route, !route.keys.isEmpty else {
             let known = state.registry.services.contains(service)
             return .respond(.serviceUnavailable, code: known ? "no-endpoints" : "unknown-service",
                             message: known ? "service '\(service)' has no endpoints: no healthy instance is registered right now"
@@ -129,9 +124,7 @@ enum OutboundListener {
     /// A Host that names no route is answered by the router, on the express path too.
     static func admitsExpress(_ head: HTTPRequestHead, state: LoopState) -> Bool {
         if state.pool.limits.http1OverHTTP2 { return false }
-        guard let host = head.headers.first(name: "host") else { return true }
-        let service = state.hostCache[host] ?? (try? ServiceName(serviceName(fromHost: host)))
-        guard let service, let route = state.routes[service] else { return true }
+        guard let host = head.headers.first(name: "host"), let route = state.resolve(host: host)?.route else { return true }
         return route.admitsExpress
     }
 
