@@ -106,6 +106,17 @@ final class ParsingTests: XCTestCase {
         XCTAssertEqual(entries.first?.requests, 300)
         XCTAssertEqual(entries.first?.overcount, 0, "a path that never left the table is counted exactly")
         XCTAssertTrue(top.take().isEmpty, "each report starts afresh")
+
+        // Repeats add to their path's entry: requests, failures (5xx or no answer), buckets.
+        for _ in 0..<3 { top.add(method: "GET", path: "/a", status: 200, latencyMs: 1) }
+        top.add(method: "GET", path: "/a", status: 502, latencyMs: 300)
+        top.add(method: "POST", path: "/a", status: 0, latencyMs: 5)
+        let counted = Dictionary(uniqueKeysWithValues: top.take().map { ("\($0.method) \($0.path)", $0) })
+        XCTAssertEqual(counted["GET /a"]?.requests, 4)
+        XCTAssertEqual(counted["GET /a"]?.failures, 1)
+        XCTAssertEqual(counted["GET /a"]?.latencyBuckets.reduce(0, +), 4)
+        XCTAssertEqual(counted["POST /a"]?.requests, 1)
+        XCTAssertEqual(counted["POST /a"]?.failures, 1)
     }
 
     func testTrafficReportsThatCouldTrapOrMisleadAreImplausible() {

@@ -243,7 +243,7 @@ final class ExpressParsingTests: XCTestCase {
         XCTAssertEqual(parsed.timing, "app=1,proxy=2")
         var out = ByteBuffer()
         Array(text.utf8).withUnsafeBytes {
-            ExpressResponseHead.write($0, parsed, extra: "x-mesh-timing: app=3,proxy=4\r\n", close: true, into: &out)
+            ExpressResponseHead.write($0, parsed, timing: HopTiming(appNanos: 3_999, proxyNanos: 4_000), close: true, into: &out)
         }
         XCTAssertEqual(String(buffer: out),
                        "HTTP/1.1 200 Fine\r\nServer: app\r\nContent-Length: 2\r\nx-secrets: kept\r\n"
@@ -253,13 +253,13 @@ final class ExpressParsingTests: XCTestCase {
         let framed = "HTTP/1.1 200 OK\r\nConnection: Content-Length, Transfer-Encoding, x-hop\r\nContent-Length: 2\r\nx-hop: 1\r\n\r\nhi"
         guard case .parsed(let framedParsed) = parseResponse(framed) else { return XCTFail("not parsed") }
         var kept = ByteBuffer()
-        Array(framed.utf8).withUnsafeBytes { ExpressResponseHead.write($0, framedParsed, extra: nil, close: false, into: &kept) }
+        Array(framed.utf8).withUnsafeBytes { ExpressResponseHead.write($0, framedParsed, timing: nil, close: false, into: &kept) }
         XCTAssertEqual(String(buffer: kept), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
 
         let endless = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
         guard case .parsed(let untilClose) = parseResponse(endless) else { return XCTFail("not parsed") }
         var chunked = ByteBuffer()
-        Array(endless.utf8).withUnsafeBytes { ExpressResponseHead.write($0, untilClose, extra: nil, close: false, into: &chunked) }
+        Array(endless.utf8).withUnsafeBytes { ExpressResponseHead.write($0, untilClose, timing: nil, close: false, into: &chunked) }
         XCTAssertEqual(String(buffer: chunked), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n")
     }
 

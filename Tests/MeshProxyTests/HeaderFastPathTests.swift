@@ -1,4 +1,5 @@
 @testable import MeshProxy
+import NIOCore
 import NIOHTTP1
 import XCTest
 
@@ -125,6 +126,23 @@ final class HeaderFastPathTests: XCTestCase {
         for bad in ["", "app=1", "app=1,proxy=", "app=x,proxy=1", "app=-1,proxy=1", "app=1;proxy=2", "app=3600000001,proxy=1",
                     "app=99999999999999999999,proxy=1", String(repeating: "a", count: 65)] {
             XCTAssertNil(HopTiming(headerValue: bad), bad)
+        }
+    }
+
+    /// The express path writes the timing field straight into the response head: the same
+    /// line as the full stack's header, and one the caller's proxy reads back.
+    func testTheTimingFieldWrittenIntoAHeadIsTheHeaderTheFullStackSends() {
+        for (app, proxy) in [(0, 0), (999, 1_000), (1_234_567, 89_000), (3_599_999_999_999, 42_424_242), (UInt64.max, 7)] {
+            let timing = HopTiming(appNanos: UInt64(app), proxyNanos: UInt64(proxy))
+            var out = ByteBuffer()
+            timing.writeField(into: &out)
+            let line = String(buffer: out)
+            XCTAssertEqual(line, "\(HopTiming.header): \(timing.headerValue)\r\n")
+            let value = String(decoding: line.utf8.dropFirst("x-mesh-timing: ".utf8.count).dropLast(2), as: UTF8.self)
+            if app <= 3_600_000_000_000 {
+                XCTAssertEqual(HopTiming(headerValue: value),
+                               HopTiming(appNanos: UInt64(app) / 1000 * 1000, proxyNanos: UInt64(proxy) / 1000 * 1000), line)
+            }
         }
     }
 }

@@ -296,8 +296,10 @@ public struct TopPaths: Sendable {
 
     public mutating func add(method: String, path: Substring, status: Int, latencyMs: Double) {
         let key = Key(method: method, path: path.prefix(256))
-        if entries[key] != nil {
-            entries[key]?.add(status: status, latencyMs: latencyMs)
+        // One hash for a path already counted (every request but a path's first): looking it
+        // up and then adding through `entries[key]?` hashed the key twice.
+        if let index = entries.index(forKey: key) {
+            entries.values[index].add(status: status, latencyMs: latencyMs)
             return
         }
         var entry = PathCounters(method: method, path: String(key.path))

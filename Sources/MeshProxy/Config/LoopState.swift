@@ -114,13 +114,17 @@ final class LoopState {
         var code: String
     }
     private var decisionCounters: [DecisionKey: Counter] = [:]
+    /// The counter of the last decision: most requests get the decision of the one before,
+    /// and comparing three short strings costs less than hashing them.
+    private var lastDecision: (key: DecisionKey, counter: Counter)?
 
     func countDecision(policy: String?, action: String, code: String) {
         guard let metrics else { return }
         let key = DecisionKey(policy: policy, action: action, code: code)
-        if let counter = decisionCounters[key] { counter.increment(); return }
-        let counter = metrics.decisionCounter(policy: policy, action: action, code: code)
+        if let last = lastDecision, last.key == key { last.counter.increment(); return }
+        let counter = decisionCounters[key] ?? metrics.decisionCounter(policy: policy, action: action, code: code)
         decisionCounters[key] = counter
+        lastDecision = (key, counter)
         counter.increment()
     }
 
@@ -132,6 +136,10 @@ final class LoopState {
         var tls: Bool
     }
     private var edges: [EdgeKey: EdgeHandles] = [:]
+    /// The edge looked up last in each direction (handles are never dropped from `edges`):
+    /// consecutive requests nearly always share their edge.
+    private var lastInboundEdge: (key: EdgeKey, handles: EdgeHandles)?
+    private var lastOutboundEdge: (key: EdgeKey, handles: EdgeHandles)?
 
     /// The inbound side's busiest paths since the last traffic report (`mesh top`).
     var topPaths = TopPaths(capacity: 100)
@@ -143,9 +151,17 @@ final class LoopState {
 
     /// The metric handles of one edge, made once and then found with one lookup.
     func edge(_ key: EdgeKey) -> EdgeHandles {
+        let last = key.direction == .inbound ? lastInboundEdge : lastOutboundEdge
+        if let last, last.key == key { return last.handles }
+        let handles = lookUpEdge(key)
+        if key.direction == .inbound { lastInboundEdge = (key, handles) } else { lastOutboundEdge = (key, handles) }
+        return handles
+    }
+
+    private func lookUpEdge(_ key: EdgeKey) -> EdgeHandles {
         if let handles = edges[key] { return handles }
         // Peers are the mesh's services, but the table stays bounded whatever happens.
-        if edges.count >= 4096 { return edge(EdgeKey(direction: key.direction, peer: nil, tls: key.tls)) }
+        if edges.count >= 4096 { return lookUpEdge(EdgeKey(direction: key.direction, peer: nil, tls: key.tls)) }
         let trustDomain = bundle?.trustDomain
         func identity(_ service: ServiceName?) -> String {
             guard let service, let trustDomain, let id = try? SPIFFEID(trustDomain: trustDomain, service: service) else {

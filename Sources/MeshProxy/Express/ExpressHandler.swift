@@ -479,20 +479,19 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         if idleTimeout != nil { lastActivity = Exchange.now() }
         exchange.responseHead = Exchange.now()
         exchange.status = parsed.status
-        var extra: String?
+        var timing: HopTiming?
         switch direction {
         case .inbound:
             if info.peer != nil {
-                let timing = HopTiming(appNanos: exchange.responseHead &- exchange.upstreamStart,
-                                       proxyNanos: exchange.upstreamStart &- exchange.start)
-                extra = "\(HopTiming.header): \(timing.headerValue)\r\n"
+                timing = HopTiming(appNanos: exchange.responseHead &- exchange.upstreamStart,
+                                   proxyNanos: exchange.upstreamStart &- exchange.start)
             }
         case .outbound:
             if let value = parsed.timing { exchange.peer = HopTiming(headerValue: value) }
         }
         framing = parsed.framing
         var out = context.channel.allocator.buffer(capacity: parsed.length + 64)
-        ExpressResponseHead.write(bytes, parsed, extra: extra, close: !keepAlive, into: &out)
+        ExpressResponseHead.write(bytes, parsed, timing: timing, close: !keepAlive, into: &out)
         phase = .forwarding(upstream, responseStarted: true)
         context.write(wrapOutboundOut(out), promise: nil)
         downstreamUnflushed = true

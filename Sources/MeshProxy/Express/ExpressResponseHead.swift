@@ -149,8 +149,8 @@ enum ExpressResponseHead {
 
     /// Writes the caller's head: `HTTP/1.1`, the status and reason, every field of `bytes`'
     /// head but the hop-by-hop ones and `x-mesh-timing`, `transfer-encoding: chunked` for a
-    /// body that ends with the upstream's close, then `extra` (whole lines, CRLF included).
-    static func write(_ bytes: UnsafeRawBufferPointer, _ parsed: Parsed, extra: String?, close: Bool,
+    /// body that ends with the upstream's close, then this proxy's `timing` report.
+    static func write(_ bytes: UnsafeRawBufferPointer, _ parsed: Parsed, timing: HopTiming?, close: Bool,
                       into out: inout ByteBuffer) {
         out.writeStaticString("HTTP/1.1")
         // From the space after the version to the end of the first line.
@@ -175,7 +175,7 @@ enum ExpressResponseHead {
             out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[lineStart..<index]))
         }
         if parsed.framing == .untilClose { out.writeStaticString("transfer-encoding: chunked\r\n") }
-        if let extra { out.writeString(extra) }
+        timing?.writeField(into: &out)
         if close { out.writeStaticString("connection: close\r\n") }
         out.writeStaticString("\r\n")
     }

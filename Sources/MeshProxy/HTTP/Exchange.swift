@@ -215,6 +215,17 @@ struct HopTiming: Equatable {
 
     var headerValue: String { "app=\(appNanos / 1000),proxy=\(proxyNanos / 1000)" }
 
+    /// Writes the whole field line, `x-mesh-timing: <headerValue>` CRLF, into a response head
+    /// (the express path's inbound side, on every response to a mesh caller): the numbers go
+    /// in as short strings, without the two interpolated strings `headerValue` allocates.
+    func writeField(into out: inout ByteBuffer) {
+        out.writeStaticString("x-mesh-timing: app=")
+        out.writeString(String(appNanos / 1000))
+        out.writeStaticString(",proxy=")
+        out.writeString(String(proxyNanos / 1000))
+        out.writeStaticString("\r\n")
+    }
+
     /// Parses a header value; nil for anything malformed or absurd (over an hour). Reads the
     /// bytes in one pass: the outbound proxy parses one on every response from a peer.
     init?(headerValue: String) {
