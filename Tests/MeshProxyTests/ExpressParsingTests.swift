@@ -187,6 +187,39 @@ final class ExpressParsingTests: XCTestCase {
         return parsed.framing
     }
 
+    /// The eight-bytes-at-a-time scan of reason phrases and field values finds the same end and
+    /// refuses the same bytes as the plain byte-by-byte rule, wherever the CR, the tab, the
+    /// control byte, DEL or obs-text falls in or across a word.
+    func testFieldTextIsScannedAsTheByteByByteRuleReadsIt() {
+        func reference(_ bytes: [UInt8], from start: Int, limit: Int) -> Int? {
+            var index = start
+            while index < limit, bytes[index] != 0x0D {
+                let byte = bytes[index]
+                guard byte >= 0x20 && byte != 0x7F || byte == 0x09 else { return nil }
+                index += 1
+            }
+            return index
+        }
+        // Mostly ordinary text, with each kind of byte the rule tells apart now and then.
+        let specials: [UInt8] = [0x0D, 0x09, 0x00, 0x0A, 0x1F, 0x7F, 0x80, 0xFF, 0x20, 0x7E, 0x1B]
+        var random = FastRandom(seed: 0xF1E1D)
+        var refused = 0
+        for _ in 0..<50_000 {
+            let count = random.below(40)
+            var bytes = (0..<count).map { _ in UInt8(0x21 + random.below(0x5E)) }
+            for _ in 0..<random.below(3) where count > 0 {
+                bytes[random.below(count)] = specials[random.below(specials.count)]
+            }
+            let start = count == 0 ? 0 : random.below(count)
+            let limit = start + random.below(count - start + 1)
+            let expected = reference(bytes, from: start, limit: limit)
+            let found = bytes.withUnsafeBytes { ExpressResponseHead.fieldTextEnd($0, from: start, limit: limit) }
+            XCTAssertEqual(found, expected, "\(bytes) from \(start) to \(limit)")
+            if expected == nil { refused += 1 }
+        }
+        XCTAssertGreaterThan(refused, 5_000, "the cases should include many refused texts")
+    }
+
     func testResponseFramingFollowsRFC9112() {
         XCTAssertEqual(framing("HTTP/1.1 200 OK\r\nContent-Length: 19\r\n\r\n"), .length(19))
         XCTAssertEqual(framing("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), ExpressResponseHead.Framing.none)
