@@ -129,14 +129,31 @@ final class HeaderFastPathTests: XCTestCase {
         }
     }
 
+    /// A head is written whole after what the buffer held, however wrong the room it was
+    /// given: pieces that do not fit make it start again with more, never cut it short.
+    func testAHeadLargerThanItsRoomIsWrittenWhole() {
+        var out = ByteBuffer(string: "before|")
+        let long = String(repeating: "x", count: 5_000) + "é"
+        out.writeHead(capacity: 10) { head in
+            head.append("GET ")
+            head.append(long)
+            head.append(" HTTP/1.1\r\n")
+            head.appendDecimal(0)
+            head.append(",")
+            head.appendDecimal(UInt64.max)
+        }
+        XCTAssertEqual(String(buffer: out), "before|GET \(long) HTTP/1.1\r\n0,18446744073709551615")
+    }
+
     /// The express path writes the timing field straight into the response head: the same
     /// line as the full stack's header, and one the caller's proxy reads back.
     func testTheTimingFieldWrittenIntoAHeadIsTheHeaderTheFullStackSends() {
         for (app, proxy) in [(0, 0), (999, 1_000), (1_234_567, 89_000), (3_599_999_999_999, 42_424_242), (UInt64.max, 7)] {
             let timing = HopTiming(appNanos: UInt64(app), proxyNanos: UInt64(proxy))
             var out = ByteBuffer()
-            timing.writeField(into: &out)
+            out.writeHead(capacity: HopTiming.maxFieldBytes) { timing.writeField(into: &$0) }
             let line = String(buffer: out)
+            XCTAssertLessThanOrEqual(line.utf8.count, HopTiming.maxFieldBytes)
             XCTAssertEqual(line, "\(HopTiming.header): \(timing.headerValue)\r\n")
             let value = String(decoding: line.utf8.dropFirst("x-mesh-timing: ".utf8.count).dropLast(2), as: UTF8.self)
             if app <= 3_600_000_000_000 {

@@ -344,20 +344,23 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// The request as it goes upstream: always HTTP/1.1, the router's fields in its order.
     private static func serialize(_ head: HTTPRequestHead, allocator: ByteBufferAllocator) -> ByteBuffer {
-        var size = head.uri.utf8.count + 32
+        let method = head.method.rawValue
+        var size = method.utf8.count + head.uri.utf8.count + 13
         for (name, value) in head.headers { size += name.utf8.count + value.utf8.count + 4 }
         var out = allocator.buffer(capacity: size)
-        out.writeString(head.method.rawValue)
-        out.writeStaticString(" ")
-        out.writeString(head.uri)
-        out.writeStaticString(" HTTP/1.1\r\n")
-        for (name, value) in head.headers {
-            out.writeString(name)
-            out.writeStaticString(": ")
-            out.writeString(value)
-            out.writeStaticString("\r\n")
+        out.writeHead(capacity: size) { out in
+            out.append(method)
+            out.append(" ")
+            out.append(head.uri)
+            out.append(" HTTP/1.1\r\n")
+            for (name, value) in head.headers {
+                out.append(name)
+                out.append(": ")
+                out.append(value)
+                out.append("\r\n")
+            }
+            out.append("\r\n")
         }
-        out.writeStaticString("\r\n")
         return out
     }
 
@@ -490,7 +493,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
             if let value = parsed.timing { exchange.peer = HopTiming(headerValue: value) }
         }
         framing = parsed.framing
-        var out = context.channel.allocator.buffer(capacity: parsed.length + 64)
+        var out = context.channel.allocator.buffer(capacity: parsed.length + 128)
         ExpressResponseHead.write(bytes, parsed, timing: timing, close: !keepAlive, into: &out)
         phase = .forwarding(upstream, responseStarted: true)
         context.write(wrapOutboundOut(out), promise: nil)

@@ -147,32 +147,37 @@ enum ExpressResponseHead {
     /// body that ends with the upstream's close, then this proxy's `timing` report.
     static func write(_ bytes: UnsafeRawBufferPointer, _ parsed: Parsed, timing: HopTiming?, close: Bool,
                       into out: inout ByteBuffer) {
-        out.writeStaticString("HTTP/1.1")
-        // From the space after the version to the end of the first line.
-        var index = 8
-        while bytes[index] != UInt8(ascii: "\r") { index += 1 }
-        out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[8..<index]))
-        out.writeStaticString("\r\n")
-        index += 2
+        // The head without dropped lines is never longer than the one read; then the
+        // transfer coding, the timing field, `connection: close` and nothing else.
+        let capacity = parsed.length + 28 + HopTiming.maxFieldBytes + 19
         let named = parsed.connectionNamesFields ? connectionTokens(bytes, end: parsed.length) : []
-        while index < parsed.length - 2 {
-            let lineStart = index
-            var colon = index
-            while bytes[colon] != UInt8(ascii: ":") { colon += 1 }
-            var lineEnd = colon
-            while bytes[lineEnd] != UInt8(ascii: "\r") { lineEnd += 1 }
-            index = lineEnd + 2
-            let name = UnsafeRawBufferPointer(rebasing: bytes[lineStart..<colon])
-            if isDropped(name) { continue }
-            if !named.isEmpty, named.contains(where: { name.count == $0.count && zip(name, $0).allSatisfy { lower($0) == $1 } }) {
-                continue
+        out.writeHead(capacity: capacity) { out in
+            out.append("HTTP/1.1")
+            // From the space after the version to the end of the first line.
+            var index = 8
+            while bytes[index] != UInt8(ascii: "\r") { index += 1 }
+            out.append(UnsafeRawBufferPointer(rebasing: bytes[8..<index]))
+            out.append("\r\n")
+            index += 2
+            while index < parsed.length - 2 {
+                let lineStart = index
+                var colon = index
+                while bytes[colon] != UInt8(ascii: ":") { colon += 1 }
+                var lineEnd = colon
+                while bytes[lineEnd] != UInt8(ascii: "\r") { lineEnd += 1 }
+                index = lineEnd + 2
+                let name = UnsafeRawBufferPointer(rebasing: bytes[lineStart..<colon])
+                if isDropped(name) { continue }
+                if !named.isEmpty, named.contains(where: { name.count == $0.count && zip(name, $0).allSatisfy { lower($0) == $1 } }) {
+                    continue
+                }
+                out.append(UnsafeRawBufferPointer(rebasing: bytes[lineStart..<index]))
             }
-            out.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[lineStart..<index]))
+            if parsed.framing == .untilClose { out.append("transfer-encoding: chunked\r\n") }
+            timing?.writeField(into: &out)
+            if close { out.append("connection: close\r\n") }
+            out.append("\r\n")
         }
-        if parsed.framing == .untilClose { out.writeStaticString("transfer-encoding: chunked\r\n") }
-        timing?.writeField(into: &out)
-        if close { out.writeStaticString("connection: close\r\n") }
-        out.writeStaticString("\r\n")
     }
 
     /// Hop-by-hop fields (those the full stack strips, ``ProxyHeaders/hopByHop``) and the
