@@ -302,10 +302,8 @@ final class LoopState {
         self.pool = UpstreamPool(eventLoop: eventLoop, limits: limits)
     }
 
-    /// Installs a new registry and rebuilds the routes. Needs the trust bundle (set when the
-    /// SVID is installed, which always happens first) for the peers' trust domain.
-    /// Goes up on every update, whatever the control plane's version numbers do; cached
-    /// per-connection decisions are keyed on it.
+    /// Goes up on every registry update, whatever the control plane's version numbers do;
+    /// cached per-connection decisions and the last Host's route are keyed on it.
     private(set) var generation: UInt64 = 0
 
     /// The service a `Host` header value names (`api`, `api:8080`, `API.`) and its route (nil
@@ -326,6 +324,8 @@ final class LoopState {
         return (service, route)
     }
 
+    /// Installs a new registry and rebuilds the routes. Needs the trust bundle (set when the
+    /// SVID is installed, which always happens first) for the peers' trust domain.
     func setRegistry(_ snapshot: RegistrySnapshot, evaluator: PolicyEvaluator? = nil) {
         registry = snapshot
         generation &+= 1
