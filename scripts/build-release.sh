@@ -17,7 +17,13 @@ BIN="$(swift build "${FLAGS[@]}" --show-bin-path)/mesh"
 # toolchain's link line asks for -lstdc++ ahead of anything a package can add; lld takes the
 # first libstdc++ it finds on the library path, where the build's product directory comes
 # before the compiler's, so the static archive is put there.
-STDCXX=$("$(dirname "$(readlink -f "$(command -v swift)")")/clang" -print-file-name=libstdc++.a)
+STDCXX=""
+for driver in "$(dirname "$(readlink -f "$(command -v swift)")")/clang" clang g++ gcc; do
+  if command -v "$driver" >/dev/null 2>&1; then
+    STDCXX=$("$driver" -print-file-name=libstdc++.a 2>/dev/null || true)
+    break
+  fi
+done
 mkdir -p "$(dirname "$BIN")"
 if [[ -f $STDCXX ]]; then
   ln -sf "$STDCXX" "$(dirname "$BIN")/libstdc++.a"
