@@ -30,6 +30,18 @@ final class MeshHopTests: XCTestCase {
             // Host with a port resolves the same service.
             let withPort = try await callThroughMesh(web.outbound, service: "api:8080", path: "/port")
             XCTAssertEqual(withPort.status.code, 200)
+
+            // A head far larger than the sidecars' first estimate of it (a long bearer token,
+            // as callers in a mesh carry) is written again with the room it needs, and arrives
+            // whole, the fields after it too.
+            var tokenClient = APIClientFactory.outbound(web.outbound, service: "api")
+            let token = "Bearer " + String(repeating: "t0K", count: 3_000)
+            tokenClient.extraHeaders = [("authorization", token), ("x-after-token", "kept")]
+            let withToken = try await tokenClient.get("/token")
+            XCTAssertEqual(withToken.status.code, 200)
+            XCTAssertEqual(api.requests.last?.path, "/token")
+            XCTAssertEqual(api.requests.last?.header("authorization"), [token])
+            XCTAssertEqual(api.requests.last?.header("x-after-token"), ["kept"])
         } catch {
             XCTFail("\(error)\n\(mesh.logs)")
         }

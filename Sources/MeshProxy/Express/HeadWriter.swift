@@ -4,10 +4,11 @@ import NIOCore
 ///
 /// Each of `ByteBuffer`'s own writes checks capacity, unique ownership and exclusive access
 /// (about 230 instructions a call, callgrind), and a head took a dozen or more of them: the
-/// express path writes every head it sends through one of these instead (``ByteBuffer/writeHead(capacity:_:)``).
+/// express path writes every head it sends through one of these instead
+/// (``ByteBuffer/writeHead(capacity:_:)``).
 struct HeadWriter {
     private let base: UnsafeMutableRawBufferPointer
-    /// Bytes written so far.
+    /// Bytes written so far; once a piece did not fit, the bytes the whole head needs.
     private(set) var count = 0
     /// Whether a piece did not fit in the room given (the head is written again then).
     private(set) var overflowed = false
@@ -15,12 +16,13 @@ struct HeadWriter {
     init(_ base: UnsafeMutableRawBufferPointer) { self.base = base }
 
     mutating func append(_ bytes: UnsafeRawBufferPointer) {
-        guard !overflowed, bytes.count <= base.count - count else {
+        if !overflowed, bytes.count <= base.count - count {
+            if let source = bytes.baseAddress, let start = base.baseAddress, !bytes.isEmpty {
+                (start + count).copyMemory(from: source, byteCount: bytes.count)
+            }
+        } else {
+            // Counted on, so that the second attempt gets all the room the head needs.
             overflowed = true
-            return
-        }
-        if let source = bytes.baseAddress, let start = base.baseAddress, !bytes.isEmpty {
-            (start + count).copyMemory(from: source, byteCount: bytes.count)
         }
         count += bytes.count
     }
@@ -52,20 +54,20 @@ struct HeadWriter {
 
 extension ByteBuffer {
     /// Lets `body` write a head at the end of the buffer through a ``HeadWriter`` with room for
-    /// `capacity` bytes. Should it write more (the callers size their heads exactly; this is
-    /// the safety net), nothing is kept and `body` runs again with twice the room.
+    /// `capacity` bytes. Should it write more (the room is the caller's estimate), nothing is
+    /// kept and `body` runs once more with the room the head turned out to need.
     mutating func writeHead(capacity: Int, _ body: (inout HeadWriter) -> Void) {
         var room = Swift.max(capacity, 64)
         while true {
-            var fits = true
+            var needed = 0
             writeWithUnsafeMutableBytes(minimumWritableBytes: room) { raw in
                 var writer = HeadWriter(raw)
                 body(&writer)
-                fits = !writer.overflowed
-                return fits ? writer.count : 0
+                needed = writer.overflowed ? writer.count : 0
+                return writer.overflowed ? 0 : writer.count
             }
-            if fits { return }
-            room *= 2
+            if needed == 0 { return }
+            room = Swift.max(room * 2, needed)
         }
     }
 }
