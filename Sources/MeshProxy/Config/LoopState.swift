@@ -122,8 +122,13 @@ final class LoopState {
         guard let metrics else { return }
         let key = DecisionKey(policy: policy, action: action, code: code)
         if let last = lastDecision, last.key == key { last.counter.increment(); return }
-        let counter = decisionCounters[key] ?? metrics.decisionCounter(policy: policy, action: action, code: code)
-        decisionCounters[key] = counter
+        let counter: Counter
+        if let known = decisionCounters[key] {
+            counter = known
+        } else {
+            counter = metrics.decisionCounter(policy: policy, action: action, code: code)
+            decisionCounters[key] = counter
+        }
         lastDecision = (key, counter)
         counter.increment()
     }

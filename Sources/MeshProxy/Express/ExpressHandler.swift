@@ -494,7 +494,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
             if let value = parsed.timing { exchange.peer = HopTiming(headerValue: value) }
         }
         framing = parsed.framing
-        var out = context.channel.allocator.buffer(capacity: parsed.length + 128)
+        var out = context.channel.allocator.buffer(capacity: ExpressResponseHead.maxWrittenBytes(parsed))
         ExpressResponseHead.write(bytes, parsed, timing: timing, close: !keepAlive, into: &out)
         phase = .forwarding(upstream, responseStarted: true)
         context.write(wrapOutboundOut(out), promise: nil)

@@ -147,36 +147,54 @@ enum ExpressResponseHead {
     /// body that ends with the upstream's close, then this proxy's `timing` report.
     static func write(_ bytes: UnsafeRawBufferPointer, _ parsed: Parsed, timing: HopTiming?, close: Bool,
                       into out: inout ByteBuffer) {
-        // The head without dropped lines is never longer than the one read; then the
-        // transfer coding, the timing field, `connection: close` and nothing else.
-        let capacity = parsed.length + 28 + HopTiming.maxFieldBytes + 19
         let named = parsed.connectionNamesFields ? connectionTokens(bytes, end: parsed.length) : []
-        out.writeHead(capacity: capacity) { out in
+        out.writeHead(capacity: maxWrittenBytes(parsed)) { out in
             out.append("HTTP/1.1")
             // From the space after the version to the end of the first line.
-            var index = 8
-            while bytes[index] != UInt8(ascii: "\r") { index += 1 }
-            out.append(UnsafeRawBufferPointer(rebasing: bytes[8..<index]))
+            let statusEnd = lineEnd(bytes, from: 8)
+            out.append(UnsafeRawBufferPointer(rebasing: bytes[8..<statusEnd]))
             out.append("\r\n")
-            index += 2
-            while index < parsed.length - 2 {
-                let lineStart = index
-                var colon = index
-                while bytes[colon] != UInt8(ascii: ":") { colon += 1 }
-                var lineEnd = colon
-                while bytes[lineEnd] != UInt8(ascii: "\r") { lineEnd += 1 }
-                index = lineEnd + 2
-                let name = UnsafeRawBufferPointer(rebasing: bytes[lineStart..<colon])
-                if isDropped(name) { continue }
+            forEachField(bytes, from: statusEnd + 2, end: parsed.length) { start, colon, lineEnd in
+                let name = UnsafeRawBufferPointer(rebasing: bytes[start..<colon])
+                if isDropped(name) { return }
                 if !named.isEmpty, named.contains(where: { name.count == $0.count && zip(name, $0).allSatisfy { lower($0) == $1 } }) {
-                    continue
+                    return
                 }
-                out.append(UnsafeRawBufferPointer(rebasing: bytes[lineStart..<index]))
+                out.append(UnsafeRawBufferPointer(rebasing: bytes[start..<(lineEnd + 2)]))
             }
             if parsed.framing == .untilClose { out.append("transfer-encoding: chunked\r\n") }
             timing?.writeField(into: &out)
             if close { out.append("connection: close\r\n") }
             out.append("\r\n")
+        }
+    }
+
+    /// The most ``write(_:_:timing:close:into:)`` writes for a head: the head without dropped
+    /// lines is never longer than the one read; then the transfer coding, the timing field and
+    /// `connection: close`.
+    static func maxWrittenBytes(_ parsed: Parsed) -> Int {
+        parsed.length + 28 + HopTiming.maxFieldBytes + 19
+    }
+
+    /// The index of the CR that ends the line `index` is in.
+    private static func lineEnd(_ bytes: UnsafeRawBufferPointer, from index: Int) -> Int {
+        var end = index
+        while bytes[end] != UInt8(ascii: "\r") { end += 1 }
+        return end
+    }
+
+    /// Calls `body` with each field line of a head that ``parse(_:requestWasHead:maxBytes:wantsTiming:)``
+    /// accepted (`end`: its length), from the line starting at `index`: where the line starts,
+    /// where its colon is and where its CR is.
+    private static func forEachField(_ bytes: UnsafeRawBufferPointer, from index: Int, end: Int,
+                                     _ body: (_ start: Int, _ colon: Int, _ lineEnd: Int) -> Void) {
+        var index = index
+        while index < end - 2 {
+            var colon = index
+            while bytes[colon] != UInt8(ascii: ":") { colon += 1 }
+            let lineEnd = lineEnd(bytes, from: colon)
+            body(index, colon, lineEnd)
+            index = lineEnd + 2
         }
     }
 
@@ -196,17 +214,8 @@ enum ExpressResponseHead {
     /// The lowercase field names a `Connection` field lists (besides `close`, `keep-alive`).
     private static func connectionTokens(_ bytes: UnsafeRawBufferPointer, end: Int) -> [[UInt8]] {
         var tokens: [[UInt8]] = []
-        var index = 0
-        while bytes[index] != UInt8(ascii: "\r") { index += 1 }
-        index += 2
-        while index < end - 2 {
-            let lineStart = index
-            var colon = index
-            while bytes[colon] != UInt8(ascii: ":") { colon += 1 }
-            var lineEnd = colon
-            while bytes[lineEnd] != UInt8(ascii: "\r") { lineEnd += 1 }
-            index = lineEnd + 2
-            guard ExpressRequestHead.equalsLowercase(UnsafeRawBufferPointer(rebasing: bytes[lineStart..<colon]), "connection") else { continue }
+        forEachField(bytes, from: lineEnd(bytes, from: 0) + 2, end: end) { start, colon, lineEnd in
+            guard ExpressRequestHead.equalsLowercase(UnsafeRawBufferPointer(rebasing: bytes[start..<colon]), "connection") else { return }
             ExpressRequestHead.forEachToken(UnsafeRawBufferPointer(rebasing: bytes[(colon + 1)..<lineEnd])) { token in
                 // The framing fields stay whatever `Connection` says: the body is passed on as
                 // it is framed, and without them the caller could not find its end.
