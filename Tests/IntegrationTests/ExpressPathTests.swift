@@ -81,6 +81,56 @@ final class ExpressPathTests: XCTestCase {
         await mesh.shutdown()
     }
 
+    /// A small body read with its head leaves in the head's write (one TLS record between the
+    /// sidecars); one over the limit, or one that comes later, streams as before. Every body
+    /// arrives whole and in order, and both sidecars count every byte of it.
+    func testBodiesOfEverySizeArriveWholeAndCounted() async throws {
+        let mesh = try await TestMesh.start()
+        // Text that shows a byte lost, doubled or moved: each line numbered.
+        func body(_ size: Int) -> String {
+            var text = ""
+            var line = 0
+            while text.utf8.count < size {
+                text += "line \(line) of the body\n"
+                line += 1
+            }
+            return String(text.utf8.prefix(size))!
+        }
+        let sizes = ["/small": 5, "/limit": 8 * 1024, "/over": 8 * 1024 + 1, "/large": 100_000, "/late": 700]
+        var script: [String: ScriptedHTTPApp.Answer] = [:]
+        for (path, size) in sizes {
+            script[path] = .init("HTTP/1.1 200 OK\r\nContent-Length: \(size)\r\nX-Path: \(path)\r\n\r\n" + body(size),
+                                 bodyDelay: path == "/late" ? .milliseconds(50) : nil)
+        }
+        let app = try await ScriptedHTTPApp.start(script)
+        do {
+            let api = try await mesh.proxy("api", app: app.address)
+            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
+            _ = try await eventually { try await callThroughMesh(web.outbound, service: "api", path: "/small") }
+            let edge = ["source_service": "web", "destination_service": "api"]
+            let callerBefore = Exposition.sum(try await plainGet(web.admin, "/metrics").text, "mesh_response_body_bytes_total", edge)
+            let calleeBefore = Exposition.sum(try await plainGet(api.admin, "/metrics").text, "mesh_response_body_bytes_total", edge)
+            var expected = 0
+            for _ in 0..<3 {
+                for path in ["/small", "/limit", "/over", "/large", "/late"] {
+                    let response = try await callThroughMesh(web.outbound, service: "api", path: path)
+                    XCTAssertEqual(response.status.code, 200, path)
+                    XCTAssertEqual(response.headers.first(name: "x-path"), path)
+                    XCTAssertEqual(response.text, body(sizes[path] ?? 0), "\(path): the body as the app sent it")
+                    expected += sizes[path] ?? 0
+                }
+            }
+            let caller = try await plainGet(web.admin, "/metrics").text
+            let callee = try await plainGet(api.admin, "/metrics").text
+            XCTAssertEqual(Exposition.sum(caller, "mesh_response_body_bytes_total", edge) - callerBefore, Double(expected), caller)
+            XCTAssertEqual(Exposition.sum(callee, "mesh_response_body_bytes_total", edge) - calleeBefore, Double(expected), callee)
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        await app.stop()
+        await mesh.shutdown()
+    }
+
     /// An app that takes the request and never answers: the caller's connection still
     /// closes after the idle timeout (on the express path only real reads and writes count
     /// as activity, as on the full stack), and the proxy serves on.

@@ -288,6 +288,13 @@ final class ExpressParsingTests: XCTestCase {
         var kept = ByteBuffer()
         Array(framed.utf8).withUnsafeBytes { ExpressResponseHead.write($0, framedParsed, timing: nil, close: false, into: &kept) }
         XCTAssertEqual(String(buffer: kept), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+        // A body sent in the head's write follows the head's end, in the same buffer.
+        var withBody = ByteBuffer()
+        Array(framed.utf8).withUnsafeBytes { bytes in
+            ExpressResponseHead.write(bytes, framedParsed, timing: nil, close: false,
+                                      body: UnsafeRawBufferPointer(rebasing: bytes[framedParsed.length...]), into: &withBody)
+        }
+        XCTAssertEqual(String(buffer: withBody), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
 
         let endless = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
         guard case .parsed(let untilClose) = parseResponse(endless) else { return XCTFail("not parsed") }

@@ -13,10 +13,13 @@ public final class ScriptedHTTPApp: Sendable {
         public var bytes: String
         /// Close the connection once the answer is written (a close-delimited body).
         public var closeAfter: Bool
+        /// Send the head first and the rest (the body) this long after it, in another write.
+        public var bodyDelay: TimeAmount?
 
-        public init(_ bytes: String, closeAfter: Bool = false) {
+        public init(_ bytes: String, closeAfter: Bool = false, bodyDelay: TimeAmount? = nil) {
             self.bytes = bytes
             self.closeAfter = closeAfter
+            self.bodyDelay = bodyDelay
         }
     }
 
@@ -83,6 +86,15 @@ private final class ScriptedHandler: ChannelInboundHandler {
                 skipBody = Int(line.dropFirst(15).trimmingCharacters(in: .whitespaces)) ?? 0
             }
             let answer = script[path] ?? .init("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            if let delay = answer.bodyDelay, let split = answer.bytes.range(of: "\r\n\r\n") {
+                context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: String(answer.bytes[..<split.upperBound]))), promise: nil)
+                let body = ByteBuffer(string: String(answer.bytes[split.upperBound...]))
+                let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+                context.eventLoop.scheduleTask(in: delay) {
+                    bound.value.writeAndFlush(NIOAny(body), promise: nil)
+                }
+                continue
+            }
             context.write(wrapOutboundOut(ByteBuffer(string: answer.bytes)), promise: nil)
             if answer.closeAfter {
                 context.writeAndFlush(wrapOutboundOut(ByteBuffer())).whenComplete { _ in context.close(promise: nil) }

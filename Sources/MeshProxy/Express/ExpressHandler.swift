@@ -478,7 +478,9 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     // MARK: - Responses (called by ExpressUpstream)
 
-    func responseHead(_ parsed: ExpressResponseHead.Parsed, bytes: UnsafeRawBufferPointer) {
+    /// `bytes`: what was read, from the head on; `inlineBody`: how many bytes of body after
+    /// the head to send with it, in the same write (the whole body, when small and read).
+    func responseHead(_ parsed: ExpressResponseHead.Parsed, bytes: UnsafeRawBufferPointer, inlineBody: Int) {
         guard case .forwarding(let upstream, _) = phase, let context else { return }
         if idleTimeout != nil { lastActivity = Exchange.now() }
         exchange.responseHead = Exchange.now()
@@ -494,8 +496,10 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
             if let value = parsed.timing { exchange.peer = HopTiming(headerValue: value) }
         }
         framing = parsed.framing
-        var out = context.channel.allocator.buffer(capacity: ExpressResponseHead.maxWrittenBytes(parsed))
-        ExpressResponseHead.write(bytes, parsed, timing: timing, close: !keepAlive, into: &out)
+        let body = UnsafeRawBufferPointer(rebasing: bytes[parsed.length..<(parsed.length + inlineBody)])
+        exchange.responseBytes += inlineBody
+        var out = context.channel.allocator.buffer(capacity: ExpressResponseHead.maxWrittenBytes(parsed) + inlineBody)
+        ExpressResponseHead.write(bytes, parsed, timing: timing, close: !keepAlive, body: body, into: &out)
         phase = .forwarding(upstream, responseStarted: true)
         context.write(wrapOutboundOut(out), promise: nil)
         downstreamUnflushed = true

@@ -144,11 +144,12 @@ enum ExpressResponseHead {
 
     /// Writes the caller's head: `HTTP/1.1`, the status and reason, every field of `bytes`'
     /// head but the hop-by-hop ones and `x-mesh-timing`, `transfer-encoding: chunked` for a
-    /// body that ends with the upstream's close, then this proxy's `timing` report.
+    /// body that ends with the upstream's close, then this proxy's `timing` report; then
+    /// `body`, bytes of body sent in the same write.
     static func write(_ bytes: UnsafeRawBufferPointer, _ parsed: Parsed, timing: HopTiming?, close: Bool,
-                      into out: inout ByteBuffer) {
+                      body: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0), into out: inout ByteBuffer) {
         let named = parsed.connectionNamesFields ? connectionTokens(bytes, end: parsed.length) : []
-        out.writeHead(capacity: maxWrittenBytes(parsed)) { out in
+        out.writeHead(capacity: maxWrittenBytes(parsed) + body.count) { out in
             out.append("HTTP/1.1")
             // From the space after the version to the end of the first line.
             let statusEnd = lineEnd(bytes, from: 8)
@@ -166,6 +167,7 @@ enum ExpressResponseHead {
             timing?.writeField(into: &out)
             if close { out.append("connection: close\r\n") }
             out.append("\r\n")
+            out.append(body)
         }
     }
 
