@@ -146,11 +146,14 @@ final class GRPCTests: XCTestCase {
             print("greeter's proxy to its app after the first burst: \(first)")
             XCTAssertGreaterThanOrEqual(first.opened, 4, "160 calls in flight need several connections of 8 streams")
             try await Task.sleep(for: .seconds(1))
+            let lull = try await toApp()
+            XCTAssertEqual(lull.open, first.open, "the connections stay through a one-second lull")
             try await burst()
             let second = try await toApp()
             print("after the second burst: \(second)")
-            XCTAssertLessThanOrEqual(second.opened - first.opened, first.opened / 2,
-                                     "the second burst reuses the connections the first one opened")
+            // How many more it needs depends on how many calls the app holds at the peak (up
+            // to 20 connections' worth): fewer than the first burst opened, as it starts with those.
+            XCTAssertLessThan(second.opened - first.opened, first.opened, "the second burst reuses the connections the first one opened")
 
             let closedAfter = try await waitUntil(timeout: .seconds(25)) { (try? await toApp().open) == 1 }
             print("extra connections closed \(closedAfter) after the second burst")

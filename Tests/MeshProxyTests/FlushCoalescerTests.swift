@@ -7,10 +7,16 @@ import XCTest
 /// socket as one, and no written byte waits for a flush that never comes. Over a real loopback
 /// TCP connection.
 final class FlushCoalescerTests: XCTestCase {
-    /// Counts the flushes that get past the coalescer (on their way to the socket).
+    /// Counts the flushes and the writes (with their sizes) that get past the coalescer (on
+    /// their way to the socket, where TLS would make a record of each write).
     private final class FlushCounter: ChannelOutboundHandler {
-        typealias OutboundIn = NIOAny
+        typealias OutboundIn = IOData
         var flushes = 0
+        var writes: [Int] = []
+        func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+            if case .byteBuffer(let buffer) = unwrapOutboundIn(data) { writes.append(buffer.readableBytes) }
+            context.write(data, promise: promise)
+        }
         func flush(context: ChannelHandlerContext) {
             flushes += 1
             context.flush()
@@ -78,5 +84,75 @@ final class FlushCoalescerTests: XCTestCase {
         try client.writeAndFlush(ByteBuffer(string: "k")).wait()
         XCTAssertEqual(try collector.wait(for: 11, on: client.eventLoop).wait(), "abcdefghijk")
         XCTAssertEqual(try client.eventLoop.submit { counter.flushes }.wait(), 2)
+    }
+
+    func testSmallWritesOfAFlushGoOutAsOneBufferInOrderAndEveryPromiseIsKept() throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        let collector = Collector()
+        let server = try ServerBootstrap(group: group)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) }
+            }
+            .bind(host: "127.0.0.1", port: 0).wait()
+        defer { try? server.close().wait() }
+        let counter = FlushCounter()
+        let client = try ClientBootstrap(group: group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(counter)
+                    try channel.pipeline.syncOperations.addHandler(FlushCoalescer())
+                }
+            }
+            .connect(to: try XCTUnwrap(server.localAddress)).wait()
+        defer { try? client.close().wait() }
+
+        // A frame header and its payload, ten times (as HTTP/2 writes DATA frames): one buffer.
+        var expected = ""
+        let written = try client.eventLoop.submit { () -> [EventLoopFuture<Void>] in
+            var futures: [EventLoopFuture<Void>] = []
+            for index in 0..<10 {
+                futures.append(client.write(ByteBuffer(string: "<\(index)>")))
+                client.write(ByteBuffer(string: "payload \(index);"), promise: nil)
+                expected += "<\(index)>payload \(index);"
+            }
+            client.flush()
+            return futures
+        }.wait()
+        XCTAssertEqual(try collector.wait(for: expected.utf8.count, on: client.eventLoop).wait(), expected)
+        for future in written { XCTAssertNoThrow(try future.wait(), "each write's promise succeeds with its buffer") }
+        XCTAssertEqual(try client.eventLoop.submit { counter.writes }.wait(), [expected.utf8.count], "twenty writes, one buffer")
+
+        // A write over the piece limit goes on alone, in its place; a buffer is never over one
+        // TLS record: five 4 KB writes are a 16 KB buffer and a 4 KB one.
+        let large = String(repeating: "L", count: FlushCoalescer.maxPieceBytes + 1)
+        let piece = String(repeating: "p", count: FlushCoalescer.maxPieceBytes)
+        try client.eventLoop.submit {
+            counter.writes = []
+            client.write(ByteBuffer(string: "a"), promise: nil)
+            client.write(ByteBuffer(string: "b"), promise: nil)
+            client.write(ByteBuffer(string: large), promise: nil)
+            client.write(ByteBuffer(string: "c"), promise: nil)
+            client.flush()
+        }.wait()
+        expected += "ab" + large + "c"
+        XCTAssertEqual(try collector.wait(for: expected.utf8.count, on: client.eventLoop).wait(), expected)
+        try client.eventLoop.submit {
+            XCTAssertEqual(counter.writes, [2, large.utf8.count, 1])
+            counter.writes = []
+            for _ in 0..<5 { client.write(ByteBuffer(string: piece), promise: nil) }
+            client.flush()
+        }.wait()
+        expected += String(repeating: piece, count: 5)
+        XCTAssertEqual(try collector.wait(for: expected.utf8.count, on: client.eventLoop).wait(), expected)
+        XCTAssertEqual(try client.eventLoop.submit { counter.writes }.wait(), [FlushCoalescer.maxMergedBytes, piece.utf8.count])
+
+        // Written and closed before the flush: the write's promise is completed, not dropped.
+        let last = try client.eventLoop.submit { () -> EventLoopFuture<Void> in
+            let future = client.write(ByteBuffer(string: "unflushed"))
+            client.close(promise: nil)
+            return future
+        }.wait()
+        XCTAssertThrowsError(try last.wait(), "a write never flushed fails when the channel closes")
     }
 }

@@ -24,7 +24,8 @@ import NIOSSL
 /// client side (the pool's connections, a stream per exchange) is in UpstreamPool+HTTP2.swift.
 ///
 /// Every h2 connection has a ``FlushCoalescer`` under its HTTP/2 handler: the streams written
-/// in one event-loop tick go out in one TLS write, not one per stream.
+/// in one event-loop tick go out in one flush, their small frames copied together (one TLS
+/// record for many frames instead of one per frame buffer).
 ///
 /// swift-nio-http2 meets a flood (of resets, stream errors, control frames …) with a GOAWAY
 /// and an error in the pipeline, and leaves the closing to the pipeline: every h2 connection
