@@ -10,6 +10,9 @@ import Synchronization
 /// fixed sets, and service and policy names are those of the mesh (capped, then `other`).
 public final class ProxyMetrics: Sendable {
     public let registry = PrometheusCollectorRegistry()
+    /// The per-request latency histograms, recorded per event loop without a lock
+    /// (``HistogramShard``) and rendered after the registry.
+    private let sharded = ShardedHistograms()
     private let knownPolicies = NameCap(limit: 1000)
     private let knownServices = NameCap(limit: 1000)
 
@@ -39,25 +42,24 @@ public final class ProxyMetrics: Sendable {
     }
 
     /// Every series of one edge (direction, the two services, TLS or not) but the per-status
-    /// request counters, which ``requests(_:status:)`` makes. Callers cache it per edge.
+    /// request counters, which ``requests(_:status:)`` makes. Called once per edge and event
+    /// loop: the latency histograms it returns are that loop's shards (``HistogramShard``).
     public func edge(_ labels: EdgeLabels) -> EdgeMetrics {
         let base = [("direction", labels.direction.rawValue), ("source_service", labels.sourceService),
                     ("destination_service", labels.destinationService)]
         // Only the caller's proxy attributes hops; inbound edges get no (empty) series.
         let hops = labels.direction == .inbound ? [] : Hop.allCases.map { hop in
-            registry.makeValueHistogram(
-                descriptor: Self.descriptor("hop_latency", "seconds",
-                                            "Where a mesh request's time went, by hop (caller-proxy, network, peer-proxy, app), recorded by the caller's proxy up to the response head."),
-                labels: [("source_service", labels.sourceService), ("destination_service", labels.destinationService),
-                         ("hop", hop.rawValue)],
-                buckets: Self.latencyBuckets)
+            sharded.shard(name: "mesh_hop_latency_seconds",
+                          help: "Where a mesh request's time went, by hop (caller-proxy, network, peer-proxy, app), recorded by the caller's proxy up to the response head.",
+                          labels: [("source_service", labels.sourceService), ("destination_service", labels.destinationService),
+                                   ("hop", hop.rawValue)],
+                          buckets: Self.latencyBuckets)
         }
         return EdgeMetrics(
             labels: labels,
-            latency: registry.makeValueHistogram(
-                descriptor: Self.descriptor("response_latency", "seconds",
-                                            "Time from the request head to the response head as this proxy saw it."),
-                labels: base + [("tls", labels.tls ? "true" : "false")], buckets: Self.latencyBuckets),
+            latency: sharded.shard(name: "mesh_response_latency_seconds",
+                                   help: "Time from the request head to the response head as this proxy saw it.",
+                                   labels: base + [("tls", labels.tls ? "true" : "false")], buckets: Self.latencyBuckets),
             requestBytes: registry.makeCounter(
                 descriptor: Self.descriptor("request_body_bytes", "total", "Request body bytes relayed."), labels: base),
             responseBytes: registry.makeCounter(
@@ -185,6 +187,7 @@ public final class ProxyMetrics: Sendable {
     public func exposition() -> [UInt8] {
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
+        sharded.emit(into: &buffer)
         return buffer
     }
 
@@ -228,16 +231,17 @@ public struct EdgeLabels: Hashable, Sendable {
     }
 }
 
-/// The series of one edge; one lookup per request, then lock-cheap updates.
+/// The series of one edge, as one event loop records them: one lookup per request, then
+/// lock-free updates (the histograms are the loop's shards; the counters are atomic).
 public final class EdgeMetrics: Sendable {
     public let labels: EdgeLabels
-    public let latency: ValueHistogram
+    public let latency: HistogramShard
     public let requestBytes: Counter
     public let responseBytes: Counter
     /// Indexed like ``ProxyMetrics/Hop/allCases``; empty on the inbound side.
-    public let hops: [ValueHistogram]
+    public let hops: [HistogramShard]
 
-    init(labels: EdgeLabels, latency: ValueHistogram, requestBytes: Counter, responseBytes: Counter, hops: [ValueHistogram]) {
+    init(labels: EdgeLabels, latency: HistogramShard, requestBytes: Counter, responseBytes: Counter, hops: [HistogramShard]) {
         self.labels = labels
         self.latency = latency
         self.requestBytes = requestBytes
