@@ -220,6 +220,50 @@ final class ExpressParsingTests: XCTestCase {
         XCTAssertGreaterThan(refused, 5_000, "the cases should include many refused texts")
     }
 
+    /// The write copies the runs of lines between the ones the parse found dropped; a head
+    /// with more dropped lines than it keeps, or with `Connection` naming fields, is walked.
+    /// 20,000 generated heads, in every mix: what the caller gets is the head without exactly
+    /// those lines.
+    func testTheCallersHeadIsTheHeadWithoutTheDroppedLinesWhateverTheMix() {
+        let kept = ["Server: nginx", "Date: Sun, 29 Nov 2026 17:00:00 GMT", "Content-Type: text/plain", "X-A: a", "ETag: \"1\"",
+                    "Connections: not the field", "X-Keep-Alive: kept", "Set-Cookie: a=b; Path=/", "Vary:  Accept ", "X-Empty:"]
+        let dropped = ["Connection: keep-alive", "connection: close", "Keep-Alive: timeout=5", "Upgrade: h2c", "Proxy-Connection: x",
+                       "PROXY-AUTHENTICATE: Basic", "x-mesh-timing: app=1,proxy=2", "X-Mesh-Timing: app=3,proxy=4"]
+        var random = FastRandom(seed: 0xD20)
+        var walked = 0
+        for _ in 0..<20_000 {
+            var lines: [(text: String, keep: Bool)] = []
+            for _ in 0..<random.below(12) {
+                if random.below(3) == 0 {
+                    lines.append((dropped[random.below(dropped.count)], false))
+                } else {
+                    lines.append((kept[random.below(kept.count)], true))
+                }
+            }
+            // `Connection: x-a` drops the X-A lines too (the walk).
+            let namesXA = random.below(10) == 0
+            if namesXA {
+                lines.insert(("Connection: x-a", false), at: random.below(lines.count + 1))
+                lines = lines.map { $0.text == "X-A: a" ? ($0.text, false) : $0 }
+            }
+            lines.insert(("Content-Length: 2", true), at: random.below(lines.count + 1))
+            let reason = ["OK", "", "Fine Thanks"][random.below(3)]
+            let statusLine = reason.isEmpty ? "HTTP/1.1 200" : "HTTP/1.1 200 \(reason)"
+            let text = statusLine + "\r\n" + lines.map { $0.text + "\r\n" }.joined() + "\r\nhi"
+            guard case .parsed(let parsed) = parseResponse(text, timing: true) else {
+                XCTFail("not parsed: \(text.debugDescription)")
+                continue
+            }
+            if namesXA || parsed.dropped.overflowed { walked += 1 }
+            var out = ByteBuffer()
+            Array(text.utf8).withUnsafeBytes { ExpressResponseHead.write($0, parsed, timing: nil, close: false, into: &out) }
+            let expected = statusLine + "\r\n" + lines.filter(\.keep).map { $0.text + "\r\n" }.joined() + "\r\n"
+            XCTAssertEqual(String(buffer: out), expected, text.debugDescription)
+        }
+        XCTAssertGreaterThan(walked, 1_000, "the cases should include heads that are walked")
+        XCTAssertLessThan(walked, 10_000, "and more that are copied by runs")
+    }
+
     func testResponseFramingFollowsRFC9112() {
         XCTAssertEqual(framing("HTTP/1.1 200 OK\r\nContent-Length: 19\r\n\r\n"), .length(19))
         XCTAssertEqual(framing("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), ExpressResponseHead.Framing.none)

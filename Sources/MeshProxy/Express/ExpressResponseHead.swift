@@ -32,6 +32,42 @@ enum ExpressResponseHead {
         var timing: String?
         /// `Connection` names fields besides `close` and `keep-alive`: they are dropped too.
         var connectionNamesFields: Bool
+        /// Where the status line's CR is.
+        var statusLineEnd: Int
+        /// The field lines the caller does not get (hop-by-hop, `x-mesh-timing`), found by the
+        /// parse so that the write copies the lines between them without reading them again.
+        var dropped = DroppedLines()
+    }
+
+    /// The first few dropped field lines of a head, each from its name to its CRLF (a head
+    /// rarely has more than two: `Connection` and `Keep-Alive`, or the peer's timing report).
+    struct DroppedLines {
+        static let capacity = 4
+        private(set) var count = 0
+        private var lines: (Range<Int>, Range<Int>, Range<Int>, Range<Int>) = (0..<0, 0..<0, 0..<0, 0..<0)
+
+        /// More were dropped than are kept here: the write walks the fields instead.
+        var overflowed: Bool { count > Self.capacity }
+
+        mutating func append(_ line: Range<Int>) {
+            switch count {
+            case 0: lines.0 = line
+            case 1: lines.1 = line
+            case 2: lines.2 = line
+            case 3: lines.3 = line
+            default: break
+            }
+            count += 1
+        }
+
+        subscript(index: Int) -> Range<Int> {
+            switch index {
+            case 0: lines.0
+            case 1: lines.1
+            case 2: lines.2
+            default: lines.3
+            }
+        }
     }
 
     enum Outcome {
@@ -64,6 +100,7 @@ enum ExpressResponseHead {
             return .invalid("control byte in the reason phrase")
         }
         index = reasonEnd
+        var dropped = DroppedLines()
         var length: Int?
         var chunked = false
         var otherCoding = false
@@ -94,6 +131,7 @@ enum ExpressResponseHead {
             var trimmedEnd = index
             while trimmedEnd > valueStart, bytes[trimmedEnd - 1] == 0x20 || bytes[trimmedEnd - 1] == 0x09 { trimmedEnd -= 1 }
             let value = UnsafeRawBufferPointer(rebasing: bytes[valueStart..<trimmedEnd])
+            if isDropped(name) { dropped.append(nameStart..<(index + 2)) }
             switch name.count {
             case 10 where ExpressRequestHead.equalsLowercase(name, "connection"):
                 ExpressRequestHead.forEachToken(value) { token in
@@ -139,7 +177,7 @@ enum ExpressResponseHead {
         }
         let keepAlive = !close && (!http10 || keepAliveToken) && framing != .untilClose
         return .parsed(Parsed(status: status, length: index, framing: framing, keepAlive: keepAlive, timing: timing,
-                              connectionNamesFields: namesFields))
+                              connectionNamesFields: namesFields, statusLineEnd: reasonEnd, dropped: dropped))
     }
 
     /// Writes the caller's head: `HTTP/1.1`, the status and reason, every field of `bytes`'
@@ -152,16 +190,27 @@ enum ExpressResponseHead {
         out.writeHead(capacity: maxWrittenBytes(parsed) + body.count) { out in
             out.append("HTTP/1.1")
             // From the space after the version to the end of the first line.
-            let statusEnd = lineEnd(bytes, from: 8)
+            let statusEnd = parsed.statusLineEnd
             out.append(UnsafeRawBufferPointer(rebasing: bytes[8..<statusEnd]))
             out.append("\r\n")
-            forEachField(bytes, from: statusEnd + 2, end: parsed.length) { start, colon, lineEnd in
-                let name = UnsafeRawBufferPointer(rebasing: bytes[start..<colon])
-                if isDropped(name) { return }
-                if !named.isEmpty, named.contains(where: { name.count == $0.count && zip(name, $0).allSatisfy { lower($0) == $1 } }) {
-                    return
+            if named.isEmpty, !parsed.dropped.overflowed {
+                // The lines between the dropped ones, each run in one copy.
+                var from = statusEnd + 2
+                for index in 0..<parsed.dropped.count {
+                    let line = parsed.dropped[index]
+                    out.append(UnsafeRawBufferPointer(rebasing: bytes[from..<line.lowerBound]))
+                    from = line.upperBound
                 }
-                out.append(UnsafeRawBufferPointer(rebasing: bytes[start..<(lineEnd + 2)]))
+                out.append(UnsafeRawBufferPointer(rebasing: bytes[from..<(parsed.length - 2)]))
+            } else {
+                forEachField(bytes, from: statusEnd + 2, end: parsed.length) { start, colon, lineEnd in
+                    let name = UnsafeRawBufferPointer(rebasing: bytes[start..<colon])
+                    if isDropped(name) { return }
+                    if !named.isEmpty, named.contains(where: { name.count == $0.count && zip(name, $0).allSatisfy { lower($0) == $1 } }) {
+                        return
+                    }
+                    out.append(UnsafeRawBufferPointer(rebasing: bytes[start..<(lineEnd + 2)]))
+                }
             }
             if parsed.framing == .untilClose { out.append("transfer-encoding: chunked\r\n") }
             timing?.writeField(into: &out)
