@@ -32,8 +32,13 @@ struct HeadWriter {
     }
 
     mutating func append(_ text: String) {
-        var text = text
-        text.withUTF8 { append(UnsafeRawBufferPointer($0)) }
+        // Borrowed, not copied: `withUTF8` is mutating, and the copy it needs costs a retain
+        // and a release of the string's storage (two atomic operations) per piece.
+        let written: Void? = text.utf8.withContiguousStorageIfAvailable { append(UnsafeRawBufferPointer($0)) }
+        if written == nil {
+            var text = text
+            text.withUTF8 { append(UnsafeRawBufferPointer($0)) }
+        }
     }
 
     /// `value` in decimal.
