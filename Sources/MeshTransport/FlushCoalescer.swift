@@ -19,7 +19,10 @@ import NIOCore
 /// completed with the buffer that carried it, and nothing waits longer than the tick that
 /// wrote it.
 ///
-/// Add it on the socket side of the protocol handler (between TLS and HTTP/2).
+/// Add it on the socket side of the protocol handler (between TLS and HTTP/2). Under an
+/// HTTP/1.1 codec over TLS it is made with `deferringFlushes: false`: one flush per response
+/// already, sent at once, while the head and body parts of a message still leave as one
+/// record.
 public final class FlushCoalescer: ChannelOutboundHandler, RemovableChannelHandler {
     public typealias OutboundIn = IOData
     public typealias OutboundOut = IOData
@@ -30,6 +33,7 @@ public final class FlushCoalescer: ChannelOutboundHandler, RemovableChannelHandl
     /// The most a shared buffer holds: one TLS record's plaintext.
     public static let maxMergedBytes = 16 * 1024
 
+    private let deferringFlushes: Bool
     private var scheduled = false
     /// The writes gathered since the last one passed on: the first as it came (a flush with a
     /// single write copies nothing), the later ones copied behind it.
@@ -37,7 +41,11 @@ public final class FlushCoalescer: ChannelOutboundHandler, RemovableChannelHandl
     private var gatheredCopied = false
     private var promises: [EventLoopPromise<Void>] = []
 
-    public init() {}
+    /// - Parameter deferringFlushes: hold a flush to the end of the tick (many streams on one
+    ///   connection) rather than pass it on at once (writes are gathered either way).
+    public init(deferringFlushes: Bool = true) {
+        self.deferringFlushes = deferringFlushes
+    }
 
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         guard case .byteBuffer(var buffer) = unwrapOutboundIn(data), buffer.readableBytes <= Self.maxPieceBytes else {
@@ -69,6 +77,11 @@ public final class FlushCoalescer: ChannelOutboundHandler, RemovableChannelHandl
     }
 
     public func flush(context: ChannelHandlerContext) {
+        guard deferringFlushes else {
+            passGathered(context)
+            context.flush()
+            return
+        }
         guard !scheduled else { return }
         scheduled = true
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)

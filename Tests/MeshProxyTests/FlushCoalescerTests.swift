@@ -155,4 +155,36 @@ final class FlushCoalescerTests: XCTestCase {
         }.wait()
         XCTAssertThrowsError(try last.wait(), "a write never flushed fails when the channel closes")
     }
+
+    /// Under an HTTP/1.1 codec: the flush goes on at once, with the message's parts in one buffer.
+    func testWithoutDeferringAFlushGoesOnAtOnceWithItsWritesInOneBuffer() throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        let collector = Collector()
+        let server = try ServerBootstrap(group: group)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) }
+            }
+            .bind(host: "127.0.0.1", port: 0).wait()
+        defer { try? server.close().wait() }
+        let counter = FlushCounter()
+        let client = try ClientBootstrap(group: group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(counter)
+                    try channel.pipeline.syncOperations.addHandler(FlushCoalescer(deferringFlushes: false))
+                }
+            }
+            .connect(to: try XCTUnwrap(server.localAddress)).wait()
+        defer { try? client.close().wait() }
+
+        let message = ["HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", "hel", "lo"]
+        try client.eventLoop.submit {
+            for part in message { client.write(ByteBuffer(string: part), promise: nil) }
+            client.flush()
+            XCTAssertEqual(counter.flushes, 1, "the flush is not held to the end of the tick")
+            XCTAssertEqual(counter.writes, [message.joined().utf8.count], "head and body in one buffer")
+        }.wait()
+        XCTAssertEqual(try collector.wait(for: message.joined().utf8.count, on: client.eventLoop).wait(), message.joined())
+    }
 }

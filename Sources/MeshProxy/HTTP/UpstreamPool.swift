@@ -292,6 +292,8 @@ final class UpstreamPool {
                         try sync.addPeerTLS(tlsContext, verifier: verifier)
                     }
                     if http {
+                        // A request's head and body parts leave as one TLS record, not one each.
+                        if verifier != nil { try sync.addHandler(FlushCoalescer(deferringFlushes: false)) }
                         // Bytes past a 101 (WebSocket frames sent at once) are handed on, not dropped.
                         // No header validator: see `OutboundListener.addHTTPStack`.
                         try sync.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes, enableOutboundHeaderValidation: false)

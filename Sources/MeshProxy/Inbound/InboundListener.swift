@@ -63,7 +63,7 @@ enum InboundListener {
                             })
                         }
                         let idle = state.inboundIdleTimeout(limits)
-                        let addHTTP: (ChannelPipeline.SynchronousOperations) throws -> Void = { sync in
+                        let addHTTP: (ChannelPipeline.SynchronousOperations, _ tls: Bool) throws -> Void = { sync, tls in
                             let headerTimer = RequestHeaderTimer(limit: limits.requestHeaderTimeout)
                             try sync.addHandler(headerTimer)
                             // Simple requests go as bytes (`ExpressHandler`); the first other
@@ -71,6 +71,9 @@ enum InboundListener {
                             // which do pipelining, the idle timeout and parse errors
                             // themselves (see `DownstreamFlow`).
                             let fullStack: (ChannelPipeline.SynchronousOperations) throws -> Void = { sync in
+                                // A response's head and body parts leave as one TLS record, not
+                                // one each (the express path writes them as one buffer itself).
+                                if tls { try sync.addHandler(FlushCoalescer(deferringFlushes: false)) }
                                 try sync.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: false,
                                                                     withOutboundHeaderValidation: false)
                                 try sync.addHandler(ProxyHTTPHandler(role: "inbound", router: router, streamAuthorizer: streamAuthorizer,
@@ -111,7 +114,7 @@ enum InboundListener {
                                         try sync.addHandler(IdleCloseHandler())
                                         try HTTP2Stack.configureServer(sync, role: "inbound", fromPeerProxy: true, router: router, states: states, logger: logger)
                                     } else {
-                                        try addHTTP(channel.pipeline.syncOperations)
+                                        try addHTTP(channel.pipeline.syncOperations, true)
                                     }
                                 }
                             })
@@ -133,7 +136,7 @@ enum InboundListener {
                                     // A plaintext caller of an opaque app: L4 policy, as unauthenticated.
                                     try addOpaque(channel)
                                 } else {
-                                    try addHTTP(sync)
+                                    try addHTTP(sync, false)
                                 }
                             })
                         }
