@@ -174,6 +174,11 @@ import SwiftASN1
 /// Sends raw bytes and returns what came back before the server closed (5 s at most).
 enum RawSocket {
     static func send(_ bytes: [UInt8], to target: HostPort) async throws -> String {
+        try await send([bytes], pause: .zero, to: target)
+    }
+
+    /// Sends `pieces` one after another, `pause` apart (each its own TCP write).
+    static func send(_ pieces: [[UInt8]], pause: Duration, to target: HostPort) async throws -> String {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connect(host: target.host, port: target.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -181,7 +186,10 @@ enum RawSocket {
                 }
             }
         return try await channel.executeThenClose { inbound, outbound in
-            try await outbound.write(ByteBuffer(bytes: bytes))
+            for (index, piece) in pieces.enumerated() {
+                if index > 0 { try await Task.sleep(for: pause) }
+                try await outbound.write(ByteBuffer(bytes: piece))
+            }
             var received = ByteBuffer()
             let deadline = ContinuousClock.now + .seconds(5)
             // A proxy that never closes fails the test's assertions instead of hanging it.

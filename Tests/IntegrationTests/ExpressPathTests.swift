@@ -31,9 +31,11 @@ final class ExpressPathTests: XCTestCase {
             var arguments = common + ["\(base)/length", "\(base)/chunked", "\(base)/until-close", "\(base)/hints",
                                       "\(base)/conflict", "\(base)/empty"]
             arguments += ["--next"] + common + ["-I", "\(base)/length"]
-            // A request with a body: the express path hands the connection to the full stack,
+            // A body over the express path's limit: it hands the connection to the full stack,
             // which serves it and the next one.
-            arguments += ["--next"] + common + ["--data-binary", "body", "\(base)/post"]
+            let large = mesh.directory.appendingPathComponent("large-body")
+            try String(repeating: "L", count: 16 * 1024 + 1).write(to: large, atomically: true, encoding: .utf8)
+            arguments += ["--next"] + common + ["--data-binary", "@\(large.path)", "\(base)/post"]
             arguments += ["--next"] + common + ["\(base)/length"]
             let run = try runCapturingOutput("/usr/bin/curl", arguments, timeout: 30)
             XCTAssertEqual(run.status, 0, run.err)
@@ -74,6 +76,61 @@ final class ExpressPathTests: XCTestCase {
             let paths = app.requests.filter { $0 != "GET /" }
             XCTAssertEqual(paths, ["GET /length", "GET /chunked", "GET /until-close", "GET /hints", "GET /conflict", "GET /conflict",
                                    "GET /empty", "HEAD /length", "POST /post", "GET /length"], "what reached the app, in order")
+            XCTAssertEqual(app.bodies.map(\.count), [16 * 1024 + 1], "the large body reached the app whole")
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        await app.stop()
+        await mesh.shutdown()
+    }
+
+    /// API calls with small bodies (`Content-Length`, up to 16 KB) stay on the express path
+    /// through both sidecars: the app gets every body whole, also one that comes in pieces
+    /// after its head, both sidecars count the bytes, and a request that is not idempotent is
+    /// never sent twice (a `GET` whose pooled connection the app closed is, once).
+    func testSmallRequestBodiesTravelWholeAndANonIdempotentOneIsNeverSentTwice() async throws {
+        let mesh = try await TestMesh.start()
+        let app = try await ScriptedHTTPApp.start([
+            "/drop": .init("", closeAfter: true),
+        ])
+        do {
+            let api = try await mesh.proxy("api", app: app.address)
+            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
+            _ = try await eventually { try await callThroughMesh(web.outbound, service: "api") }
+            let edge = ["source_service": "web", "destination_service": "api"]
+            func requestBytes(_ admin: HostPort) async throws -> Double {
+                Exposition.sum(try await plainGet(admin, "/metrics").text, "mesh_request_body_bytes_total", edge)
+            }
+            let (callerBefore, calleeBefore) = (try await requestBytes(web.admin), try await requestBytes(api.admin))
+            let json = #"{"order": 12345, "items": ["a", "b"], "note": "line: one"}"#
+            let put = String(repeating: "0123456789", count: 1_000)
+            let pieces: [[UInt8]] = [
+                Array("POST /orders HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\nContent-Length: \(json.utf8.count)\r\n\r\n\(json)".utf8),
+                // A head, then its body in two pieces, later.
+                Array("PUT /k HTTP/1.1\r\nHost: api\r\nContent-Length: \(put.utf8.count)\r\n\r\n".utf8),
+                Array(put.utf8.prefix(4_000)),
+                Array(put.utf8.dropFirst(4_000)) + Array("DELETE /k HTTP/1.1\r\nHost: api\r\nContent-Length: 0\r\n\r\n".utf8),
+                Array("GET /done HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n".utf8),
+            ]
+            let answers = try await RawSocket.send(pieces, pause: .milliseconds(100), to: web.outbound)
+            XCTAssertEqual(answers.components(separatedBy: "HTTP/1.1 200 OK").count, 5, answers)
+            XCTAssertEqual(app.requests.filter { $0 != "GET /" }, ["POST /orders", "PUT /k", "DELETE /k", "GET /done"])
+            XCTAssertEqual(app.bodies, [json, put], "each body whole, in order")
+            let sent = Double(json.utf8.count + put.utf8.count)
+            let (callerAfter, calleeAfter) = (try await requestBytes(web.admin), try await requestBytes(api.admin))
+            XCTAssertEqual(callerAfter - callerBefore, sent, "the caller's sidecar counts the body bytes")
+            XCTAssertEqual(calleeAfter - calleeBefore, sent, "the callee's sidecar counts the body bytes")
+
+            // The app closes a reused connection without answering: a GET is sent once more on
+            // a new connection, a POST is not (the app may have acted on it).
+            let get = try await RawSocket.send(Array("GET /warm HTTP/1.1\r\nHost: api\r\n\r\nGET /drop HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n".utf8),
+                                               to: web.outbound)
+            XCTAssertTrue(get.contains("HTTP/1.1 502"), get)
+            let post = try await RawSocket.send(Array("GET /warm HTTP/1.1\r\nHost: api\r\n\r\nPOST /drop HTTP/1.1\r\nHost: api\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi".utf8),
+                                                to: web.outbound)
+            XCTAssertTrue(post.contains("HTTP/1.1 502"), post)
+            let drops = app.requests.filter { $0.hasSuffix(" /drop") }
+            XCTAssertEqual(drops, ["GET /drop", "GET /drop", "POST /drop"], "the GET replayed once, the POST never")
         } catch {
             XCTFail("\(error)\n\(mesh.logs)")
         }

@@ -25,26 +25,31 @@ public final class ScriptedHTTPApp: Sendable {
 
     private let channel: Channel
     private let seen: NIOLockedValueBox<[String]>
+    private let receivedBodies: NIOLockedValueBox<[String]>
     public var address: HostPort { HostPort(host: "127.0.0.1", port: channel.localAddress?.port ?? 0) }
     /// The request lines received, in order (`GET /path`).
     public var requests: [String] { seen.withLockedValue { $0 } }
+    /// The bodies received (`Content-Length` framed), in order; requests without one add none.
+    public var bodies: [String] { receivedBodies.withLockedValue { $0 } }
 
     public static func start(_ script: [String: Answer]) async throws -> ScriptedHTTPApp {
         let seen = NIOLockedValueBox<[String]>([])
+        let bodies = NIOLockedValueBox<[String]>([])
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ScriptedHandler(script: script, seen: seen))
+                    try channel.pipeline.syncOperations.addHandler(ScriptedHandler(script: script, seen: seen, bodies: bodies))
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
-        return ScriptedHTTPApp(channel: channel, seen: seen)
+        return ScriptedHTTPApp(channel: channel, seen: seen, bodies: bodies)
     }
 
-    private init(channel: Channel, seen: NIOLockedValueBox<[String]>) {
+    private init(channel: Channel, seen: NIOLockedValueBox<[String]>, bodies: NIOLockedValueBox<[String]>) {
         self.channel = channel
         self.seen = seen
+        self.receivedBodies = bodies
     }
 
     public func stop() async { try? await channel.close() }
@@ -55,12 +60,14 @@ private final class ScriptedHandler: ChannelInboundHandler {
     typealias OutboundOut = ByteBuffer
     let script: [String: ScriptedHTTPApp.Answer]
     let seen: NIOLockedValueBox<[String]>
+    let bodies: NIOLockedValueBox<[String]>
     var buffer = ByteBuffer()
     var skipBody = 0
 
-    init(script: [String: ScriptedHTTPApp.Answer], seen: NIOLockedValueBox<[String]>) {
+    init(script: [String: ScriptedHTTPApp.Answer], seen: NIOLockedValueBox<[String]>, bodies: NIOLockedValueBox<[String]>) {
         self.script = script
         self.seen = seen
+        self.bodies = bodies
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -69,7 +76,8 @@ private final class ScriptedHandler: ChannelInboundHandler {
         while true {
             if skipBody > 0 {
                 let skip = min(skipBody, buffer.readableBytes)
-                buffer.moveReaderIndex(forwardBy: skip)
+                let piece = buffer.readString(length: skip) ?? ""
+                bodies.withLockedValue { $0[$0.count - 1] += piece }
                 skipBody -= skip
                 if skipBody > 0 { return }
             }
@@ -85,6 +93,7 @@ private final class ScriptedHandler: ChannelInboundHandler {
             for line in lines.dropFirst() where line.lowercased().hasPrefix("content-length:") {
                 skipBody = Int(line.dropFirst(15).trimmingCharacters(in: .whitespaces)) ?? 0
             }
+            if skipBody > 0 { bodies.withLockedValue { $0.append("") } }
             let answer = script[path] ?? .init("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             if let delay = answer.bodyDelay, let split = answer.bytes.range(of: "\r\n\r\n") {
                 context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: String(answer.bytes[..<split.upperBound]))), promise: nil)

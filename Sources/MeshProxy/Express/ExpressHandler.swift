@@ -10,18 +10,19 @@ import Tracing
 /// NIO's HTTP codec on either side.
 ///
 /// Most requests through a sidecar are a `GET` or `HEAD` with a handful of fields and no
-/// body. For those, the full stack (llhttp decoder → ``ProxyHTTPHandler`` → encoder, and the
-/// same again towards the upstream) spends most of its time turning bytes into typed parts
-/// and back (bench/results: 12 of the 19 µs of user CPU per request per sidecar; an opaque
+/// body, or an API call with a small body framed by `Content-Length`. For those, the full
+/// stack (llhttp decoder → ``ProxyHTTPHandler`` → encoder, and the same again towards the
+/// upstream) spends most of its time turning bytes into typed parts and back (bench/results: 12 of the 19 µs of user CPU per request per sidecar; an opaque
 /// TCP relay over the same mTLS costs 6). This handler reads the request head from the bytes
 /// (``ExpressRequestHead``), asks the same router as the full stack (so routing, policy,
 /// path normalization and header hygiene are the same code), writes the forwarded head, and
 /// relays the response from an ``ExpressUpstream`` as bytes: its head with the hop-by-hop
 /// fields taken out, its body as it comes.
 ///
-/// Anything else — a body, an upgrade, a malformed or unusual head, a destination whose
-/// TrafficPolicy has timeouts, retries on status codes, header routes or fault delays, the
-/// access log, a `mesh tap` — moves the connection to the full stack for good, at a
+/// Anything else — a chunked or larger body (``ExpressRequestHead/maxBodyBytes``), an
+/// `Expect`, an upgrade, a malformed or unusual head, a destination whose TrafficPolicy has
+/// timeouts, retries on status codes, header routes or fault delays, the access log, a
+/// `mesh tap` — moves the connection to the full stack for good, at a
 /// request boundary (``fallBack``): the bytes not yet used are handed to NIO's decoder, which
 /// starts with that request. Default retries (connect failure, reset), endpoint choice,
 /// outlier detection, circuit breaking, metrics, tracing (the same sampling decision, span and
@@ -65,10 +66,13 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var headRequest = false
     private var exchange = Exchange(start: 0)
     private var serial: UInt64 = 0
-    /// The forwarded head, kept to send again (a retry, or a pooled connection the peer
-    /// closed just as it was reused). Requests here have no body, so it is the whole request.
+    /// The forwarded request, head and body, kept to send again (a retry, or a pooled
+    /// connection the peer closed just as it was reused).
     private var request = ByteBuffer()
     private var replayed = false
+    /// The request may be sent again once it has reached an upstream (see ``begin``); before
+    /// that (a failed connect) it always may.
+    private var replayable = true
     private var framing = ExpressResponseHead.Framing.none
     private var inRead = false
     private var upstreamUnflushed: Channel?
@@ -224,18 +228,25 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
             resumeReading(context)
         case .unsupported:
             fallBack(context)
-        case .request(let head, let length, let keepAlive):
+        case .request(let head, let length, let keepAlive, let bodyLength):
             scanned = 0
             // What the express path does not do itself: the full stack does it, from here on.
             guard loopState.accessLog == nil, loopState.tap?.isOn(Exchange.now()) != true, admits(head, loopState) else {
                 fallBack(context)
                 return
             }
+            // A body is read whole before the request goes on (it is small: at most
+            // `ExpressRequestHead.maxBodyBytes`); the head is parsed again then.
+            guard buffer.readableBytes >= length + bodyLength else {
+                resumeReading(context)
+                return
+            }
             pending?.moveReaderIndex(forwardBy: length)
+            let body = bodyLength > 0 ? pending?.readSlice(length: bodyLength) : nil
             // Not kept once used up: the read buffer goes back to NIO's pool for the next read
             // (and the next request is not copied behind an empty one).
             if pending?.readableBytes == 0 { pending = nil }
-            begin(head, keepAlive: keepAlive, context: context, loopState: loopState)
+            begin(head, body: body, keepAlive: keepAlive, context: context, loopState: loopState)
             if case .idle = phase {} else { holdRest(context) }
         }
     }
@@ -278,10 +289,17 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 
-    private func begin(_ head: HTTPRequestHead, keepAlive: Bool, context: ChannelHandlerContext, loopState: LoopState) {
+    private func begin(_ head: HTTPRequestHead, body: ByteBuffer?, keepAlive: Bool, context: ChannelHandlerContext,
+                       loopState: LoopState) {
         headerTimer?.headReceived()
         self.keepAlive = keepAlive
         headRequest = head.method == .HEAD
+        // Sent again only where the full stack would: a request that may be repeated (RFC 9110
+        // §9.2.2), or one the TrafficPolicy allows to be.
+        switch head.method {
+        case .GET, .HEAD, .PUT, .DELETE: replayable = true
+        default: replayable = false
+        }
         serial &+= 1
         exchange = Exchange(start: Exchange.now())
         if !infoLoaded {
@@ -327,6 +345,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
                 route.budget.request(now: exchange.start)
                 exchange.enterPending()
             }
+            if exchange.settings?.retryNonIdempotent == true { replayable = true }
             if direction == .inbound, exchange.topPath != nil {
                 exchange.topPath?.path = ProxyHeaders.path(of: forwardHead.uri)
             }
@@ -334,7 +353,8 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
                 // What is logged is what was authorized and forwarded: the normalized path.
                 exchange.log?.path = String(ProxyHeaders.path(of: forwardHead.uri).prefix(1024))
             }
-            request = Self.serialize(forwardHead, allocator: context.channel.allocator)
+            request = Self.serialize(forwardHead, body: body, allocator: context.channel.allocator)
+            exchange.requestBytes = body?.readableBytes ?? 0
             replayed = false
             loopState.inFlight += 1
             phase = .connecting
@@ -342,13 +362,14 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    /// The request as it goes upstream: always HTTP/1.1, the router's fields in its order.
-    private static func serialize(_ head: HTTPRequestHead, allocator: ByteBufferAllocator) -> ByteBuffer {
+    /// The request as it goes upstream: always HTTP/1.1, the router's fields in its order,
+    /// then the body, in one buffer (one write, one TLS record).
+    private static func serialize(_ head: HTTPRequestHead, body: ByteBuffer?, allocator: ByteBufferAllocator) -> ByteBuffer {
         let method = head.method.rawValue
         // Room for the usual head without walking its fields twice (a field costs a retain and
         // release of both strings per walk); a larger one is written again with more room.
         let size = method.utf8.count + head.uri.utf8.count + 13 + 64 * head.headers.count
-        var out = allocator.buffer(capacity: size)
+        var out = allocator.buffer(capacity: size + (body?.readableBytes ?? 0))
         out.writeHead(capacity: size) { out in
             out.append(method)
             out.append(" ")
@@ -362,6 +383,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
             out.append("\r\n")
         }
+        if let body { out.writeImmutableBuffer(body) }
         return out
     }
 
@@ -569,7 +591,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// the policy's retries on reset); else ``abandon(code:message:)``.
     private func upstreamFailed(code: String, message: String) {
         guard case .forwarding(let upstream, let started) = phase, let loopState else { return }
-        if !started, upstream.uses > 1, !replayed {
+        if !started, upstream.uses > 1, !replayed, replayable {
             // A pooled connection the peer closed just as it was reused: the one failure a
             // proxy must hide. Once, on a new connection.
             replayed = true
@@ -577,7 +599,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
             connect([upstream.key], loopState: loopState, fresh: true)
             return
         }
-        if !started, exchange.settings?.retryOnReset == true, retry("reset") { return }
+        if !started, replayable, exchange.settings?.retryOnReset == true, retry("reset") { return }
         abandon(code: code, message: message)
     }
 

@@ -4,10 +4,11 @@ import NIOHTTP1
 /// Reads the head of a request the express path may carry (``ExpressHandler``), straight from
 /// the connection's bytes.
 ///
-/// It recognizes a strict subset of HTTP/1.1 and nothing else: `GET` or `HEAD` of an
-/// origin-form target, `HTTP/1.1`, CRLF line ends, header names of token characters, visible
-/// ASCII values, exactly one `Host`, no body and nothing that changes the framing or the
-/// connection (`Content-Length`, `Transfer-Encoding`, `TE`, `Upgrade`, `Expect`, a
+/// It recognizes a strict subset of HTTP/1.1 and nothing else: `GET`, `HEAD`, `POST`, `PUT`,
+/// `PATCH` or `DELETE` of an origin-form target, `HTTP/1.1`, CRLF line ends, header names of
+/// token characters, visible ASCII values, exactly one `Host`, no body or one framed by a single
+/// `Content-Length` of digits of at most ``maxBodyBytes``, and nothing else that changes the
+/// framing or the connection (`Transfer-Encoding`, `TE`, `Upgrade`, `Expect`, a
 /// `Connection` other than `keep-alive` or `close`), within the header limits. For anything
 /// else it says ``Outcome/unsupported`` and the connection goes to the full HTTP stack
 /// (NIO's llhttp decoder), which answers it — a 400, a 431, a body, an upgrade. So the two
@@ -19,9 +20,14 @@ enum ExpressRequestHead {
         case incomplete
         /// Not for the express path (the reason is for tests and debug logs).
         case unsupported(String)
-        /// The head, its size in bytes, and whether the caller keeps the connection open.
-        case request(HTTPRequestHead, length: Int, keepAlive: Bool)
+        /// The head, its size in bytes, whether the caller keeps the connection open, and the
+        /// size of the body after the head (`Content-Length`; 0 without one).
+        case request(HTTPRequestHead, length: Int, keepAlive: Bool, bodyLength: Int)
     }
+
+    /// The largest body the express path carries (read whole, then sent with its head in one
+    /// write, and kept for a replay): a small API call's. Larger ones stream on the full stack.
+    static let maxBodyBytes = 16 * 1024
 
     /// Parses the head at the start of `buffer`'s readable bytes (nothing is consumed).
     static func parse(_ buffer: ByteBuffer, maxHeaderBytes: Int, maxHeaderFields: Int) -> Outcome {
@@ -35,14 +41,23 @@ enum ExpressRequestHead {
         let method: HTTPMethod
         var index: Int
         if matches(bytes, at: 0, "GET ") {
-            method = .GET
-            index = 4
+            (method, index) = (.GET, 4)
+        } else if matches(bytes, at: 0, "POST ") {
+            (method, index) = (.POST, 5)
         } else if matches(bytes, at: 0, "HEAD ") {
-            method = .HEAD
-            index = 5
+            (method, index) = (.HEAD, 5)
+        } else if matches(bytes, at: 0, "PUT ") {
+            (method, index) = (.PUT, 4)
+        } else if matches(bytes, at: 0, "PATCH ") {
+            (method, index) = (.PATCH, 6)
+        } else if matches(bytes, at: 0, "DELETE ") {
+            (method, index) = (.DELETE, 7)
         } else {
-            // A prefix of GET or HEAD may still become one.
-            if bytes.count < 5, isPrefix(bytes, of: "GET ") || isPrefix(bytes, of: "HEAD ") { return .incomplete }
+            // A prefix of one of them may still become it.
+            if bytes.count < 7, isPrefix(bytes, of: "GET ") || isPrefix(bytes, of: "POST ") || isPrefix(bytes, of: "HEAD ")
+                || isPrefix(bytes, of: "PUT ") || isPrefix(bytes, of: "PATCH ") || isPrefix(bytes, of: "DELETE ") {
+                return .incomplete
+            }
             return .unsupported("method")
         }
         let targetStart = index
@@ -70,6 +85,7 @@ enum ExpressRequestHead {
         // and each field's name and value plus 4. A head over it goes there, for its 431.
         var counted = targetEnd - targetStart
         var hosts = 0
+        var bodyLength: Int?
         var keepAlive = true
         var fields = 0
         while true {
@@ -108,6 +124,9 @@ enum ExpressRequestHead {
                 hosts += 1
             case .connection:
                 // Only the two tokens that say nothing but whether the connection stays open.
+                // No tab: NIO's keep-alive reading trims spaces only, and takes `close<TAB>`
+                // for another token.
+                if value.contains(0x09) { return .unsupported("connection option") }
                 var other = false
                 var close = false
                 forEachToken(value) { token in
@@ -115,6 +134,19 @@ enum ExpressRequestHead {
                 }
                 if other { return .unsupported("connection option") }
                 if close { keepAlive = false }
+            case .contentLength:
+                // Digits only, once, and small. Not even trailing whitespace: llhttp takes a
+                // space there but refuses a tab, and the full stack reads both the way it does.
+                let digits = value.count
+                guard bodyLength == nil, digits > 0, digits <= 6 else { return .unsupported("content-length") }
+                var length = 0
+                for offset in 0..<digits {
+                    let byte = value[offset]
+                    guard byte >= 0x30, byte <= 0x39 else { return .unsupported("content-length") }
+                    length = length * 10 + Int(byte - 0x30)
+                }
+                guard length <= maxBodyBytes else { return .unsupported("body too large") }
+                bodyLength = length
             case .framing:
                 return .unsupported("framing or upgrade field")
             case .other:
@@ -126,10 +158,10 @@ enum ExpressRequestHead {
         guard index <= maxHeaderBytes else { return .unsupported("head too large") }
         let target = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[targetStart..<targetEnd]), as: UTF8.self)
         return .request(HTTPRequestHead(version: .http1_1, method: method, uri: target, headers: HTTPHeaders(fieldList)),
-                        length: index, keepAlive: keepAlive)
+                        length: index, keepAlive: keepAlive, bodyLength: bodyLength ?? 0)
     }
 
-    private enum FieldKind { case host, connection, framing, other }
+    private enum FieldKind { case host, connection, contentLength, framing, other }
 
     /// The fields the express path looks at, by lowercase name.
     private static func classify(_ name: UnsafeRawBufferPointer) -> FieldKind {
@@ -141,7 +173,9 @@ enum ExpressRequestHead {
         case 10:
             if equalsLowercase(name, "connection") { return .connection }
             return equalsLowercase(name, "keep-alive") ? .framing : .other
-        case 14: return equalsLowercase(name, "content-length") || equalsLowercase(name, "http2-settings") ? .framing : .other
+        case 14:
+            if equalsLowercase(name, "content-length") { return .contentLength }
+            return equalsLowercase(name, "http2-settings") ? .framing : .other
         case 16: return equalsLowercase(name, "proxy-connection") ? .framing : .other
         case 17: return equalsLowercase(name, "transfer-encoding") || equalsLowercase(name, "x-mesh-orig-proto") ? .framing : .other
         default: return .other
