@@ -6,6 +6,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
+import Synchronization
 
 /// An HTTP/1.1 server for the JSON APIs (control plane proxy API, operator API, proxy admin),
 /// optionally on TLS with SPIFFE verification. Not the data path: a Task per connection is
@@ -26,7 +27,8 @@ public final class APIServer: Sendable {
         public init() {}
     }
 
-    private let channel: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>
+    private let listener: Channel
+    private let connections: Connections
     private let handler: Handler
     private let limits: Limits
     private let logger: Logger
@@ -38,13 +40,25 @@ public final class APIServer: Sendable {
         let idle = limits.idleTimeout
         let headerTimeout = limits.headerTimeout
         let handshakeTimeout = limits.handshakeTimeout
-        let channel: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>
+        // Each connection is handed to a task of its own as it is set up, not queued for a
+        // serving loop: a connection queued when the loop is cancelled would be dropped unused,
+        // and swift-nio stops the process then (`Deinited NIOAsyncWriter without calling
+        // finish()`, apple/swift-nio#2637; a browser on the dashboard at the demo's Ctrl-C
+        // hit it).
+        let connections = Connections()
+        let serving = Serving(handler: handler, limits: limits, logger: logger)
+        let listener: Channel
         do {
-            channel = try await ServerBootstrap(group: group)
+            listener = try await ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 256)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .bind(host: address.host, port: address.port) { child in
+                .childChannelInitializer { child in
                     child.eventLoop.makeCompletedFuture {
+                        // Accepted as the server stops: closed, never wrapped.
+                        guard connections.isOpen else {
+                            child.close(promise: nil)
+                            return
+                        }
                         let sync = child.pipeline.syncOperations
                         try sync.addHandler(IdleStateHandler(allTimeout: idle))
                         try sync.addHandler(IdleCloseHandler())
@@ -61,47 +75,93 @@ public final class APIServer: Sendable {
                         try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
                         try sync.addHandler(HTTPParseErrorResponder())
                         try sync.addHandler(RequestHeaderTimerHooks())
-                        return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: child)
+                        let connection = try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: child)
+                        // `serve` calls `executeThenClose` first thing, cancelled or not.
+                        connections.start { await serving.serve(connection) }
                     }
                 }
+                .bind(host: address.host, port: address.port).get()
         } catch {
             throw MeshError(.invalidAddress, "cannot listen on \(address): \(error); is another process using it?")
         }
-        let port = channel.channel.localAddress?.port ?? address.port
-        return APIServer(channel: channel, handler: handler, limits: limits, logger: logger,
+        let port = listener.localAddress?.port ?? address.port
+        return APIServer(listener: listener, connections: connections, handler: handler, limits: limits, logger: logger,
                          localAddress: HostPort(host: address.host, port: port))
     }
 
-    private init(channel: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>,
-                 handler: @escaping Handler, limits: Limits, logger: Logger, localAddress: HostPort) {
-        self.channel = channel
+    private init(listener: Channel, connections: Connections, handler: @escaping Handler, limits: Limits, logger: Logger,
+                 localAddress: HostPort) {
+        self.listener = listener
+        self.connections = connections
         self.handler = handler
         self.limits = limits
         self.logger = logger
         self.localAddress = localAddress
     }
 
-    /// Serves until the listening channel closes (see ``close()``) or the task is cancelled.
+    /// Serves until the listening channel closes (see ``close()``) and its connections end;
+    /// cancelled, it stops accepting and ends the connections (each closes as its
+    /// `executeThenClose` sees the cancellation).
     public func run() async {
-        await withDiscardingTaskGroup { group in
-            do {
-                try await channel.executeThenClose { inbound in
-                    for try await connection in inbound {
-                        group.addTask { await self.serve(connection) }
-                    }
-                }
-            } catch {
-                logger.debug("API listener stopped", metadata: ["error": "\(error)"])
-            }
+        await withTaskCancellationHandler {
+            try? await listener.closeFuture.get()
+        } onCancel: {
+            listener.close(promise: nil)
         }
+        let tasks = connections.stop()
+        if Task.isCancelled { for task in tasks { task.cancel() } }
+        for task in tasks { await task.value }
+        logger.debug("API listener stopped", metadata: ["address": "\(localAddress)"])
     }
 
     /// Stops accepting; connections in flight finish their current request.
     public func close() async {
-        try? await channel.channel.close()
+        try? await listener.close()
     }
 
-    private func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>) async {
+}
+
+/// The tasks serving an ``APIServer``'s connections, one each, until the server stops.
+private final class Connections: Sendable {
+    private struct State {
+        var open = true
+        var next: UInt64 = 0
+        var tasks: [UInt64: Task<Void, Never>] = [:]
+    }
+
+    private let state = Mutex(State())
+
+    /// Whether the server still takes connections.
+    var isOpen: Bool { state.withLock { $0.open } }
+
+    /// Runs `body` in a task of its own, kept until it ends (or the server stops).
+    func start(_ body: @escaping @Sendable () async -> Void) {
+        state.withLock { state in
+            let id = state.next
+            state.next += 1
+            state.tasks[id] = Task {
+                await body()
+                self.state.withLock { _ = $0.tasks.removeValue(forKey: id) }
+            }
+        }
+    }
+
+    /// No more connections; the tasks of those open now.
+    func stop() -> [Task<Void, Never>] {
+        state.withLock { state in
+            state.open = false
+            return Array(state.tasks.values)
+        }
+    }
+}
+
+/// What a connection is served with (made before the listener, which needs it).
+private struct Serving: Sendable {
+    let handler: APIServer.Handler
+    let limits: APIServer.Limits
+    let logger: Logger
+
+    func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>) async {
         let remote = connection.channel.remoteAddress?.ipAddress
         do {
             try await connection.executeThenClose { inbound, outbound in
