@@ -95,7 +95,7 @@ final class ExpressPathTests: XCTestCase {
         ])
         do {
             let api = try await mesh.proxy("api", app: app.address)
-            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9))
+            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9), extra: ["--request-header-timeout", "1s"])
             _ = try await eventually { try await callThroughMesh(web.outbound, service: "api") }
             let edge = ["source_service": "web", "destination_service": "api"]
             func requestBytes(_ admin: HostPort) async throws -> Double {
@@ -116,7 +116,13 @@ final class ExpressPathTests: XCTestCase {
             XCTAssertEqual(answers.components(separatedBy: "HTTP/1.1 200 OK").count, 5, answers)
             XCTAssertEqual(app.requests.filter { $0 != "GET /" }, ["POST /orders", "PUT /k", "DELETE /k", "GET /done"])
             XCTAssertEqual(app.bodies, [json, put], "each body whole, in order")
-            let sent = Double(json.utf8.count + put.utf8.count)
+            // A body slower than the header timeout: the head was in time, the body meets the
+            // idle timeout only (as on the full stack).
+            let slow = try await RawSocket.send([Array("PATCH /slow HTTP/1.1\r\nHost: api\r\nContent-Length: 4\r\nConnection: close\r\n\r\n".utf8),
+                                                 Array("late".utf8)], pause: .milliseconds(1_500), to: web.outbound)
+            XCTAssertTrue(slow.hasPrefix("HTTP/1.1 200 OK"), "a body after the header timeout: \(slow)")
+            XCTAssertEqual(app.bodies.last, "late")
+            let sent = Double(json.utf8.count + put.utf8.count + 4)
             let (callerAfter, calleeAfter) = (try await requestBytes(web.admin), try await requestBytes(api.admin))
             XCTAssertEqual(callerAfter - callerBefore, sent, "the caller's sidecar counts the body bytes")
             XCTAssertEqual(calleeAfter - calleeBefore, sent, "the callee's sidecar counts the body bytes")
