@@ -61,9 +61,14 @@ final class HistogramSeries: Sendable {
     /// Every shard ever made: a loop keeps its edges for good, and counts never go down.
     private let shards = Mutex<[HistogramShard]>([])
 
-    init(labels: [(String, String)], buckets: [Double]) {
-        self.labels = labels.map { "\($0.0)=\"\(Self.escape($0.1, quotes: true))\"" }.joined(separator: ",")
+    init(labels: String, buckets: [Double]) {
+        self.labels = labels
         self.buckets = buckets
+    }
+
+    /// Labels as a series line carries them: `name="value",…`, values escaped.
+    static func render(_ labels: [(String, String)]) -> String {
+        labels.map { "\($0.0)=\"\(escape($0.1, quotes: true))\"" }.joined(separator: ",")
     }
 
     /// A new shard of this series, for one event loop.
@@ -121,15 +126,16 @@ final class ShardedHistograms: Sendable {
 
     /// A new shard of the series `name` with `labels` (the series is made on first use).
     func shard(name: String, help: String, labels: [(String, String)], buckets: [Double]) -> HistogramShard {
-        let series = HistogramSeries(labels: labels, buckets: buckets)
-        let existing = families.withLock { families in
+        let rendered = HistogramSeries.render(labels)
+        let series = families.withLock { families in
             var family = families[name] ?? Family(help: help)
-            if let known = family.series[series.labels] { return known }
-            family.series[series.labels] = series
+            if let known = family.series[rendered] { return known }
+            let series = HistogramSeries(labels: rendered, buckets: buckets)
+            family.series[rendered] = series
             families[name] = family
             return series
         }
-        return existing.makeShard()
+        return series.makeShard()
     }
 
     /// Every family: `# HELP`, `# TYPE histogram`, then its series, in name and label order.

@@ -51,26 +51,43 @@ final class FlushCoalescerTests: XCTestCase {
         }
     }
 
-    func testFlushesOfOneTickGoOutAsOneAndEveryByteArrivesInOrder() throws {
+    /// A loopback connection whose client writes through `coalescer`, a ``FlushCounter``
+    /// under it, to a ``Collector``.
+    private struct Pair {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
         let collector = Collector()
-        let server = try ServerBootstrap(group: group)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) }
-            }
-            .bind(host: "127.0.0.1", port: 0).wait()
-        defer { try? server.close().wait() }
         let counter = FlushCounter()
-        let client = try ClientBootstrap(group: group)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(counter)
-                    try channel.pipeline.syncOperations.addHandler(FlushCoalescer())
+        let server: Channel
+        let client: Channel
+
+        init(_ coalescer: FlushCoalescer) throws {
+            let (collector, counter) = (self.collector, self.counter)
+            server = try ServerBootstrap(group: group)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) }
                 }
-            }
-            .connect(to: try XCTUnwrap(server.localAddress)).wait()
-        defer { try? client.close().wait() }
+                .bind(host: "127.0.0.1", port: 0).wait()
+            client = try ClientBootstrap(group: group)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(counter)
+                        try channel.pipeline.syncOperations.addHandler(coalescer)
+                    }
+                }
+                .connect(to: try XCTUnwrap(server.localAddress)).wait()
+        }
+
+        func close() {
+            try? client.close().wait()
+            try? server.close().wait()
+            try? group.syncShutdownGracefully()
+        }
+    }
+
+    func testFlushesOfOneTickGoOutAsOneAndEveryByteArrivesInOrder() throws {
+        let pair = try Pair(FlushCoalescer())
+        defer { pair.close() }
+        let (client, counter, collector) = (pair.client, pair.counter, pair.collector)
 
         // Ten streams' worth of writes, each flushed, in one tick of the loop.
         try client.eventLoop.submit {
@@ -87,25 +104,9 @@ final class FlushCoalescerTests: XCTestCase {
     }
 
     func testSmallWritesOfAFlushGoOutAsOneBufferInOrderAndEveryPromiseIsKept() throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
-        let collector = Collector()
-        let server = try ServerBootstrap(group: group)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) }
-            }
-            .bind(host: "127.0.0.1", port: 0).wait()
-        defer { try? server.close().wait() }
-        let counter = FlushCounter()
-        let client = try ClientBootstrap(group: group)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(counter)
-                    try channel.pipeline.syncOperations.addHandler(FlushCoalescer())
-                }
-            }
-            .connect(to: try XCTUnwrap(server.localAddress)).wait()
-        defer { try? client.close().wait() }
+        let pair = try Pair(FlushCoalescer())
+        defer { pair.close() }
+        let (client, counter, collector) = (pair.client, pair.counter, pair.collector)
 
         // A frame header and its payload, ten times (as HTTP/2 writes DATA frames): one buffer.
         var expected = ""
@@ -158,25 +159,9 @@ final class FlushCoalescerTests: XCTestCase {
 
     /// Under an HTTP/1.1 codec: the flush goes on at once, with the message's parts in one buffer.
     func testWithoutDeferringAFlushGoesOnAtOnceWithItsWritesInOneBuffer() throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
-        let collector = Collector()
-        let server = try ServerBootstrap(group: group)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) }
-            }
-            .bind(host: "127.0.0.1", port: 0).wait()
-        defer { try? server.close().wait() }
-        let counter = FlushCounter()
-        let client = try ClientBootstrap(group: group)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(counter)
-                    try channel.pipeline.syncOperations.addHandler(FlushCoalescer(deferringFlushes: false))
-                }
-            }
-            .connect(to: try XCTUnwrap(server.localAddress)).wait()
-        defer { try? client.close().wait() }
+        let pair = try Pair(FlushCoalescer(deferringFlushes: false))
+        defer { pair.close() }
+        let (client, counter, collector) = (pair.client, pair.counter, pair.collector)
 
         let message = ["HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", "hel", "lo"]
         try client.eventLoop.submit {

@@ -297,12 +297,6 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         headerTimer?.headReceived()
         self.keepAlive = keepAlive
         headRequest = head.method == .HEAD
-        // Sent again only where the full stack would: a request that may be repeated (RFC 9110
-        // §9.2.2), or one the TrafficPolicy allows to be.
-        switch head.method {
-        case .GET, .HEAD, .PUT, .DELETE: replayable = true
-        default: replayable = false
-        }
         serial &+= 1
         exchange = Exchange(start: Exchange.now())
         if !infoLoaded {
@@ -348,7 +342,8 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
                 route.budget.request(now: exchange.start)
                 exchange.enterPending()
             }
-            if exchange.settings?.retryNonIdempotent == true { replayable = true }
+            // Sent again only where the full stack would.
+            replayable = head.method.isIdempotent || exchange.settings?.retryNonIdempotent == true
             if direction == .inbound, exchange.topPath != nil {
                 exchange.topPath?.path = ProxyHeaders.path(of: forwardHead.uri)
             }

@@ -98,11 +98,8 @@ final class ExpressUpstream: ChannelInboundHandler {
                     buffer.withUnsafeReadableBytes { responder.responseHead(parsed, bytes: $0, inlineBody: inlineBody) }
                     buffer.moveReaderIndex(forwardBy: parsed.length + inlineBody)
                     switch parsed.framing {
-                    case .none:
-                        finish(responder, reusable: parsed.keepAlive && buffer.readableBytes == 0)
-                        if buffer.readableBytes > 0 { context.close(promise: nil) }
-                        return
-                    case .length where inlineBody > 0:
+                    case .none, .length where inlineBody > 0:
+                        // The whole response is out (no body, or all of it with the head).
                         finish(responder, reusable: parsed.keepAlive && buffer.readableBytes == 0)
                         if buffer.readableBytes > 0 { context.close(promise: nil) }
                         return

@@ -358,12 +358,7 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                 exchange.log?.path = String(ProxyHeaders.path(of: forwardHead.uri).prefix(1024))
             }
             state = .connecting(pending: [.head(forwardHead)], pendingBytes: 0, requestEnded: false)
-            let idempotent: Bool
-            switch forwardHead.method {
-            case .GET, .HEAD, .OPTIONS, .PUT, .DELETE, .TRACE: idempotent = true
-            default: idempotent = false
-            }
-            replay = idempotent || exchange.settings?.retryNonIdempotent == true ? [.head(forwardHead)] : nil
+            replay = forwardHead.method.isIdempotent || exchange.settings?.retryNonIdempotent == true ? [.head(forwardHead)] : nil
             replayBytes = 0
             replayed = false
             loopState.inFlight += 1

@@ -299,3 +299,15 @@ extension String {
         return true
     }
 }
+
+extension HTTPMethod {
+    /// Whether a request may be sent again after it reached an upstream that then failed
+    /// (RFC 9110 §9.2.2): the proxies replay only these, unless the TrafficPolicy allows it
+    /// (`retryNonIdempotent`).
+    var isIdempotent: Bool {
+        switch self {
+        case .GET, .HEAD, .OPTIONS, .PUT, .DELETE, .TRACE: true
+        default: false
+        }
+    }
+}
