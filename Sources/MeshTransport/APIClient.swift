@@ -226,14 +226,28 @@ public struct APIClient: Sendable {
             }
             if let bearerToken { headers.add(name: "authorization", value: "Bearer \(bearerToken)") }
             for (name, value) in extraHeaders { headers.add(name: name, value: value) }
-            try await outbound.write(.head(HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: headers)))
-            if let body { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
-            try await outbound.write(.end(nil))
+            var parts: [HTTPClientRequestPart] = [.head(HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: headers))]
+            if let body { parts.append(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
+            parts.append(.end(nil))
+            // The request goes out in one write: written part by part, a server that answers
+            // at the head and closes (as `connection: close` asks) could close the channel
+            // before the end was written, and the answer already read would be lost to an
+            // "I/O on closed channel". A server may also answer before reading a request at
+            // all (an early 4xx, or a close): what it said is still read.
+            var sendFailure: Error?
+            do {
+                try await outbound.write(contentsOf: parts)
+            } catch {
+                sendFailure = error
+            }
             do {
                 return try await read(inbound)
-            } catch let error as MeshError {
-                throw error
             } catch {
+                if let sendFailure {
+                    throw MeshError(.unavailable, "\(target) closed the connection before the request was sent (\(sendFailure)); "
+                                    + "check that it speaks HTTP/1.1\(tls == nil ? " without TLS" : " over mesh TLS") on that port")
+                }
+                if error is MeshError { throw error }
                 throw MeshError(.unavailable, "connection to \(target) failed: \(error)")
             }
         }

@@ -89,6 +89,99 @@ final class EarlyAnswerTests: XCTestCase {
         app.stop()
         await mesh.shutdown()
     }
+
+    /// The mesh's own client (control plane calls, the CLI, an admin port) gets the answer of
+    /// a server that answers and closes at once, as the sidecars do for `Connection: close`:
+    /// it once wrote a GET's head and its end in two writes, and an answer that came and
+    /// closed the channel between them was lost to "I/O on closed channel" (1 call in 33,739
+    /// of StaticStabilityTests' load on CI). Also when the server answers before it has read
+    /// anything. 300 calls each way; a server that closes without a word is a clear error.
+    func testTheMeshClientReadsTheAnswerOfAServerThatClosesAsItAnswers() async throws {
+        let server = try await QuickCloser.start(answerAt: .firstRead)
+        let client = APIClient(target: server.address, group: MultiThreadedEventLoopGroup.singleton, tls: nil)
+        // Eight callers at once: the race needs a caller's task to wait between its writes.
+        let failures = await withTaskGroup(of: [String].self) { group in
+            for caller in 0..<8 {
+                group.addTask {
+                    var failures: [String] = []
+                    for call in 0..<250 {
+                        do {
+                            let response = try await client.get("/ready")
+                            if response.status != .ok || response.text != "ok" {
+                                failures.append("caller \(caller), call \(call): \(response.status) \(response.text)")
+                            }
+                        } catch {
+                            failures.append("caller \(caller), call \(call): \(error)")
+                        }
+                    }
+                    return failures
+                }
+            }
+            return await group.reduce(into: []) { $0 += $1 }
+        }
+        XCTAssertEqual(failures, [], "\(failures.count) of 2000 calls failed")
+        try await server.channel.close()
+        // A server that closes without a word: every call fails with an error that names it,
+        // whichever write or read meets the close.
+        let silent = try await QuickCloser.start(answerAt: nil)
+        for call in 0..<200 {
+            do {
+                _ = try await APIClient(target: silent.address, group: MultiThreadedEventLoopGroup.singleton, tls: nil).get("/ready")
+                XCTFail("call \(call): a server that closes without answering is an error")
+            } catch let error as MeshError {
+                XCTAssertEqual(error.code, .unavailable)
+                XCTAssertTrue(error.message.contains(silent.address.description), error.message)
+            } catch {
+                XCTFail("call \(call): not a MeshError naming the server: \(error)")
+                break
+            }
+        }
+        try await silent.channel.close()
+    }
+}
+
+/// A plain TCP server that writes one fixed HTTP/1.1 answer (`200`, body `ok`) and closes,
+/// at accept or at the first bytes it reads; with no moment, it closes at accept unanswered.
+private enum QuickCloser {
+    enum Moment: Sendable { case accept, firstRead }
+
+    static func start(answerAt: Moment?) async throws -> (channel: Channel, address: HostPort) {
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Handler(answerAt: answerAt)) }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        return (channel, HostPort(host: "127.0.0.1", port: channel.localAddress?.port ?? 0))
+    }
+
+    private final class Handler: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+        let answerAt: Moment?
+        var answered = false
+        init(answerAt: Moment?) { self.answerAt = answerAt }
+
+        func channelActive(context: ChannelHandlerContext) {
+            switch answerAt {
+            case .accept: answer(context)
+            case nil: context.close(promise: nil)
+            case .firstRead: break
+            }
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            if answerAt == .firstRead { answer(context) }
+        }
+
+        private func answer(_ context: ChannelHandlerContext) {
+            guard !answered else { return }
+            answered = true
+            let text = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+            context.writeAndFlush(NIOAny(ByteBuffer(string: text))).whenComplete { _ in context.close(promise: nil) }
+        }
+    }
 }
 
 /// An HTTP client on NIO (as the mesh's own and many others are) that sends the head, then
