@@ -354,7 +354,11 @@ final class ExpressParsingTests: XCTestCase {
             + "X-Secret: s\r\nx-mesh-timing: app=1,proxy=2\r\nUpgrade: h2c\r\nProxy-Connection: x\r\n"
             + "Proxy-Authenticate: y\r\nContent-Length: 2\r\nx-secrets: kept\r\n\r\nhi"
         guard case .parsed(let parsed) = parseResponse(text, timing: true) else { return XCTFail("not parsed") }
-        XCTAssertEqual(parsed.timing, "app=1,proxy=2")
+        XCTAssertEqual(parsed.timing.map { String(decoding: Array(text.utf8)[$0], as: UTF8.self) }, "app=1,proxy=2")
+        let peer = Array(text.utf8).withUnsafeBytes { bytes in
+            parsed.timing.flatMap { HopTiming(headerValue: UnsafeRawBufferPointer(rebasing: bytes[$0])) }
+        }
+        XCTAssertEqual(peer, HopTiming(appNanos: 1_000, proxyNanos: 2_000), "the value's bytes read where they are")
         var out = ByteBuffer()
         Array(text.utf8).withUnsafeBytes {
             ExpressResponseHead.write($0, parsed, timing: HopTiming(appNanos: 3_999, proxyNanos: 4_000), close: true, into: &out)

@@ -513,7 +513,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
                                    proxyNanos: exchange.upstreamStart &- exchange.start)
             }
         case .outbound:
-            if let value = parsed.timing { exchange.peer = HopTiming(headerValue: value) }
+            if let value = parsed.timing { exchange.peer = HopTiming(headerValue: UnsafeRawBufferPointer(rebasing: bytes[value])) }
         }
         framing = parsed.framing
         let body = UnsafeRawBufferPointer(rebasing: bytes[parsed.length..<(parsed.length + inlineBody)])

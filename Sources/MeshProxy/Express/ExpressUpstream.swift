@@ -71,7 +71,7 @@ final class ExpressUpstream: ChannelInboundHandler {
                 case .invalid(let reason):
                     self.responder = nil
                     context.close(promise: nil)
-                    responder.responseInvalid(reason)
+                    responder.responseInvalid("\(reason)")
                     return
                 case .parsed(let parsed):
                     if parsed.status == 101 {

@@ -233,11 +233,17 @@ struct HopTiming: Equatable {
     /// Parses a header value; nil for anything malformed or absurd (over an hour). Reads the
     /// bytes in one pass: the outbound proxy parses one on every response from a peer.
     init?(headerValue: String) {
+        var value = headerValue
+        guard let parsed = value.withUTF8({ HopTiming(headerValue: UnsafeRawBufferPointer($0)) }) else { return nil }
+        self = parsed
+    }
+
+    /// The same, from the value's bytes where they were read (the express path's head).
+    init?(headerValue bytes: UnsafeRawBufferPointer) {
         var app: UInt64?
         var proxy: UInt64?
-        guard headerValue.utf8.count <= 64 else { return nil }
-        var value = headerValue
-        let parsed: Bool = value.withUTF8 { bytes in
+        guard bytes.count <= 64 else { return nil }
+        let parsed: Bool = {
             var index = 0
             func skipSpaces() { while index < bytes.count, bytes[index] == 0x20 || bytes[index] == 0x09 { index += 1 } }
             while index < bytes.count {
@@ -273,7 +279,7 @@ struct HopTiming: Equatable {
                 }
             }
             return true
-        }
+        }()
         guard parsed, let app, let proxy else { return nil }
         self.appNanos = app
         self.proxyNanos = proxy
