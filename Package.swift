@@ -135,6 +135,8 @@ let package = Package(
         // Depends on `mesh` so that `swift test` builds the binary the tests start.
         .testTarget(name: "IntegrationTests", dependencies: [
             "mesh", "MeshCore", "MeshIdentity", "MeshTransport", "MeshTesting",
+            .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+            .product(name: "NIOHPACK", package: "swift-nio-http2"),
             .product(name: "X509", package: "swift-certificates"),
             .product(name: "Crypto", package: "swift-crypto"),
         ] + nio + tls),

@@ -5,6 +5,8 @@ import MeshTransport
 import XCTest
 import NIOCore
 import NIOHTTP1
+import NIOHPACK
+import NIOHTTP2
 import NIOPosix
 
 /// A proxy that answers before the request has fully arrived (a denial, a local error) and
@@ -83,6 +85,38 @@ final class EarlyAnswerTests: XCTestCase {
             let large = try await post(400, of: 256 * 1024, timeout: 60)
             print("256 KiB uploads answered early: \(large.summary)")
             XCTAssertTrue(large.summary.contains(" 400 succeeded"), "every upload is answered: \(large.out.suffix(1500))")
+        } catch {
+            XCTFail("\(error)\n\(mesh.logs)")
+        }
+        app.stop()
+        await mesh.shutdown()
+    }
+
+    /// An app's gRPC client resets a stream for every call it gives up on (a deadline, a
+    /// cancellation). 600 requests, each reset as soon as it is sent, on one h2c connection to
+    /// the app's outbound listener: the connection stays, and the next request on it is
+    /// answered. swift-nio-http2's default for servers (200 resets in 30 s) had the sidecar
+    /// end the app's connection at the 201st, failing the calls on it.
+    func testAnAppWhoseClientCancelsManyCallsKeepsItsConnection() async throws {
+        guard NginxApp.binary != nil else {
+            if ProcessInfo.processInfo.environment["MESH_REQUIRE_TOOLS"] == "1" { XCTFail("nginx is required (MESH_REQUIRE_TOOLS=1)") }
+            throw XCTSkip("nginx not installed")
+        }
+        let mesh = try await TestMesh.start(defaultPolicy: "audit")
+        let app = try await NginxApp.start()
+        do {
+            _ = try await mesh.proxy("api", app: app.address, extra: ["--threads", "1"])
+            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9), extra: ["--threads", "1"])
+            try await waitUntil { ((try? await mesh.services()) ?? []).contains { $0.service.rawValue == "api" } }
+            let client = try await H2CClient.connect(web.outbound)
+            _ = try await eventually {
+                let status = try await client.request(authority: "api", path: "/")
+                guard status == "200" else { throw TestFailure("not through yet: \(status)") }
+            }
+            for _ in 0..<600 { try await client.requestThenReset(authority: "api", path: "/") }
+            let status = try await client.request(authority: "api", path: "/")
+            XCTAssertEqual(status, "200", "the connection that carried 600 cancelled calls still serves")
+            client.close()
         } catch {
             XCTFail("\(error)\n\(mesh.logs)")
         }
@@ -205,6 +239,81 @@ enum LateBodyClient {
                 if case .head(let response) = part { return response.status }
             }
             return nil
+        }
+    }
+}
+
+/// A bare HTTP/2 client over h2c (prior knowledge) on swift-nio-http2: one connection, a
+/// stream per request, and requests it resets as soon as they are sent (RST_STREAM CANCEL,
+/// what a gRPC client sends for a call it gives up on).
+private final class H2CClient: @unchecked Sendable {
+    private let channel: Channel
+    private let multiplexer: NIOHTTP2Handler.StreamMultiplexer
+
+    private init(channel: Channel, multiplexer: NIOHTTP2Handler.StreamMultiplexer) {
+        self.channel = channel
+        self.multiplexer = multiplexer
+    }
+
+    static func connect(_ target: HostPort) async throws -> H2CClient {
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: target.host, port: target.port).get()
+        let multiplexer = try await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(),
+                                                                       streamConfiguration: .init()) { $0.eventLoop.makeSucceededVoidFuture() }
+        }.get()
+        return H2CClient(channel: channel, multiplexer: multiplexer)
+    }
+
+    /// A GET; the answer's `:status`, or "closed" when the stream or connection ends first.
+    func request(authority: String, path: String) async throws -> String {
+        let answer = channel.eventLoop.makePromise(of: String.self)
+        let stream = try await open(answer)
+        try await stream.writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: Self.head(authority, path), endStream: true)))
+        return try await answer.futureResult.get()
+    }
+
+    /// A GET whose stream is closed in the same event-loop tick as its request is written:
+    /// its answer cannot have come, so the close resets it.
+    func requestThenReset(authority: String, path: String) async throws {
+        let stream = try await open(channel.eventLoop.makePromise(of: String.self))
+        try await stream.eventLoop.submit {
+            stream.writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: Self.head(authority, path), endStream: true)), promise: nil)
+            stream.close(promise: nil)
+        }.get()
+    }
+
+    func close() { channel.close(promise: nil) }
+
+    private func open(_ answer: EventLoopPromise<String>) async throws -> Channel {
+        let promise = channel.eventLoop.makePromise(of: Channel.self)
+        multiplexer.createStreamChannel(promise: promise) { stream in
+            stream.eventLoop.makeCompletedFuture { try stream.pipeline.syncOperations.addHandler(StatusReader(answer)) }
+        }
+        // No stream (the connection is gone): nobody will answer.
+        promise.futureResult.whenFailure { answer.fail($0) }
+        return try await promise.futureResult.get()
+    }
+
+    private static func head(_ authority: String, _ path: String) -> HPACKHeaders {
+        [":method": "GET", ":scheme": "http", ":authority": authority, ":path": path]
+    }
+
+    /// Keeps the first `:status` of a stream's answer.
+    private final class StatusReader: ChannelInboundHandler {
+        typealias InboundIn = HTTP2Frame.FramePayload
+        private let answer: EventLoopPromise<String>
+        init(_ answer: EventLoopPromise<String>) { self.answer = answer }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            if case .headers(let headers) = unwrapInboundIn(data), let status = headers.headers.first(name: ":status") {
+                answer.succeed(status)
+            }
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            answer.succeed("closed")
+            context.fireChannelInactive()
         }
     }
 }

@@ -32,17 +32,25 @@ import NIOSSL
 /// ends there (``HTTP2ConnectionGuard``, ``HTTP2GoAwayWatcher``), or it would stay open with
 /// the peer no longer answering on it.
 enum HTTP2Stack {
+    /// Who opened an h2 connection to this proxy, which decides how many stream resets it may
+    /// send (``streamConfiguration(for:)``).
+    enum Caller {
+        /// The app this sidecar serves, on its outbound listener.
+        case localApp
+        /// A peer proxy (mTLS, ALPN `h2`), relaying many callers' streams.
+        case peerProxy
+        /// Anyone else: swift-nio-http2's defaults.
+        case other
+    }
+
     /// The server side of an h2 connection: every stream gets the HTTP/1 codec and its own
     /// ``ProxyHTTPHandler``; the streams share the connection's ``ConnectionPeer``.
-    /// - Parameter fromPeerProxy: the caller is a peer proxy (mTLS, ALPN `h2`): its resets relay
-    ///   those of many callers and of early answers (``relayedResetsConfiguration``); an app
-    ///   or another caller gets swift-nio-http2's defaults.
-    static func configureServer(_ pipeline: ChannelPipeline.SynchronousOperations, role: String, fromPeerProxy: Bool = false,
+    static func configureServer(_ pipeline: ChannelPipeline.SynchronousOperations, role: String, caller: Caller,
                                 router: @escaping Router, states: LoopStates, logger: Logger) throws {
         try pipeline.addHandler(FlushCoalescer())
         let peer = NIOLoopBound(ConnectionPeer(), eventLoop: pipeline.eventLoop)
         _ = try pipeline.configureHTTP2Pipeline(mode: .server, connectionConfiguration: .init(),
-                                                streamConfiguration: fromPeerProxy ? relayedResetsConfiguration : .init()) { stream in
+                                                streamConfiguration: streamConfiguration(for: caller)) { stream in
             stream.eventLoop.makeCompletedFuture {
                 let sync = stream.pipeline.syncOperations
                 try sync.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
@@ -51,6 +59,30 @@ enum HTTP2Stack {
             }
         }
         try pipeline.addHandler(HTTP2ConnectionGuard(role: role, logger: logger))
+    }
+
+    /// How many RST_STREAM frames a connection may bring before swift-nio-http2 ends it.
+    ///
+    /// Its default, 200 per 30 s, is a defence for servers against clients that reset streams
+    /// they opened (CVE-2023-44487), and it stays for callers the proxy knows nothing of. The
+    /// app's own gRPC client resets a stream for every call it gives up on (a deadline, a
+    /// cancellation): at 200 such calls in 30 s its sidecar cut the app's connection, failing
+    /// the calls on it. The app gets 1000 a second: a storm of deadlines at a busy client's
+    /// rate, while a runaway or hostile app is still cut off (each reset stream costs this
+    /// proxy a stream's set-up). A peer proxy relays the resets of all its callers
+    /// (``relayedResetsConfiguration``).
+    static func streamConfiguration(for caller: Caller) -> NIOHTTP2Handler.StreamConfiguration {
+        switch caller {
+        case .peerProxy:
+            return relayedResetsConfiguration
+        case .localApp:
+            var configuration = NIOHTTP2Handler.StreamConfiguration()
+            configuration.streamResetFrameRateLimit.maximumCount = 1000
+            configuration.streamResetFrameRateLimit.windowLength = .seconds(1)
+            return configuration
+        case .other:
+            return .init()
+        }
     }
 
     /// The stream settings of a connection whose resets are normal traffic: one this proxy
@@ -65,10 +97,10 @@ enum HTTP2Stack {
     /// the app's idle timeout), and the connection between two proxies every few hundred
     /// early answers to uploads (the streams on it failed). On a connection this proxy opened,
     /// a reset can only end a stream it opened; a peer proxy's resets are those of callers its
-    /// own listener already held to swift-nio-http2's defaults, many callers on one connection.
-    /// The bound is kept only against a burst no real peer sends (more than 1000 within 10 ms,
-    /// while at most 100 streams are open at once); floods of frames for unknown streams still
-    /// meet the stream error and glitch limits.
+    /// own listener already held to a bound (``streamConfiguration(for:)``), many callers on
+    /// one connection. The bound is kept only against a burst no real peer sends (more than
+    /// 1000 within 10 ms, while at most 100 streams are open at once); floods of frames for
+    /// unknown streams still meet the stream error and glitch limits.
     static var relayedResetsConfiguration: NIOHTTP2Handler.StreamConfiguration {
         var configuration = NIOHTTP2Handler.StreamConfiguration()
         configuration.streamResetFrameRateLimit.maximumCount = 1000

@@ -112,7 +112,7 @@ enum InboundListener {
                                         let sync = channel.pipeline.syncOperations
                                         try sync.addHandler(IdleStateHandler(allTimeout: idle))
                                         try sync.addHandler(IdleCloseHandler())
-                                        try HTTP2Stack.configureServer(sync, role: "inbound", fromPeerProxy: true, router: router, states: states, logger: logger)
+                                        try HTTP2Stack.configureServer(sync, role: "inbound", caller: .peerProxy, router: router, states: states, logger: logger)
                                     } else {
                                         try addHTTP(channel.pipeline.syncOperations, true)
                                     }

@@ -27,7 +27,7 @@ enum OutboundListener {
                             if detected == .http2 {
                                 try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
                                 try sync.addHandler(IdleCloseHandler())
-                                try HTTP2Stack.configureServer(sync, role: "outbound", router: router, states: states, logger: logger)
+                                try HTTP2Stack.configureServer(sync, role: "outbound", caller: .localApp, router: router, states: states, logger: logger)
                             } else {
                                 try addHTTPStack(sync, router: router, states: states, limits: limits, logger: logger)
                             }

@@ -40,7 +40,7 @@ enum UpstreamListener {
                             case .http2:
                                 try sync.addHandler(IdleStateHandler(allTimeout: limits.idleTimeout))
                                 try sync.addHandler(IdleCloseHandler())
-                                try HTTP2Stack.configureServer(sync, role: "outbound", router: router, states: states, logger: logger)
+                                try HTTP2Stack.configureServer(sync, role: "outbound", caller: .localApp, router: router, states: states, logger: logger)
                             case .opaque:
                                 if let route = state.routes[service], route.opaque {
                                     try relay(context.channel, route: route, state: state, limits: limits, logger: logger)
