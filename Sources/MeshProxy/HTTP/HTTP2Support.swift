@@ -19,9 +19,10 @@ import NIOSSL
 /// peer proxy over HTTP/2 (TLS, ALPN `h2`) and on to the app over HTTP/2 (prior-knowledge
 /// h2c), streams multiplexed on one connection per upstream; HTTP/1.1 requests keep their
 /// HTTP/1.1 path. Limits: swift-nio-http2's defaults (100 concurrent streams, its flood and
-/// header-list limits, DESIGN.md §6), except that resets count as traffic on connections
-/// this proxy opens and on those from a peer proxy (``relayedResetsConfiguration``). The
-/// client side (the pool's connections, a stream per exchange) is in UpstreamPool+HTTP2.swift.
+/// header-list limits, DESIGN.md §6), except for stream resets, bounded by who opened the
+/// connection (``streamConfiguration(for:)``: the local app's gRPC cancellations, a peer
+/// proxy's relayed ones, this proxy's own connections). The client side (the pool's
+/// connections, a stream per exchange) is in UpstreamPool+HTTP2.swift.
 ///
 /// Every h2 connection has a ``FlushCoalescer`` under its HTTP/2 handler: the streams written
 /// in one event-loop tick go out in one flush, their small frames copied together (one TLS
