@@ -11,6 +11,7 @@
 # request through the outbound sidecar, 58.1k -> 50.5k inbound). SwiftMesh's own modules keep
 # the checks (Package.swift adds them back after this flag), and the debug build that every
 # test runs on checks everywhere. See ARCHITECTURE.md, "The release build".
+#
 # It builds in .build-deploy/, apart from `swift build`'s .build/: the flags differ, and the
 # compiler keeps an object file whose code is unchanged even when only such flags changed.
 set -euo pipefail
