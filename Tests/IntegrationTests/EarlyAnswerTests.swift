@@ -49,19 +49,8 @@ final class EarlyAnswerTests: XCTestCase {
     /// not meet (it goes to a new connection).
     func testAnHTTP2AppThatResetsAfterEachEarlyAnswerIsServedWithoutEnd() async throws {
         let h2load = "/usr/bin/h2load"
-        guard NginxApp.binary != nil, FileManager.default.isExecutableFile(atPath: h2load) else {
-            if ProcessInfo.processInfo.environment["MESH_REQUIRE_TOOLS"] == "1" {
-                XCTFail("nginx and h2load (nghttp2-client) are required (MESH_REQUIRE_TOOLS=1)")
-            }
-            throw XCTSkip("nginx or h2load not installed")
-        }
-        let mesh = try await TestMesh.start(defaultPolicy: "audit")
-        let app = try await NginxApp.start()
-        do {
-            // One event loop each: every request to the app shares one HTTP/2 connection.
-            _ = try await mesh.proxy("api", app: app.address, extra: ["--threads", "1"])
-            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9), extra: ["--threads", "1"])
-            try await waitUntil { ((try? await mesh.services()) ?? []).contains { $0.service.rawValue == "api" } }
+        try requireTool(FileManager.default.isExecutableFile(atPath: h2load), "h2load (apt-get install nghttp2-client)")
+        try await withNginxBehindTheMesh { mesh, web in
             _ = try await eventually {
                 let first = try runCapturingOutput("/usr/bin/curl", ["-sS", "--http2-prior-knowledge", "--max-time", "5",
                                                                      "-H", "Host: api", "http://\(web.outbound)/"], timeout: 10)
@@ -85,11 +74,7 @@ final class EarlyAnswerTests: XCTestCase {
             let large = try await post(400, of: 256 * 1024, timeout: 60)
             print("256 KiB uploads answered early: \(large.summary)")
             XCTAssertTrue(large.summary.contains(" 400 succeeded"), "every upload is answered: \(large.out.suffix(1500))")
-        } catch {
-            XCTFail("\(error)\n\(mesh.logs)")
         }
-        app.stop()
-        await mesh.shutdown()
     }
 
     /// An app's gRPC client resets a stream for every call it gives up on (a deadline, a
@@ -98,17 +83,9 @@ final class EarlyAnswerTests: XCTestCase {
     /// answered. swift-nio-http2's default for servers (200 resets in 30 s) had the sidecar
     /// end the app's connection at the 201st, failing the calls on it.
     func testAnAppWhoseClientCancelsManyCallsKeepsItsConnection() async throws {
-        guard NginxApp.binary != nil else {
-            if ProcessInfo.processInfo.environment["MESH_REQUIRE_TOOLS"] == "1" { XCTFail("nginx is required (MESH_REQUIRE_TOOLS=1)") }
-            throw XCTSkip("nginx not installed")
-        }
-        let mesh = try await TestMesh.start(defaultPolicy: "audit")
-        let app = try await NginxApp.start()
-        do {
-            _ = try await mesh.proxy("api", app: app.address, extra: ["--threads", "1"])
-            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9), extra: ["--threads", "1"])
-            try await waitUntil { ((try? await mesh.services()) ?? []).contains { $0.service.rawValue == "api" } }
+        try await withNginxBehindTheMesh { _, web in
             let client = try await H2CClient.connect(web.outbound)
+            defer { client.close() }
             _ = try await eventually {
                 let status = try await client.request(authority: "api", path: "/")
                 guard status == "200" else { throw TestFailure("not through yet: \(status)") }
@@ -116,7 +93,21 @@ final class EarlyAnswerTests: XCTestCase {
             for _ in 0..<600 { try await client.requestThenReset(authority: "api", path: "/") }
             let status = try await client.request(authority: "api", path: "/")
             XCTAssertEqual(status, "200", "the connection that carried 600 cancelled calls still serves")
-            client.close()
+        }
+    }
+
+    /// Service `api` on nginx (h2c) behind its sidecar, and a `web` sidecar whose outbound
+    /// listener `body` calls, once `api` is registered. One event loop each: every request to
+    /// the app shares one HTTP/2 connection. A failure prints the mesh's logs.
+    private func withNginxBehindTheMesh(_ body: (TestMesh, TestMesh.Proxy) async throws -> Void) async throws {
+        try requireTool(NginxApp.binary != nil, "nginx (apt-get install nginx)")
+        let mesh = try await TestMesh.start(defaultPolicy: "audit")
+        let app = try await NginxApp.start()
+        do {
+            _ = try await mesh.proxy("api", app: app.address, extra: ["--threads", "1"])
+            let web = try await mesh.proxy("web", app: HostPort(host: "127.0.0.1", port: 9), extra: ["--threads", "1"])
+            try await waitUntil { ((try? await mesh.services()) ?? []).contains { $0.service.rawValue == "api" } }
+            try await body(mesh, web)
         } catch {
             XCTFail("\(error)\n\(mesh.logs)")
         }

@@ -9,13 +9,8 @@ import XCTest
 /// protocol detection on `--upstream` ports, and server-first protocols that never hang.
 final class OpaqueTCPTests: XCTestCase {
     private func requirePostgres() throws {
-        guard PostgresServer.binDirectory != nil, PostgresServer.psql != nil else {
-            // CI installs Debian's postgresql and sets MESH_REQUIRE_TOOLS=1.
-            if ProcessInfo.processInfo.environment["MESH_REQUIRE_TOOLS"] == "1" {
-                XCTFail("PostgreSQL is required (MESH_REQUIRE_TOOLS=1) but not installed")
-            }
-            throw XCTSkip("PostgreSQL not installed (apt-get install postgresql)")
-        }
+        try requireTool(PostgresServer.binDirectory != nil && PostgresServer.psql != nil,
+                        "PostgreSQL with psql (apt-get install postgresql)")
     }
 
     func testPsqlThroughTheMeshWithL4Policy() async throws {
