@@ -243,44 +243,41 @@ struct HopTiming: Equatable {
         var app: UInt64?
         var proxy: UInt64?
         guard bytes.count <= 64 else { return nil }
-        let parsed: Bool = {
-            var index = 0
-            func skipSpaces() { while index < bytes.count, bytes[index] == 0x20 || bytes[index] == 0x09 { index += 1 } }
-            while index < bytes.count {
-                skipSpaces()
-                let keyStart = index
-                while index < bytes.count, bytes[index] != UInt8(ascii: "="), bytes[index] != UInt8(ascii: ",") { index += 1 }
-                var keyEnd = index
-                while keyEnd > keyStart, bytes[keyEnd - 1] == 0x20 || bytes[keyEnd - 1] == 0x09 { keyEnd -= 1 }
-                guard index < bytes.count, bytes[index] == UInt8(ascii: "=") else { return false }
+        var index = 0
+        func skipSpaces() { while index < bytes.count, bytes[index] == 0x20 || bytes[index] == 0x09 { index += 1 } }
+        while index < bytes.count {
+            skipSpaces()
+            let keyStart = index
+            while index < bytes.count, bytes[index] != UInt8(ascii: "="), bytes[index] != UInt8(ascii: ",") { index += 1 }
+            var keyEnd = index
+            while keyEnd > keyStart, bytes[keyEnd - 1] == 0x20 || bytes[keyEnd - 1] == 0x09 { keyEnd -= 1 }
+            guard index < bytes.count, bytes[index] == UInt8(ascii: "=") else { return nil }
+            index += 1
+            skipSpaces()
+            var micros: UInt64 = 0
+            var digits = 0
+            while index < bytes.count, bytes[index] >= 0x30, bytes[index] <= 0x39 {
+                micros = micros * 10 + UInt64(bytes[index] - 0x30)
+                digits += 1
+                guard digits <= 10 else { return nil }
                 index += 1
-                skipSpaces()
-                var micros: UInt64 = 0
-                var digits = 0
-                while index < bytes.count, bytes[index] >= 0x30, bytes[index] <= 0x39 {
-                    micros = micros * 10 + UInt64(bytes[index] - 0x30)
-                    digits += 1
-                    guard digits <= 10 else { return false }
-                    index += 1
-                }
-                skipSpaces()
-                guard digits > 0, micros <= 3_600_000_000, index == bytes.count || bytes[index] == UInt8(ascii: ",") else { return false }
-                index += 1
-                // Byte by byte: a generic `elementsEqual` against a string's UTF-8 view cost
-                // hundreds of instructions per response.
-                let length = keyEnd - keyStart
-                if length == 3, bytes[keyStart] == UInt8(ascii: "a"), bytes[keyStart + 1] == UInt8(ascii: "p"),
-                   bytes[keyStart + 2] == UInt8(ascii: "p") {
-                    app = micros * 1000
-                } else if length == 5, bytes[keyStart] == UInt8(ascii: "p"), bytes[keyStart + 1] == UInt8(ascii: "r"),
-                          bytes[keyStart + 2] == UInt8(ascii: "o"), bytes[keyStart + 3] == UInt8(ascii: "x"),
-                          bytes[keyStart + 4] == UInt8(ascii: "y") {
-                    proxy = micros * 1000
-                }
             }
-            return true
-        }()
-        guard parsed, let app, let proxy else { return nil }
+            skipSpaces()
+            guard digits > 0, micros <= 3_600_000_000, index == bytes.count || bytes[index] == UInt8(ascii: ",") else { return nil }
+            index += 1
+            // Byte by byte: a generic `elementsEqual` against a string's UTF-8 view cost
+            // hundreds of instructions per response.
+            let length = keyEnd - keyStart
+            if length == 3, bytes[keyStart] == UInt8(ascii: "a"), bytes[keyStart + 1] == UInt8(ascii: "p"),
+               bytes[keyStart + 2] == UInt8(ascii: "p") {
+                app = micros * 1000
+            } else if length == 5, bytes[keyStart] == UInt8(ascii: "p"), bytes[keyStart + 1] == UInt8(ascii: "r"),
+                      bytes[keyStart + 2] == UInt8(ascii: "o"), bytes[keyStart + 3] == UInt8(ascii: "x"),
+                      bytes[keyStart + 4] == UInt8(ascii: "y") {
+                proxy = micros * 1000
+            }
+        }
+        guard let app, let proxy else { return nil }
         self.appNanos = app
         self.proxyNanos = proxy
     }
