@@ -249,7 +249,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
             // Not kept once used up: the read buffer goes back to NIO's pool for the next read
             // (and the next request is not copied behind an empty one).
             if pending?.readableBytes == 0 { pending = nil }
-            begin(head, body: body, keepAlive: keepAlive, context: context, loopState: loopState)
+            begin(consume head, body: body, keepAlive: keepAlive, context: context, loopState: loopState)
             if case .idle = phase {} else { holdRest(context) }
         }
     }
@@ -292,11 +292,12 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 
-    private func begin(_ head: HTTPRequestHead, body: ByteBuffer?, keepAlive: Bool, context: ChannelHandlerContext,
+    private func begin(_ head: consuming HTTPRequestHead, body: ByteBuffer?, keepAlive: Bool, context: ChannelHandlerContext,
                        loopState: LoopState) {
         headerTimer?.headReceived()
         self.keepAlive = keepAlive
-        headRequest = head.method == .HEAD
+        let method = head.method
+        headRequest = method == .HEAD
         serial &+= 1
         exchange = Exchange(start: Exchange.now())
         if !infoLoaded {
@@ -305,13 +306,14 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         if direction == .inbound {
             exchange.edge = loopState.edge(.init(direction: .inbound, peer: info.peer?.service, tls: info.peer != nil))
-            if loopState.metrics != nil { exchange.topPath = (head.method.rawValue, ProxyHeaders.path(of: head.uri)) }
+            if loopState.metrics != nil { exchange.topPath = (method.rawValue, ProxyHeaders.path(of: head.uri)) }
         }
         // Sampled or not, as the full stack decides (the span ends when the exchange is recorded).
         if let tracer = loopState.tracer {
             exchange.trace(head, tracer: tracer, loopState: loopState, direction: direction, info: &info)
         }
-        let decision = router(head, &info, loopState)
+        // The head's last use here: the router may change it in place (``Router``).
+        let decision = router(consume head, &info, loopState)
         if exchange.log != nil, let last = info.lastDecision {
             exchange.log?.decision = last.code
             exchange.log?.policy = last.policy
@@ -338,12 +340,12 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
                 exchange.route = loopState.routes[destination]
             }
             if let route = exchange.route {
-                exchange.settings = route.settings(route: matchedRoute)
+                exchange.matchedRoute = matchedRoute
                 route.budget.request(now: exchange.start)
                 exchange.enterPending()
             }
             // Sent again only where the full stack would.
-            replayable = head.method.isIdempotent || exchange.settings?.retryNonIdempotent == true
+            replayable = method.isIdempotent || exchange.settings?.retryNonIdempotent == true
             if direction == .inbound, exchange.topPath != nil {
                 exchange.topPath?.path = ProxyHeaders.path(of: forwardHead.uri)
             }
@@ -707,8 +709,10 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         exchange.record(accessLog: nil)
         exchange.settleEndpoint(failed: exchange.status >= 500 || exchange.status == 0, logger: logger)
         if let top = exchange.topPath, let loopState {
-            loopState.topPaths.add(method: top.method, path: top.path, status: exchange.status,
-                                   latencyMs: Double(exchange.duration) / 1e6)
+            // Read first: as arguments of a mutating call on another object, they were read
+            // from a copy of the whole exchange (retaining everything it holds).
+            let (status, latencyMs) = (exchange.status, Double(exchange.duration) / 1e6)
+            loopState.topPaths.add(method: top.method, path: top.path, status: status, latencyMs: latencyMs)
         }
     }
 

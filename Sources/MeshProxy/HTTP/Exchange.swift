@@ -65,8 +65,13 @@ struct Exchange {
     var pendingOn: ServiceRoute?
     /// The instance labels a route or split chose; retries stay within them.
     var subset: [String: String]?
-    /// The timeouts and retries that apply: the matched route's, else the service's.
-    var settings: TrafficPolicy.Effective?
+    /// Which of the route's `routes` the request matched (nil: none, or no route).
+    var matchedRoute: Int?
+    /// The timeouts and retries that apply: the matched route's, else the service's; nil
+    /// without a route. Read from the route where it is needed rather than kept here:
+    /// `Effective` holds five collections, and a copy per exchange retained and released
+    /// each of them (~700 instructions a request).
+    var settings: TrafficPolicy.Effective? { route?.settings(route: matchedRoute) }
     /// 1 for the first try; retries count up.
     var attempt = 1
     /// The endpoint of the current (or last) attempt; a retry goes elsewhere if it can.

@@ -344,8 +344,8 @@ final class ProxyHTTPHandler: ChannelInboundHandler, RemovableChannelHandler, Up
                 exchange.route = loopState.routes[destination]
             }
             if let route = exchange.route {
+                exchange.matchedRoute = matchedRoute
                 let settings = route.settings(route: matchedRoute)
-                exchange.settings = settings
                 route.budget.request(now: exchange.start)
                 armTimers(settings, context: context)
                 exchange.enterPending()

@@ -47,7 +47,11 @@ struct DownstreamInfo {
 }
 
 /// Decides per request. Runs on the event loop with that loop's state: it must not block.
-typealias Router = @Sendable (HTTPRequestHead, inout DownstreamInfo, LoopState) -> RouteDecision
+///
+/// The head is the router's to change and hand on in ``RouteDecision/forward(candidates:head:subset:route:)``:
+/// passed as the caller's last use of it, a field added on the way (the inbound peer identity)
+/// goes into the same field storage instead of a copy of it (~1k instructions a request).
+typealias Router = @Sendable (consuming HTTPRequestHead, inout DownstreamInfo, LoopState) -> RouteDecision
 
 /// Inbound: whether a connection that left HTTP (a WebSocket) may stay open, asked again with
 /// the upgrade request as it was authorized whenever the policies change.

@@ -212,7 +212,7 @@ final class TLSSniffer: ChannelInboundHandler, RemovableChannelHandler {
 }
 
 extension InboundListener {
-    static func route(_ head: HTTPRequestHead, info: inout DownstreamInfo, state: LoopState, appPort: Int,
+    static func route(_ head: consuming HTTPRequestHead, info: inout DownstreamInfo, state: LoopState, appPort: Int,
                       logger: Logger, appKeys: [UpstreamKey]) -> RouteDecision {
         let peer = info.peerHeaderValue
         if peer == nil && state.mtlsMode == .strict {
@@ -222,7 +222,6 @@ extension InboundListener {
         }
         // What is authorized is what is forwarded: the normalized target.
         let path: String
-        var head = head
         switch PathNormalizer.normalize(head.uri) {
         case .failure(let why):
             return .respond(.badRequest, code: "invalid-path", message: why.description)

@@ -41,7 +41,7 @@ enum OutboundListener {
         }
     }
 
-    static func route(_ head: HTTPRequestHead, state: LoopState) -> RouteDecision {
+    static func route(_ head: consuming HTTPRequestHead, state: LoopState) -> RouteDecision {
         guard let host = head.headers.first(name: "host"), !host.isEmpty else {
             return .respond(.badRequest, code: "no-host", message: "the request has no Host header; send Host: <service>")
         }
@@ -49,17 +49,17 @@ enum OutboundListener {
             return .respond(.serviceUnavailable, code: "unknown-service",
                             message: "'\(serviceName(fromHost: host))' is not a valid mesh service name")
         }
-        return Self.route(head, to: service, route: route, state: state)
+        return Self.route(consume head, to: service, route: route, state: state)
     }
 
     /// Routes a request to `service` (named by its Host, or by the upstream listener it came
     /// to): endpoint choice, fault injection, circuit breaking, routes and splits.
-    static func route(_ head: HTTPRequestHead, to service: ServiceName, state: LoopState) -> RouteDecision {
-        route(head, to: service, route: state.routes[service], state: state)
+    static func route(_ head: consuming HTTPRequestHead, to service: ServiceName, state: LoopState) -> RouteDecision {
+        route(consume head, to: service, route: state.routes[service], state: state)
     }
 
     /// ``route(_:to:state:)`` with the service's route already looked up (nil: it has none).
-    private static func route(_ head: HTTPRequestHead, to service: ServiceName, route: ServiceRoute?, state: LoopState) -> RouteDecision {
+    private static func route(_ head: consuming HTTPRequestHead, to service: ServiceName, route: ServiceRoute?, state: LoopState) -> RouteDecision {
         guard let route, !route.keys.isEmpty else {
             let known = state.registry.services.contains(service)
             return .respond(.serviceUnavailable, code: known ? "no-endpoints" : "unknown-service",
@@ -80,7 +80,6 @@ enum OutboundListener {
             return .respond(.serviceUnavailable, code: "no-endpoints",
                             message: "no instance of '\(service)'\(wanted) can take the request now (routes, split or circuit breaker of its TrafficPolicy)")
         }
-        var head = head
         ProxyHeaders.stripHopByHop(&head.headers)
         ProxyHeaders.removePeerIdentity(&head.headers)
         return .forward(candidates: candidates, head: head, subset: subset, route: matched)
