@@ -10,8 +10,9 @@
 # Then the same four shapes with HTTP/2 end to end (h2load: h2c in, h2 over mTLS between the
 # sidecars, h2c to an nginx backend), for plain requests and for gRPC-shaped unary calls.
 #
-#   bench/run.sh            full run (≈ 2 min of load after the build)
-#   bench/run.sh --quick    short runs for a regression check (< 2 min including setup)
+#   bench/run.sh            full run (≈ 10 min of load after the build): the head-to-head rows
+#                           in 3 interleaved rounds (ROUNDS=N to change), medians reported
+#   bench/run.sh --quick    short runs, one round, for a regression check (< 2 min including setup)
 #
 # Installs haproxy, nginx, wrk and openssl from Debian when missing. Results go to stdout and
 # to bench/results/DATE-COMMIT.md.
@@ -103,12 +104,17 @@ TICK=$(getconf CLK_TCK)
 
 start nginx -c "$WORK/nginx-backend/nginx.conf" -p "$WORK/nginx-backend"; wait_port $BACKEND
 
-RESULTS=()
-# measure NAME PORT HOST PID...
-measure() {
+# The head-to-head rows (direct, swiftmesh, haproxy, nginx) are measured in ROUNDS rounds with
+# all three pairs up, in a rotating order, and each figure is the median over the rounds:
+# rows measured minutes apart on a shared machine drift by 5–10 %, as much as the gaps
+# between the contenders, and one run each would rank them by when they ran.
+ROUNDS=${ROUNDS:-3}
+(( QUICK )) && ROUNDS=1
+declare -A R_RPS R_P50 R_P99 R_MAX R_CPU IDLE ROW
+# measure_round NAME PORT HOST PID...: one round of throughput, then latency and CPU at the fixed rate
+measure_round() {
   local name=$1 port=$2 host=$3; shift 3
   local pids=("$@")
-  local idle="-" ; (( ${#pids[@]} )) && idle=$(for p in "${pids[@]}"; do echo -n "$(( $(rss_kb $p) / 1024 ))/"; done)
   wrk -t1 -c$CONNS -d${WARM}s -H "Host: $host" "http://127.0.0.1:$port/" >/dev/null
   local rps
   rps=$(wrk -t1 -c$CONNS -d${DURATION}s -H "Host: $host" "http://127.0.0.1:$port/" | awk '/Requests\/sec/ {print $2}')
@@ -118,38 +124,77 @@ measure() {
   lat=$("$WORK/openloop" 127.0.0.1 "$port" "$host" "$RATE" "$RATE_SECONDS" $CONNS)
   (( ${#pids[@]} )) && after=$(cpu_ticks "${pids[@]}")
   local requests; requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$lat")
-  local cpu_us="-" peak="-" anon="-"
-  if (( ${#pids[@]} )); then
-    cpu_us=$(awk -v d=$((after - before)) -v t=$TICK -v n=$requests -v k=${#pids[@]} 'BEGIN { printf "%.1f", d / t * 1e6 / n / k }')
-    peak=$(for p in "${pids[@]}"; do echo -n "$(( $(hwm_kb $p) / 1024 ))/"; done)
-    anon=$(for p in "${pids[@]}"; do echo -n "$(( $(anon_kb $p) / 1024 ))/"; done)
+  local cpu_us="-"
+  (( ${#pids[@]} )) && cpu_us=$(awk -v d=$((after - before)) -v t=$TICK -v n=$requests -v k=${#pids[@]} 'BEGIN { printf "%.1f", d / t * 1e6 / n / k }')
+  R_RPS[$name]+="$rps "; R_CPU[$name]+="$cpu_us "
+  R_P50[$name]+="$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$lat") "
+  R_P99[$name]+="$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$lat") "
+  R_MAX[$name]+="$(sed -E 's/.*max_us=([0-9]+).*/\1/' <<<"$lat") "
+  echo "   $name: $rps req/s; $lat; cpu/req/sidecar ${cpu_us} us"
+}
+# The middle value (the lower of the two middle ones for an even count); "-" stays "-".
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : "-") }'; }
+largest() { tr ' ' '\n' <<<"$1" | grep . | sort -g | tail -1; }
+smallest() { tr ' ' '\n' <<<"$1" | grep . | sort -g | head -1; }
+idle_rss() { local name=$1; shift; IDLE[$name]=$(for p in "$@"; do echo -n "$(( $(rss_kb $p) / 1024 ))/"; done); }
+# summarize NAME PID...: the row of NAME's rounds (medians; max is the largest of the rounds),
+# with the peak and private memory of its processes as they are now.
+summarize() {
+  local name=$1; shift
+  local peak="-" anon="-"
+  if (( $# )); then
+    peak=$(for p in "$@"; do echo -n "$(( $(hwm_kb $p) / 1024 ))/"; done)
+    anon=$(for p in "$@"; do echo -n "$(( $(anon_kb $p) / 1024 ))/"; done)
   fi
-  RESULTS+=("$name|$rps|$lat|$cpu_us|${idle%/}|${peak%/}|${anon%/}")
-  echo "   $name: $rps req/s; $lat; cpu/req/sidecar ${cpu_us} us; rss idle ${idle%/} MB, peak ${peak%/} MB, private ${anon%/} MB"
+  local idle=${IDLE[$name]:--}
+  ROW[$name]="$name|$(median "${R_RPS[$name]}")|$(smallest "${R_RPS[$name]}")-$(largest "${R_RPS[$name]}")|p50_us=$(median "${R_P50[$name]}") p99_us=$(median "${R_P99[$name]}") max_us=$(largest "${R_MAX[$name]}")|$(median "${R_CPU[$name]}")|${idle%/}|${peak%/}|${anon%/}"
+}
+# A SwiftMesh pair: mesh proxy --config api-X.yaml / web-X.yaml, started in $WORK.
+start_mesh_pair() { # API_YAML WEB_YAML API_INBOUND_PORT WEB_OUTBOUND_PORT
+  start "$MESH" proxy --config "$1" --log-level warning; A=$LAST
+  start "$MESH" proxy --config "$2" --log-level warning; W=$LAST
+  wait_port "$3"; wait_port "$4"
 }
 
-echo "== DIRECT"
-measure direct $BACKEND backend
-
-echo "== swiftmesh"
-cd "$WORK"
-start "$MESH" proxy --config api.yaml --log-level warning; A=$LAST
-start "$MESH" proxy --config web.yaml --log-level warning; W=$LAST
-wait_port 18101; wait_port 18102
-measure swiftmesh 18101 api "$W" "$A"
-kill "$W" "$A"; wait "$W" "$A" 2>/dev/null || true
+echo "== the head-to-head rows: $ROUNDS round(s), direct, swiftmesh, haproxy and nginx in turn"
+start_mesh_pair api.yaml web.yaml 18102 18101; MA=$A; MW=$W
+start haproxy -db -f haproxy-in.cfg; HI=$LAST
+start haproxy -db -f haproxy-out.cfg; HO=$LAST
+start nginx -c "$WORK/nginx-in/nginx.conf" -p "$WORK/nginx-in"; NI=$LAST
+start nginx -c "$WORK/nginx-out/nginx.conf" -p "$WORK/nginx-out"; NO=$LAST
+wait_port 18201; wait_port 18202; wait_port 18301; wait_port 18302
+# nginx's master process forks one worker; measure the workers.
+sleep 0.5
+NIW=$(pgrep -P "$NI" | head -1); NOW=$(pgrep -P "$NO" | head -1)
+idle_rss swiftmesh "$MW" "$MA"; idle_rss haproxy "$HO" "$HI"; idle_rss nginx "$NOW" "$NIW"
+CONTENDERS=(direct swiftmesh haproxy nginx)
+for round in $(seq "$ROUNDS"); do
+  echo "== round $round"
+  for i in 0 1 2 3; do
+    case ${CONTENDERS[$(( (i + round - 1) % 4 ))]} in
+      direct) measure_round direct $BACKEND backend ;;
+      swiftmesh) measure_round swiftmesh 18101 api "$MW" "$MA" ;;
+      haproxy) measure_round haproxy 18201 api "$HO" "$HI" ;;
+      nginx) measure_round nginx 18301 api "$NOW" "$NIW" ;;
+    esac
+  done
+done
+summarize direct; summarize swiftmesh "$MW" "$MA"; summarize haproxy "$HO" "$HI"; summarize nginx "$NOW" "$NIW"
+kill "$MW" "$MA" "$HO" "$HI" "$NO" "$NI"; wait "$MW" "$MA" "$HO" "$HI" "$NO" "$NI" 2>/dev/null || true
 
 # The cost of telemetry: the same pair without request metrics (the bare path), and with
-# tracing at 1 % and 100 % sampling (spans exported to an OTLP sink).
+# tracing at 1 % and 100 % sampling (spans exported to an OTLP sink). One round each, measured
+# after the head-to-head rows.
+VARIANTS=()
 variant() { # NAME PORT_OFFSET EXTRA_YAML
   local name=$1 off=$2 extra=$3
   sed -e "s/18102/$((18102 + off))/; s/18104/$((18104 + off))/; s/18105/$((18105 + off))/" api.yaml > "api-$name.yaml"
   sed -e "s/18100/$((18100 + off))/; s/18101/$((18101 + off))/; s/18103/$((18103 + off))/; s/18102/$((18102 + off))/" web.yaml > "web-$name.yaml"
   printf '%s\n' "$extra" >> "api-$name.yaml"; printf '%s\n' "$extra" >> "web-$name.yaml"
-  start "$MESH" proxy --config "api-$name.yaml" --log-level warning; A=$LAST
-  start "$MESH" proxy --config "web-$name.yaml" --log-level warning; W=$LAST
-  wait_port $((18101 + off)); wait_port $((18102 + off))
-  measure "swiftmesh-$name" $((18101 + off)) api "$W" "$A"
+  start_mesh_pair "api-$name.yaml" "web-$name.yaml" $((18102 + off)) $((18101 + off))
+  idle_rss "swiftmesh-$name" "$W" "$A"
+  measure_round "swiftmesh-$name" $((18101 + off)) api "$W" "$A"
+  summarize "swiftmesh-$name" "$W" "$A"; VARIANTS+=("swiftmesh-$name")
   kill "$W" "$A"; wait "$W" "$A" 2>/dev/null || true
 }
 echo "== swiftmesh without metrics (bare path)"
@@ -176,28 +221,14 @@ cat >> api-1000.yaml <<CONF
 CONF
 policies_1000 >> api-1000.yaml
 sed -e 's/18100/18110/; s/18101/18111/; s/18103/18113/; s/18102/18112/' web.yaml > web-1000.yaml
-start "$MESH" proxy --config api-1000.yaml --log-level warning; A=$LAST
-start "$MESH" proxy --config web-1000.yaml --log-level warning; W=$LAST
-wait_port 18111; wait_port 18112
-measure swiftmesh-1000-policies 18111 api "$W" "$A"
+start_mesh_pair api-1000.yaml web-1000.yaml 18112 18111
+idle_rss swiftmesh-1000-policies "$W" "$A"
+measure_round swiftmesh-1000-policies 18111 api "$W" "$A"
+summarize swiftmesh-1000-policies "$W" "$A"; VARIANTS+=(swiftmesh-1000-policies)
 kill "$W" "$A"; wait "$W" "$A" 2>/dev/null || true
-
-echo "== haproxy"
-start haproxy -db -f haproxy-in.cfg; HI=$LAST
-start haproxy -db -f haproxy-out.cfg; HO=$LAST
-wait_port 18201; wait_port 18202
-measure haproxy 18201 api "$HO" "$HI"
-kill "$HO" "$HI"; wait "$HO" "$HI" 2>/dev/null || true
-
-echo "== nginx"
-start nginx -c "$WORK/nginx-in/nginx.conf" -p "$WORK/nginx-in"; NI=$LAST
-start nginx -c "$WORK/nginx-out/nginx.conf" -p "$WORK/nginx-out"; NO=$LAST
-wait_port 18301; wait_port 18302
-# nginx's master process forks one worker; measure the workers.
-sleep 0.5
-NIW=$(pgrep -P "$NI" | head -1); NOW=$(pgrep -P "$NO" | head -1)
-measure nginx 18301 api "$NOW" "$NIW"
-kill "$NO" "$NI"; wait "$NO" "$NI" 2>/dev/null || true
+RESULTS=("${ROW[direct]}" "${ROW[swiftmesh]}")
+for name in "${VARIANTS[@]}"; do RESULTS+=("${ROW[$name]}"); done
+RESULTS+=("${ROW[haproxy]}" "${ROW[nginx]}")
 
 # HTTP/2 end to end. h2load opens 32 connections with 10 streams each; "plain" is GET /,
 # "grpc" a POST of a framed message with gRPC's headers (content-type, te: trailers) answered
@@ -302,18 +333,18 @@ cd "$ROOT"
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 DATE=$(date -u +%Y-%m-%dT%H:%MZ)
 direct_rps=$(cut -d'|' -f2 <<<"${RESULTS[0]}")
-direct_p50=$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$(cut -d'|' -f3 <<<"${RESULTS[0]}")")
-direct_p99=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$(cut -d'|' -f3 <<<"${RESULTS[0]}")")
-TABLE="| config | throughput (req/s) | × direct | p50 @${RATE}/s (ms) | p99 (ms) | max (ms) | added p50 (ms) | added p99 (ms) | CPU/req/sidecar (µs) | RSS idle (MB, out/in) | RSS peak (MB, out/in) | private after load (MB, out/in) |
-|---|---|---|---|---|---|---|---|---|---|---|---|"
+direct_p50=$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$(cut -d'|' -f4 <<<"${RESULTS[0]}")")
+direct_p99=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$(cut -d'|' -f4 <<<"${RESULTS[0]}")")
+TABLE="| config | throughput (req/s) | rounds' range (req/s) | × direct | p50 @${RATE}/s (ms) | p99 (ms) | max (ms) | added p50 (ms) | added p99 (ms) | CPU/req/sidecar (µs) | RSS idle (MB, out/in) | RSS peak (MB, out/in) | private after load (MB, out/in) |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for row in "${RESULTS[@]}"; do
-  IFS='|' read -r name rps lat cpu idle peak anon <<<"$row"
+  IFS='|' read -r name rps range lat cpu idle peak anon <<<"$row"
   p50=$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$lat"); p99=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$lat"); max=$(sed -E 's/.*max_us=([0-9]+).*/\1/' <<<"$lat")
-  TABLE+=$'\n'"$(awk -v n="$name" -v r="$rps" -v d="$direct_rps" -v a="$p50" -v b="$p99" -v m="$max" -v da="$direct_p50" -v db="$direct_p99" -v c="$cpu" -v i="$idle" -v p="$peak" -v q="$anon" \
-    'BEGIN { printf "| %s | %.0f | %.2f | %.3f | %.3f | %.3f | %+.3f | %+.3f | %s | %s | %s | %s |", n, r, r/d, a/1000, b/1000, m/1000, (a-da)/1000, (b-db)/1000, c, i, p, q }')"
+  TABLE+=$'\n'"$(awk -v n="$name" -v r="$rps" -v g="$range" -v d="$direct_rps" -v a="$p50" -v b="$p99" -v m="$max" -v da="$direct_p50" -v db="$direct_p99" -v c="$cpu" -v i="$idle" -v p="$peak" -v q="$anon" \
+    'BEGIN { split(g, x, "-"); printf "| %s | %.0f | %.0f–%.0f | %.2f | %.3f | %.3f | %.3f | %+.3f | %+.3f | %s | %s | %s | %s |", n, r, x[1], x[2], r/d, a/1000, b/1000, m/1000, (a-da)/1000, (b-db)/1000, c, i, p, q }')"
 done
 MODE=$([[ $QUICK == 1 ]] && echo quick || echo full)
-HEADER="Benchmark ($MODE) $DATE, commit $COMMIT, $(nproc) cores, $(uname -r), $(haproxy -v | head -1 | cut -d' ' -f1-3), nginx $(nginx -v 2>&1 | cut -d/ -f2), wrk -t1 -c$CONNS ${DURATION}s; openloop ${RATE}/s for ${RATE_SECONDS}s over $CONNS connections"
+HEADER="Benchmark ($MODE) $DATE, commit $COMMIT, $(nproc) cores, $(uname -r), $(haproxy -v | head -1 | cut -d' ' -f1-3), nginx $(nginx -v 2>&1 | cut -d/ -f2), wrk -t1 -c$CONNS ${DURATION}s; openloop ${RATE}/s for ${RATE_SECONDS}s over $CONNS connections; direct, swiftmesh, haproxy and nginx: median of $ROUNDS interleaved round(s) (max: the largest), the other rows one round each"
 TABLE_H2="| config (HTTP/2) | requests | throughput (req/s) | × direct | ok / failed | mean request time | CPU/req/sidecar (µs) | RSS peak (MB, out/in) |
 |---|---|---|---|---|---|---|---|"
 for row in "${RESULTS_H2[@]}"; do
