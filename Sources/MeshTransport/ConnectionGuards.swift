@@ -86,6 +86,10 @@ public final class IdleCloseHandler: ChannelInboundHandler, RemovableChannelHand
 ///
 /// The timer is armed only when a read ends with the head still incomplete: a head that
 /// arrives whole (nearly every request) costs a clock read, not a scheduled task.
+///
+/// A handler that sees the same reads can run the clock without this one in the pipeline
+/// (one handler less on every read), through ``bytesRead()``, ``readEnded(on:)`` and
+/// ``stop()``, and put it in the pipeline when it hands the connection on.
 public final class RequestHeaderTimer: ChannelInboundHandler, RemovableChannelHandler {
     public typealias InboundIn = ByteBuffer
     public typealias InboundOut = ByteBuffer
@@ -99,22 +103,37 @@ public final class RequestHeaderTimer: ChannelInboundHandler, RemovableChannelHa
     public init(limit: TimeAmount) { self.limit = limit }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if waitingForHead && firstByte == nil { firstByte = .now() }
+        bytesRead()
         context.fireChannelRead(data)
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {
-        if waitingForHead, let firstByte, timer == nil {
-            let channel = context.channel
-            timer = context.eventLoop.scheduleTask(deadline: firstByte + limit) { channel.close(promise: nil) }
-        }
+        readEnded(on: context.channel)
         context.fireChannelReadComplete()
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
+        stop()
+        context.fireChannelInactive()
+    }
+
+    /// Bytes of the connection were read: the first of an awaited head starts the clock.
+    public func bytesRead() {
+        if waitingForHead && firstByte == nil { firstByte = .now() }
+    }
+
+    /// A read of `channel` ended with the awaited head incomplete: the timer is armed, to
+    /// close `channel` at the limit. Call on `channel`'s event loop.
+    public func readEnded(on channel: Channel) {
+        if waitingForHead, let firstByte, timer == nil {
+            timer = channel.eventLoop.scheduleTask(deadline: firstByte + limit) { channel.close(promise: nil) }
+        }
+    }
+
+    /// The connection closed: the timer is cancelled.
+    public func stop() {
         timer?.cancel()
         timer = nil
-        context.fireChannelInactive()
     }
 
     /// A complete request head arrived: the body may take as long as it needs.

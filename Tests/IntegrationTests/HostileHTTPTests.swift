@@ -56,6 +56,15 @@ final class HostileHTTPTests: XCTestCase {
             XCTAssertLessThan(elapsed, .seconds(4), "the slow request was not cut off")
             XCTAssertGreaterThanOrEqual(elapsed, .milliseconds(900))
 
+            // The same from a request the express path hands to the full stack (a method it
+            // does not carry): the clock it ran goes on in the full stack's pipeline.
+            let handedStart = ContinuousClock.now
+            let handed = try await RawSocket.send(Array("OPTIONS / HTTP/1.1\r\nHost: api\r\nX-Slow: ".utf8), to: web.outbound)
+            let handedElapsed = ContinuousClock.now - handedStart
+            XCTAssertEqual(handed, "")
+            XCTAssertLessThan(handedElapsed, .seconds(4), "the slow request handed to the full stack was not cut off")
+            XCTAssertGreaterThanOrEqual(handedElapsed, .milliseconds(900))
+
             // Too few bytes to tell the protocol: the detector gives up after the same time
             // and hands them to the HTTP stack, whose header clock still runs.
             let shortStart = ContinuousClock.now

@@ -52,6 +52,9 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let fullStack: (ChannelPipeline.SynchronousOperations) throws -> Void
     private let states: LoopStates
     private let logger: Logger
+    /// The connection's request-header clock (slowloris). Run by this handler rather than
+    /// from the pipeline while the connection is on the express path (one handler less on
+    /// every read); put in the pipeline, before the full stack, when the connection moves there.
     private let headerTimer: RequestHeaderTimer?
     private let idleTimeout: TimeAmount?
 
@@ -118,12 +121,13 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         if idleTimeout != nil { lastActivity = Exchange.now() }
         switch phase {
         case .fellBack:
+            // The header timer is in the pipeline by now: it has seen these bytes.
             context.fireChannelRead(data)
             return
         case .closing:
             return
         case .idle, .connecting, .forwarding:
-            break
+            headerTimer?.bytesRead()
         }
         if var held = pending, held.readableBytes > 0 {
             pending = nil
@@ -157,6 +161,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         inRead = false
+        if case .fellBack = phase {} else { headerTimer?.readEnded(on: context.channel) }
         if let channel = upstreamUnflushed {
             upstreamUnflushed = nil
             channel.flush()
@@ -274,6 +279,8 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         idleTimer?.cancel()
         idleTimer = nil
         do {
+            // The clock goes on where the full stack's handlers see the reads: before them.
+            if let headerTimer { try context.pipeline.syncOperations.addHandler(headerTimer, position: .before(self)) }
             try fullStack(context.pipeline.syncOperations)
         } catch {
             logger.warning("cannot set up the HTTP stack; closing the connection", metadata: ["role": "\(role)", "error": "\(error)"])
@@ -635,6 +642,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
     func channelInactive(context: ChannelHandlerContext) {
         idleTimer?.cancel()
         idleTimer = nil
+        if case .fellBack = phase {} else { headerTimer?.stop() }
         pending = nil
         switch phase {
         case .forwarding(let upstream, _):

@@ -64,8 +64,9 @@ enum InboundListener {
                         }
                         let idle = state.inboundIdleTimeout(limits)
                         let addHTTP: (ChannelPipeline.SynchronousOperations, _ tls: Bool) throws -> Void = { sync, tls in
+                            // Run by the express handler, which puts it in the pipeline
+                            // (before the full stack's handlers) as it hands the connection on.
                             let headerTimer = RequestHeaderTimer(limit: limits.requestHeaderTimeout)
-                            try sync.addHandler(headerTimer)
                             // Simple requests go as bytes (`ExpressHandler`); the first other
                             // one moves the connection to NIO's codec and the proxy handler,
                             // which do pipelining, the idle timeout and parse errors

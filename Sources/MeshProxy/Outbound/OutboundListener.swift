@@ -93,8 +93,8 @@ enum OutboundListener {
     static func addHTTPStack(_ sync: ChannelPipeline.SynchronousOperations, router: @escaping Router, states: LoopStates,
                              limits: ProxyLimits, logger: Logger,
                              admits: @escaping @Sendable (HTTPRequestHead, LoopState) -> Bool = { admitsExpress($0, state: $1) }) throws {
+        // Run by the express handler, which puts it in the pipeline for the full stack.
         let headerTimer = RequestHeaderTimer(limit: limits.requestHeaderTimeout)
-        try sync.addHandler(headerTimer)
         try sync.addHandler(ExpressHandler(
             role: "outbound", router: router, admits: admits,
             fullStack: { sync in
@@ -104,7 +104,7 @@ enum OutboundListener {
     }
 
     /// NIO's HTTP/1.1 codec and the proxy handler, behind a request-header timer already in
-    /// the pipeline.
+    /// the pipeline (the express handler puts it there as it hands the connection on).
     static func addFullHTTPStack(_ sync: ChannelPipeline.SynchronousOperations, router: @escaping Router, states: LoopStates,
                                  limits: ProxyLimits, headerTimer: RequestHeaderTimer, logger: Logger) throws {
         // Pipelining, the idle timeout and parse errors are the proxy handler's (see
