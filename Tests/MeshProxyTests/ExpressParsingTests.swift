@@ -181,6 +181,39 @@ final class ExpressParsingTests: XCTestCase {
         }
     }
 
+    /// Names and tokens are compared with the literals eight bytes at a time: every byte
+    /// must fold as the byte-by-byte rule folds it (`A`–`Z` only), including the bytes just
+    /// outside the letters (`@`, `[`, `` ` ``, `{`), bytes from 0x80 up, and every length.
+    func testNamesCompareCaseInsensitivelyAsTheByteByByteRuleDoes() {
+        let literals: [StaticString] = ["te", "host", "close", "expect", "upgrade", "chunked", "connection", "keep-alive",
+                                        "x-mesh-timing", "content-length", "http2-settings", "proxy-connection",
+                                        "transfer-encoding", "proxy-authenticate"]
+        func reference(_ bytes: [UInt8], _ literal: StaticString) -> Bool {
+            let expected = UnsafeBufferPointer(start: literal.utf8Start, count: literal.utf8CodeUnitCount)
+            return bytes.count == expected.count
+                && zip(bytes, expected).allSatisfy { ($0 >= 0x41 && $0 <= 0x5A ? $0 | 0x20 : $0) == $1 }
+        }
+        let near: [UInt8] = [0x40, 0x5B, 0x60, 0x7B, 0x0D, 0x20, 0x7F, 0x80, 0xC1, 0xDA, 0xFF, 0x00]
+        var random = FastRandom(seed: 0x10CA5E)
+        var equal = 0
+        for _ in 0..<50_000 {
+            let literal = literals[random.below(literals.count)]
+            var bytes = Array(UnsafeBufferPointer(start: literal.utf8Start, count: literal.utf8CodeUnitCount))
+            for i in bytes.indices where random.below(2) == 0 && bytes[i] >= 0x61 { bytes[i] -= 0x20 }
+            switch random.below(4) {
+            case 0: bytes[random.below(bytes.count)] = near[random.below(near.count)]
+            case 1: bytes[random.below(bytes.count)] ^= UInt8(1 << random.below(8))
+            case 2 where random.below(2) == 0: bytes.append(0x61)
+            default: break
+            }
+            let expected = reference(bytes, literal)
+            XCTAssertEqual(bytes.withUnsafeBytes { ExpressRequestHead.equalsLowercase($0, literal) }, expected, "\(bytes) vs \(literal)")
+            if expected { equal += 1 }
+        }
+        XCTAssertGreaterThan(equal, 10_000, "the cases should include many equal names")
+        XCTAssertLessThan(equal, 40_000, "the cases should include many names that differ")
+    }
+
     func testLimitsAreLeftToTheFullStackWhichAnswers431() {
         let fields = (0..<5).map { "x-\($0): v\r\n" }.joined()
         let text = "GET / HTTP/1.1\r\nHost: api\r\n" + fields + "\r\n"

@@ -134,9 +134,10 @@ enum ExpressResponseHead {
             var trimmedEnd = index
             while trimmedEnd > valueStart, bytes[trimmedEnd - 1] == 0x20 || bytes[trimmedEnd - 1] == 0x09 { trimmedEnd -= 1 }
             let value = UnsafeRawBufferPointer(rebasing: bytes[valueStart..<trimmedEnd])
-            if isDropped(name) { dropped.append(nameStart..<(index + 2)) }
-            switch name.count {
-            case 10 where ExpressRequestHead.equalsLowercase(name, "connection"):
+            // One classification per field, for both what it says and whether it is dropped.
+            switch classify(name) {
+            case .connection:
+                dropped.append(nameStart..<(index + 2))
                 ExpressRequestHead.forEachToken(value) { token in
                     if ExpressRequestHead.equalsLowercase(token, "close") {
                         close = true
@@ -146,12 +147,12 @@ enum ExpressResponseHead {
                         namesFields = true
                     }
                 }
-            case 14 where ExpressRequestHead.equalsLowercase(name, "content-length"):
+            case .contentLength:
                 guard let parsed = parseLength(value) else { return .invalid("invalid Content-Length") }
                 // Once: llhttp (the full stack) refuses a repeated one too, even when equal.
                 guard length == nil else { return .invalid("repeated Content-Length") }
                 length = parsed
-            case 17 where ExpressRequestHead.equalsLowercase(name, "transfer-encoding"):
+            case .transferEncoding:
                 var tokens = 0
                 var isChunked = false
                 ExpressRequestHead.forEachToken(value) { token in
@@ -159,9 +160,12 @@ enum ExpressResponseHead {
                     isChunked = ExpressRequestHead.equalsLowercase(token, "chunked")
                 }
                 if tokens == 1, isChunked, !chunked { chunked = true } else { otherCoding = true }
-            case 13 where wantsTiming && timing == nil && ExpressRequestHead.equalsLowercase(name, "x-mesh-timing"):
-                timing = valueStart..<trimmedEnd
-            default:
+            case .timing:
+                dropped.append(nameStart..<(index + 2))
+                if wantsTiming && timing == nil { timing = valueStart..<trimmedEnd }
+            case .otherDropped:
+                dropped.append(nameStart..<(index + 2))
+            case .other:
                 break
             }
         }
@@ -252,16 +256,36 @@ enum ExpressResponseHead {
         }
     }
 
-    /// Hop-by-hop fields (those the full stack strips, ``ProxyHeaders/hopByHop``) and the
-    /// timing report between proxies.
-    private static func isDropped(_ name: UnsafeRawBufferPointer) -> Bool {
+    /// The fields of a response head the parse acts on.
+    private enum FieldKind {
+        case connection, contentLength, transferEncoding
+        /// `x-mesh-timing`: read (outbound) and dropped.
+        case timing
+        /// The other hop-by-hop fields (those the full stack strips, ``ProxyHeaders/hopByHop``).
+        case otherDropped
+        case other
+    }
+
+    private static func classify(_ name: UnsafeRawBufferPointer) -> FieldKind {
         switch name.count {
-        case 7: return ExpressRequestHead.equalsLowercase(name, "upgrade")
-        case 10: return ExpressRequestHead.equalsLowercase(name, "connection") || ExpressRequestHead.equalsLowercase(name, "keep-alive")
-        case 13: return ExpressRequestHead.equalsLowercase(name, "x-mesh-timing")
-        case 16: return ExpressRequestHead.equalsLowercase(name, "proxy-connection")
-        case 18: return ExpressRequestHead.equalsLowercase(name, "proxy-authenticate")
-        default: return false
+        case 7: return ExpressRequestHead.equalsLowercase(name, "upgrade") ? .otherDropped : .other
+        case 10:
+            if ExpressRequestHead.equalsLowercase(name, "connection") { return .connection }
+            return ExpressRequestHead.equalsLowercase(name, "keep-alive") ? .otherDropped : .other
+        case 13: return ExpressRequestHead.equalsLowercase(name, "x-mesh-timing") ? .timing : .other
+        case 14: return ExpressRequestHead.equalsLowercase(name, "content-length") ? .contentLength : .other
+        case 16: return ExpressRequestHead.equalsLowercase(name, "proxy-connection") ? .otherDropped : .other
+        case 17: return ExpressRequestHead.equalsLowercase(name, "transfer-encoding") ? .transferEncoding : .other
+        case 18: return ExpressRequestHead.equalsLowercase(name, "proxy-authenticate") ? .otherDropped : .other
+        default: return .other
+        }
+    }
+
+    /// Hop-by-hop fields and the timing report between proxies: the caller does not get them.
+    private static func isDropped(_ name: UnsafeRawBufferPointer) -> Bool {
+        switch classify(name) {
+        case .connection, .timing, .otherDropped: return true
+        case .contentLength, .transferEncoding, .other: return false
         }
     }
 
