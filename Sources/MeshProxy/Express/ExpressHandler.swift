@@ -378,14 +378,14 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         let size = method.utf8.count + head.uri.utf8.count + 13 + 64 * head.headers.count
         var out = allocator.buffer(capacity: size + (body?.readableBytes ?? 0))
         out.writeHead(capacity: size) { out in
-            out.append(method)
+            out.append(string: method)
             out.append(" ")
-            out.append(head.uri)
+            out.append(string: head.uri)
             out.append(" HTTP/1.1\r\n")
             for (name, value) in head.headers {
-                out.append(name)
+                out.append(string: name)
                 out.append(": ")
-                out.append(value)
+                out.append(string: value)
                 out.append("\r\n")
             }
             out.append("\r\n")
