@@ -102,6 +102,14 @@ hwm_kb() { awk '/^VmHWM/ {print $2}' /proc/$1/status; }
 anon_kb() { awk '/^RssAnon/ {print $2}' /proc/$1/status; }
 TICK=$(getconf CLK_TCK)
 
+# Every port the run listens on must be free: a process left there (an earlier run, a
+# profiling session) would answer in place of a contender and the figures would be its.
+for port in $(seq 18080 18090) $(seq 18100 18165) 18201 18202 18211 18212 18301 18302 18311 18312; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    echo "bench: 127.0.0.1:$port is in use; stop what listens there (ss -ltnp 'sport = :$port') and run again" >&2
+    exit 1
+  fi
+done
 start nginx -c "$WORK/nginx-backend/nginx.conf" -p "$WORK/nginx-backend"; wait_port $BACKEND
 
 # The head-to-head rows (direct, swiftmesh, haproxy, nginx) are measured in ROUNDS rounds with
