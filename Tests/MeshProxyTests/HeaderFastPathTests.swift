@@ -138,7 +138,7 @@ final class HeaderFastPathTests: XCTestCase {
         out.writeHead(capacity: 10) { head in
             attempts += 1
             head.append("GET ")
-            head.append(long)
+            head.append(string: long)
             head.append(" HTTP/1.1\r\n")
             head.appendDecimal(0)
             head.append(",")
