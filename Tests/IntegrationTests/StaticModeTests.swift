@@ -89,6 +89,63 @@ final class StaticModeTests: XCTestCase {
         await app.stop()
     }
 
+    /// An external rotator renews the SVID under a running proxy the way a mounted Kubernetes
+    /// secret changes: the files are symlinks into a versioned directory whose link is swapped
+    /// in one rename. The proxy loads the new identity at its next look (every 5 s), and calls
+    /// go on. (The check used to read the links' own dates, which a swap leaves alone.)
+    func testAnIdentityRotatedBySwappingSymlinksIsLoaded() async throws {
+        let ca = try CertificateFactory.otherCA(trustDomain: "corp.example")
+        try write(try ca.certificate.serializeAsPEM().pemString + "\n", "ca.pem")
+        let web = try CertificateFactory.leaf(issuer: ca, uris: ["spiffe://corp.example/ns/default/sa/web"])
+        try write(web.chainPEM, "web.pem")
+        try write(web.keyPEM, "web-key.pem")
+        // Whole seconds: the log prints the certificate's expiry as read back from it.
+        let firstExpiry = Date(timeIntervalSince1970: (Date().timeIntervalSince1970 + 3600).rounded(.down))
+        let secondExpiry = firstExpiry.addingTimeInterval(3600)
+        func version(_ name: String, expiring: Date) throws {
+            try FileManager.default.createDirectory(at: directory.appendingPathComponent(name), withIntermediateDirectories: true)
+            let leaf = try CertificateFactory.leaf(issuer: ca, uris: ["spiffe://corp.example/ns/default/sa/api"], notAfter: expiring)
+            try write(leaf.chainPEM, "\(name)/api.pem")
+            try write(leaf.keyPEM, "\(name)/api-key.pem")
+        }
+        func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+        try version("v1", expiring: firstExpiry)
+        try FileManager.default.createSymbolicLink(atPath: path("..data"), withDestinationPath: "v1")
+        try FileManager.default.createSymbolicLink(atPath: path("api.pem"), withDestinationPath: "..data/api.pem")
+        try FileManager.default.createSymbolicLink(atPath: path("api-key.pem"), withDestinationPath: "..data/api-key.pem")
+
+        let app = try await TestApp.start("api")
+        var processes: [MeshProcess] = []
+        do {
+            try write(config(service: "api", app: app.address, allow: "web"), "api.yaml")
+            let api = try MeshProcess(["proxy", "--config", path("api.yaml")], logDirectory: directory)
+            processes.append(api)
+            let apiInbound = try HostPort(parsing: try await api.waitForLine(prefix: "mesh proxy ready:")["inbound"] ?? "")
+            try write(config(service: "web", app: HostPort(host: "127.0.0.1", port: 9), services: ["api": [apiInbound]]), "web.yaml")
+            let webProxy = try MeshProcess(["proxy", "--config", path("web.yaml")], logDirectory: directory)
+            processes.append(webProxy)
+            let outbound = try HostPort(parsing: try await webProxy.waitForLine(prefix: "mesh proxy ready:")["outbound"] ?? "")
+            let before = try await callThroughMesh(outbound, service: "api", path: "/before")
+            XCTAssertEqual(before.status.code, 200, before.text)
+
+            try version("v2", expiring: secondExpiry)
+            try FileManager.default.createSymbolicLink(atPath: path("..data.new"), withDestinationPath: "v2")
+            XCTAssertEqual(rename(path("..data.new"), path("..data")), 0, "swapping the link")
+            let deadline = ContinuousClock.now + .seconds(20)
+            while !api.log.contains("not_after=\(secondExpiry)"), ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            XCTAssertTrue(api.log.contains("static identity reloaded"), api.log)
+            XCTAssertTrue(api.log.contains("not_after=\(secondExpiry)"), "the new certificate (expiring \(secondExpiry)):\n\(api.log)")
+            let after = try await callThroughMesh(outbound, service: "api", path: "/after")
+            XCTAssertEqual(after.status.code, 200, after.text)
+        } catch {
+            XCTFail("\(error)\n\(processes.map(\.log).joined(separator: "\n"))")
+        }
+        for process in processes { await process.stop() }
+        await app.stop()
+    }
+
     func testBadStaticConfigurationsFailWithAClearMessage() async throws {
         try issue(["web", "api"])
         let app = HostPort(host: "127.0.0.1", port: 9)

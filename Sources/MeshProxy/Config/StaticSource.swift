@@ -119,9 +119,35 @@ struct StaticSource: SidecarSource {
         return (svid, bundle)
     }
 
-    private static func modificationStamp(_ settings: Sidecar.StaticSettings) -> [Date?] {
-        [settings.certificateFile, settings.keyFile, settings.bundleFile].map {
-            (try? FileManager.default.attributesOfItem(atPath: $0))?[.modificationDate] as? Date
-        }
+    private static func modificationStamp(_ settings: Sidecar.StaticSettings) -> [FileStamp?] {
+        [settings.certificateFile, settings.keyFile, settings.bundleFile].map(FileStamp.init(path:))
+    }
+}
+
+/// What tells that a file changed: a rewrite in place changes its size or times, a replacement
+/// (a file renamed over it, or a symlink swapped the way Kubernetes swaps a mounted secret's
+/// `..data`) its inode. Read with `stat`, which follows symlinks: FileManager's attributes
+/// are those of the link itself, under which a rotation by symlink swap went unseen (and each
+/// look also read `/etc/passwd` and `/etc/group` for the owner's names).
+struct FileStamp: Equatable {
+    var device: UInt64
+    var inode: UInt64
+    var size: Int64
+    var modified: Int
+    var modifiedNanos: Int
+    var changed: Int
+    var changedNanos: Int
+
+    /// nil when the file cannot be read (missing, a dangling link).
+    init?(path: String) {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        device = UInt64(info.st_dev)
+        inode = UInt64(info.st_ino)
+        size = Int64(info.st_size)
+        modified = Int(info.st_mtim.tv_sec)
+        modifiedNanos = Int(info.st_mtim.tv_nsec)
+        changed = Int(info.st_ctim.tv_sec)
+        changedNanos = Int(info.st_ctim.tv_nsec)
     }
 }
