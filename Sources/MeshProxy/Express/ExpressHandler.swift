@@ -717,10 +717,8 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
         exchange.record(accessLog: nil)
         exchange.settleEndpoint(failed: exchange.status >= 500 || exchange.status == 0, logger: logger)
         if let top = exchange.topPath, let loopState {
-            // Read first: as arguments of a mutating call on another object, they were read
-            // from a copy of the whole exchange (retaining everything it holds).
-            let (status, latencyMs) = (exchange.status, Double(exchange.duration) / 1e6)
-            loopState.topPaths.add(method: top.method, path: top.path, status: status, latencyMs: latencyMs)
+            loopState.topPaths.add(method: top.method, path: top.path, status: exchange.status,
+                                   latencyMs: Double(exchange.duration) / 1e6)
         }
     }
 
