@@ -467,7 +467,7 @@ final class ExpressHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// stack's `retry` does). Returns false when it does not retry.
     private func retry(_ reason: String) -> Bool {
         guard let route = exchange.route, let loopState, context != nil else { return false }
-        let policy = exchange.settings ?? route.policy
+        let policy = route.settings(route: exchange.matchedRoute)
         guard exchange.attempt <= policy.retryAttempts else { return false }
         guard route.budget.withdraw(now: Exchange.now(), percent: policy.budgetPercent, minPerSecond: policy.budgetMinPerSecond) else {
             loopState.countResilience("retry", destination: route.service, reason: "budget-exhausted")

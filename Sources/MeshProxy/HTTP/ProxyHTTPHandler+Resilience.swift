@@ -84,7 +84,7 @@ extension ProxyHTTPHandler {
     func retry(_ reason: String, upstream: UpstreamConnection?,
                pending held: (parts: [HTTPServerRequestPart], bytes: Int, ended: Bool)? = nil) -> Bool {
         guard let route = exchange.route, let loopState, let context else { return false }
-        let policy = exchange.settings ?? route.policy
+        let policy = route.settings(route: exchange.matchedRoute)
         guard exchange.attempt <= policy.retryAttempts else { return false }
         let request: (parts: [HTTPServerRequestPart], bytes: Int, ended: Bool)
         if let held {
